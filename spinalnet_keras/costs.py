@@ -1,0 +1,290 @@
+"""Cost accounting: multiplications per example and parameters, per layer.
+
+SpinalNet's claim is the same or better accuracy for fewer multiplications
+and parameters. `cost_report` measures both for a layer or a whole model so
+a spinal head can be put beside a dense one.
+
+What counts as a multiplication: the multiply-accumulates of weight
+products (Dense, SpinalDense, EinsumDense, convolutions), per example, as
+the paper counts them ("320*50 + 50*10"). Element-wise work (activations,
+biases, normalisation, pooling) is not counted. A layer with weights whose
+kind is not known reports `None`, and the report lists it, rather than
+guessing.
+"""
+
+import dataclasses
+import math
+
+import keras
+
+from spinalnet_keras.spinal_dense import SpinalDense
+
+
+def _positions(shape):
+    """Product of the axes between batch and last (1 for rank-2 shapes)."""
+    inner = tuple(shape[1:-1])
+    if any(d is None for d in inner):
+        return None
+    return math.prod(inner)
+
+
+def _spatial(shape, data_format):
+    """Product of the spatial axes of a conv input/output shape."""
+    axes = shape[1:-1] if data_format == "channels_last" else shape[2:]
+    if any(d is None for d in axes):
+        return None
+    return math.prod(axes)
+
+
+def _mul(a, b):
+    return None if a is None or b is None else a * b
+
+
+def _dense(layer, in_shape, out_shape):
+    return _mul(int(layer.kernel.shape[0]) * layer.units, _positions(in_shape))
+
+
+def _spinal(layer, in_shape, out_shape):
+    w = layer.width
+    per_position = sum(
+        (layer.split_sizes[i % layer.splits] + (w if i else 0)) * w
+        for i in range(layer.depth)
+    )
+    if layer.units:
+        per_position += layer.depth * w * layer.units
+    return _mul(per_position, _positions(in_shape))
+
+
+def _conv(layer, in_shape, out_shape):
+    # Every output position (input position, for a transposed convolution)
+    # multiplies the whole kernel once.
+    transposed = "Transpose" in type(layer).__name__
+    spatial = _spatial(in_shape if transposed else out_shape, layer.data_format)
+    return _mul(math.prod(layer.kernel.shape), spatial)
+
+
+def _separable(layer, in_shape, out_shape):
+    spatial = _spatial(out_shape, layer.data_format)
+    return _mul(
+        math.prod(layer.depthwise_kernel.shape)
+        + math.prod(layer.pointwise_kernel.shape),
+        spatial,
+    )
+
+
+# Checked in order; the first class that matches decides.
+_RULES = (
+    (SpinalDense, _spinal),
+    (keras.layers.Dense, _dense),
+    (keras.layers.DepthwiseConv1D, _conv),
+    (keras.layers.DepthwiseConv2D, _conv),
+    (keras.layers.SeparableConv1D, _separable),
+    (keras.layers.SeparableConv2D, _separable),
+    (keras.layers.Conv1D, _conv),
+    (keras.layers.Conv2D, _conv),
+    (keras.layers.Conv3D, _conv),
+    (keras.layers.Conv1DTranspose, _conv),
+    (keras.layers.Conv2DTranspose, _conv),
+    (keras.layers.Conv3DTranspose, _conv),
+)
+
+# Layers whose weights are element-wise (scale, shift, statistics).
+_ELEMENTWISE = (
+    keras.layers.BatchNormalization,
+    keras.layers.LayerNormalization,
+    keras.layers.GroupNormalization,
+    keras.layers.Normalization,
+    keras.layers.PReLU,
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerCost:
+    """Cost of one layer, per example."""
+
+    name: str
+    class_name: str
+    output_shape: tuple
+    trainable_params: int
+    non_trainable_params: int
+    multiplications: object  # int, or None when unknown
+
+
+@dataclasses.dataclass(frozen=True)
+class CostReport:
+    """Per-layer and total costs of a layer or model.
+
+    Attributes:
+        layers: tuple of `LayerCost`, in model order (nested models are
+            expanded into their layers).
+    """
+
+    layers: tuple
+
+    @property
+    def trainable_params(self):
+        return sum(c.trainable_params for c in self.layers)
+
+    @property
+    def non_trainable_params(self):
+        return sum(c.non_trainable_params for c in self.layers)
+
+    @property
+    def params(self):
+        return self.trainable_params + self.non_trainable_params
+
+    @property
+    def multiplications(self):
+        """Total multiplications per example over the layers whose count is
+        known (see `unknown_layers`)."""
+        return sum(c.multiplications or 0 for c in self.layers)
+
+    @property
+    def unknown_layers(self):
+        """Names of layers with weights whose multiplications are unknown."""
+        return tuple(c.name for c in self.layers if c.multiplications is None)
+
+    def reduction_vs(self, baseline):
+        """Relative cut of this report against `baseline` (a CostReport).
+
+        Returns a dict with `"multiplications"` and `"trainable_params"`,
+        each `1 - self / baseline` (0.486 means 48.6% fewer).
+        """
+        return {
+            "multiplications": 1 - self.multiplications / baseline.multiplications,
+            "trainable_params": 1
+            - self.trainable_params / baseline.trainable_params,
+        }
+
+    def to_dict(self):
+        return {
+            "layers": [dataclasses.asdict(c) for c in self.layers],
+            "trainable_params": self.trainable_params,
+            "non_trainable_params": self.non_trainable_params,
+            "multiplications": self.multiplications,
+            "unknown_layers": list(self.unknown_layers),
+        }
+
+    def to_markdown(self):
+        rows = [
+            "| layer | type | output shape | trainable | non-trainable | multiplications |",
+            "|---|---|---|---:|---:|---:|",
+        ]
+        for c in self.layers:
+            mult = "unknown" if c.multiplications is None else f"{c.multiplications:,}"
+            rows.append(
+                f"| {c.name} | {c.class_name} | {c.output_shape} | "
+                f"{c.trainable_params:,} | {c.non_trainable_params:,} | {mult} |"
+            )
+        rows.append(
+            f"| **total** | | | {self.trainable_params:,} | "
+            f"{self.non_trainable_params:,} | {self.multiplications:,} |"
+        )
+        if self.unknown_layers:
+            rows.append(
+                "\nMultiplications unknown (not in the total) for: "
+                + ", ".join(self.unknown_layers)
+            )
+        return "\n".join(rows)
+
+    __str__ = to_markdown
+
+
+def _count(weights):
+    return sum(math.prod(w.shape) for w in weights)
+
+
+def _layer_cost(layer, in_shape, out_shape):
+    mult = 0
+    for cls, rule in _RULES:
+        if isinstance(layer, cls):
+            mult = rule(layer, in_shape, out_shape)
+            break
+    else:
+        if layer.weights and not isinstance(layer, _ELEMENTWISE):
+            mult = None
+    return LayerCost(
+        name=layer.name,
+        class_name=type(layer).__name__,
+        output_shape=tuple(out_shape),
+        trainable_params=_count(layer.trainable_weights),
+        non_trainable_params=_count(layer.non_trainable_weights),
+        multiplications=mult,
+    )
+
+
+def _shape(tensors):
+    # Multi-input layers (Concatenate, Add) have no weights: the first
+    # input's shape is enough for them.
+    if isinstance(tensors, (list, tuple)):
+        tensors = tensors[0]
+    return tuple(tensors.shape)
+
+
+def _model_costs(model, seen):
+    costs = []
+    for layer in model.layers:
+        if id(layer) in seen or isinstance(layer, keras.layers.InputLayer):
+            continue
+        seen.add(id(layer))
+        if isinstance(layer, keras.Model):
+            costs.extend(_model_costs(layer, seen))
+            continue
+        try:
+            in_shape = _shape(layer.input)
+            out_shape = _shape(layer.output)
+        except (AttributeError, ValueError) as e:
+            raise ValueError(
+                f"Cannot read the input shape of layer '{layer.name}' of model "
+                f"'{model.name}'. cost_report needs a Sequential or functional "
+                "model that has been built on an `Input` (subclassed models "
+                "have no layer graph: wrap the model in a functional model, or "
+                "report its layers one by one with `input_shape`)."
+            ) from e
+        costs.append(_layer_cost(layer, in_shape, out_shape))
+    return costs
+
+
+def cost_report(model_or_layer, input_shape=None):
+    """Multiplications per example and parameters of each layer, and totals.
+
+    Args:
+        model_or_layer: a built Sequential or functional `keras.Model`
+            (nested models are expanded), or a single layer.
+        input_shape: for a single layer, its input shape including the batch
+            axis, e.g. `(None, 320)`. Builds the layer if needed. Not used
+            for models.
+
+    Returns:
+        A `CostReport`; `print(report)` shows a Markdown table, and
+        `report.reduction_vs(other)` gives the relative cut.
+
+    Example:
+
+    >>> head = SpinalDense(10, width=8, depth=6)
+    >>> cost_report(head, input_shape=(None, 320)).multiplications
+    8480
+    """
+    if isinstance(model_or_layer, keras.Model):
+        if not model_or_layer.built:
+            raise ValueError(
+                f"Model '{model_or_layer.name}' is not built: give it an "
+                "`keras.Input` or call it on data before cost_report."
+            )
+        return CostReport(tuple(_model_costs(model_or_layer, set())))
+    layer = model_or_layer
+    if not isinstance(layer, keras.layers.Layer):
+        raise TypeError(
+            "cost_report expects a keras.Model or keras.layers.Layer. "
+            f"Received: {model_or_layer!r}"
+        )
+    if input_shape is None:
+        raise ValueError(
+            f"cost_report of the single layer '{layer.name}' needs its "
+            "`input_shape`, including the batch axis, e.g. (None, 320)."
+        )
+    input_shape = tuple(input_shape)
+    if not layer.built:
+        layer.build(input_shape)
+    out_shape = tuple(layer.compute_output_shape(input_shape))
+    return CostReport((_layer_cost(layer, input_shape, out_shape),))

@@ -1,0 +1,533 @@
+"""The `SpinalDense` layer: SpinalNet's gradual-input fully connected block."""
+
+import random as _random
+
+import keras
+import numpy as np
+from keras import activations
+from keras import constraints
+from keras import initializers
+from keras import ops
+from keras import regularizers
+
+from spinalnet_keras import _validation
+
+PACKAGE = "spinalnet_keras"
+
+
+def split_sizes(features, splits):
+    """Sizes of `splits` consecutive parts of `features`, differing by <= 1.
+
+    The first `features % splits` parts get one extra feature, so every
+    feature is read for any input size (the reference scripts cut `D // 2`
+    and silently drop the last feature when `D` is odd).
+
+    >>> split_sizes(321, 2)
+    [161, 160]
+    """
+    base, extra = divmod(features, splits)
+    return [base + 1 if j < extra else base for j in range(splits)]
+
+
+def _serialize_activation(activation):
+    if isinstance(activation, keras.layers.Layer):
+        return keras.saving.serialize_keras_object(activation)
+    return activations.serialize(activation)
+
+
+def _get_activation(name, identifier):
+    """`activations.get`, plus Keras layers (e.g. `LeakyReLU(0.01)`) and
+    their serialized configs, which `activations.get` does not accept."""
+    if isinstance(identifier, keras.layers.Layer):
+        return identifier
+    if isinstance(identifier, dict) and str(
+        identifier.get("module", "")
+    ).startswith("keras.layers"):
+        return keras.saving.deserialize_keras_object(identifier)
+    try:
+        return activations.get(identifier)
+    except (ValueError, TypeError) as e:
+        raise ValueError(
+            f"`{name}` must be an activation name, a callable or a Keras "
+            f"layer. Received: {name}={identifier!r}"
+        ) from e
+
+
+def _sublayer_initializers(initializer, count):
+    """One initializer per sub-layer, each drawing different values.
+
+    A Keras initializer instance holds a fixed seed and returns the same
+    values on every call with the same shape, so one instance cannot serve
+    several sub-layers. Sub-layer i gets a copy seeded `base + i`; `base`
+    is the user's seed when given (reproducible), else a draw from Python's
+    RNG, which `keras.utils.set_random_seed` seeds.
+    """
+    config = initializer.get_config()
+    seed = config.get("seed", "absent")
+    if seed == "absent" or not (seed is None or isinstance(seed, int)):
+        # Deterministic (zeros, constant) or driven by a SeedGenerator that
+        # advances by itself: the instance can be shared.
+        return [initializer] * count
+    base = seed if seed is not None else _random.randint(0, 2**30)
+    return [
+        initializer.__class__.from_config({**config, "seed": base + i})
+        for i in range(count)
+    ]
+
+
+class _PerSublayerInitializer:
+    """Draws stored kernel blocks as slices of per-sub-layer Dense kernels.
+
+    SpinalDense stores, per split, the kernel blocks of all sub-layers that
+    read that split side by side (one GEMM per split at call time). Each
+    block is a row slice of the `(inputs_i, width)` kernel that a Dense
+    sub-layer i would have, drawn by sub-layer i's own initializer: the
+    split rows and the recurrent rows of a sub-layer come from the same
+    draw, and fan-in/fan-out based initializers (Glorot, He, LeCun) get
+    exactly the scale of a hand-composed network.
+    """
+
+    def __init__(self, initializers_, blocks):
+        # blocks: (sub-layer index, full shape, row start, row stop),
+        # concatenated along the last axis.
+        self.initializers = initializers_
+        self.blocks = blocks
+
+    def __call__(self, shape, dtype=None):
+        parts = []
+        for i, full_shape, start, stop in self.blocks:
+            value = self.initializers[i](full_shape, dtype=dtype)
+            parts.append(value[start:stop] if len(full_shape) == 2 else value)
+        value = parts[0] if len(parts) == 1 else ops.concatenate(parts, -1)
+        return ops.reshape(value, shape)
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class SpinalDense(keras.layers.Layer):
+    """SpinalNet fully connected block, a drop-in replacement for `Dense`.
+
+    The last axis of the input is cut into `splits` consecutive parts of
+    sizes that differ by at most one. Spinal sub-layer `i` (of `depth`) reads
+    part `i mod splits` and, from the second sub-layer on, the previous
+    sub-layer's output:
+
+        h_0 = act(BN(Dense_width(drop(s_0))))
+        h_i = act(BN(Dense_width(drop(concat([s_{i mod splits}, h_{i-1}])))))
+
+    Without `units` the output is `concat([h_0, ..., h_{depth-1}])`, of size
+    `depth * width`. With `units` it is one linear Dense of `units` over that
+    concatenation followed by `output_activation`: the complete SpinalNet
+    head of Kabir et al. (arXiv 2007.03347), used where `Dense(units)` was.
+
+    All sub-layers that read the same split share one matrix product, so
+    only the small `width x width` recurrent products run in sequence.
+
+    Args:
+        units: Optional positive int, size of the linear output Dense.
+            `None` returns the concatenated sub-layer outputs.
+        width: Positive int, neurons per spinal sub-layer.
+        depth: Positive int, number of spinal sub-layers.
+        splits: Int in `[1, depth]`, number of parts the input is cut into;
+            at build time also at most the number of input features.
+        activation: Activation of the sub-layers (name, callable or Keras
+            layer such as `LeakyReLU(negative_slope=0.01)`). Default `"relu"`.
+        output_activation: Activation of the output Dense. Default linear.
+        dropout: Float in `[0, 1)`, dropout rate applied to each sub-layer's
+            input (an independent mask per sub-layer, as in the paper's code).
+        batch_norm: Whether to apply `BatchNormalization` after each
+            sub-layer's Dense, before its activation.
+        batch_norm_momentum: Momentum of those BatchNormalization layers
+            (Keras convention; PyTorch's default 0.1 is Keras's 0.9).
+        batch_norm_epsilon: Epsilon of those BatchNormalization layers.
+        use_bias: Whether the sub-layers and the output Dense have biases.
+        kernel_initializer, bias_initializer: Initializers, as for `Dense`.
+            Kernels are drawn per sub-layer with the shape a `Dense`
+            sub-layer would have, `(split_size + width, width)`.
+        kernel_regularizer, bias_regularizer: Regularizers, as for `Dense`,
+            applied to every stored kernel (bias) block.
+        activity_regularizer: Regularizer on the layer's output.
+        kernel_constraint, bias_constraint: Constraints, as for `Dense`,
+            applied to each stored kernel (bias) variable.
+        seed: Optional int, seed of the dropout masks.
+        **kwargs: Base layer keyword arguments, such as `name` and `dtype`.
+
+    Input shape:
+        N-D tensor with shape `(batch_size, ..., input_dim)`, N >= 2, with a
+        known `input_dim`.
+
+    Output shape:
+        `(batch_size, ..., units)`, or `(batch_size, ..., depth * width)`
+        when `units` is None.
+
+    Example:
+
+    >>> model = keras.Sequential([
+    ...     keras.Input((320,)),
+    ...     SpinalDense(10, width=8, depth=6),
+    ... ])
+    >>> model.output_shape
+    (None, 10)
+    """
+
+    def __init__(
+        self,
+        units=None,
+        width=None,
+        depth=None,
+        splits=2,
+        activation="relu",
+        output_activation=None,
+        dropout=0.0,
+        batch_norm=False,
+        batch_norm_momentum=0.99,
+        batch_norm_epsilon=1e-3,
+        use_bias=True,
+        kernel_initializer="glorot_uniform",
+        bias_initializer="zeros",
+        kernel_regularizer=None,
+        bias_regularizer=None,
+        activity_regularizer=None,
+        kernel_constraint=None,
+        bias_constraint=None,
+        seed=None,
+        **kwargs,
+    ):
+        super().__init__(activity_regularizer=activity_regularizer, **kwargs)
+        self.units = _validation.positive_int("units", units, allow_none=True)
+        self.width = _validation.positive_int("width", width)
+        self.depth = _validation.positive_int("depth", depth)
+        self.splits = _validation.positive_int("splits", splits)
+        if self.splits > self.depth:
+            raise ValueError(
+                "`splits` must be between 1 and `depth`: sub-layer i reads "
+                "split i mod splits, so with more splits than sub-layers some "
+                f"input features would never be read. Received: "
+                f"splits={splits!r}, depth={depth!r}"
+            )
+        self.activation = _get_activation("activation", activation)
+        self.output_activation = _get_activation(
+            "output_activation", output_activation
+        )
+        self.dropout = _validation.rate("dropout", dropout)
+        self.batch_norm = _validation.boolean("batch_norm", batch_norm)
+        self.batch_norm_momentum = float(batch_norm_momentum)
+        self.batch_norm_epsilon = float(batch_norm_epsilon)
+        if not 0.0 <= self.batch_norm_momentum <= 1.0:
+            raise ValueError(
+                "`batch_norm_momentum` must be in [0, 1]. Received: "
+                f"batch_norm_momentum={batch_norm_momentum!r}"
+            )
+        if self.batch_norm_epsilon <= 0:
+            raise ValueError(
+                "`batch_norm_epsilon` must be positive. Received: "
+                f"batch_norm_epsilon={batch_norm_epsilon!r}"
+            )
+        self.use_bias = _validation.boolean("use_bias", use_bias)
+        self.kernel_initializer = initializers.get(kernel_initializer)
+        self.bias_initializer = initializers.get(bias_initializer)
+        self.kernel_regularizer = regularizers.get(kernel_regularizer)
+        self.bias_regularizer = regularizers.get(bias_regularizer)
+        self.kernel_constraint = constraints.get(kernel_constraint)
+        self.bias_constraint = constraints.get(bias_constraint)
+        self.seed = seed
+        self.input_spec = keras.layers.InputSpec(min_ndim=2)
+        self.supports_masking = False
+
+        # Sub-layers get this layer's dtype policy, or mixed precision breaks.
+        self._dropout_layer = (
+            keras.layers.Dropout(
+                self.dropout, seed=seed, dtype=self.dtype_policy
+            )
+            if self.dropout
+            else None
+        )
+        self._batch_norms = (
+            [
+                keras.layers.BatchNormalization(
+                    momentum=self.batch_norm_momentum,
+                    epsilon=self.batch_norm_epsilon,
+                    dtype=self.dtype_policy,
+                    name=f"batch_norm_{i}",
+                )
+                for i in range(self.depth)
+            ]
+            if self.batch_norm
+            else []
+        )
+
+    # -- structure ---------------------------------------------------------
+
+    def _sublayers_of_split(self, j):
+        return list(range(j, self.depth, self.splits))
+
+    @property
+    def output_dim(self):
+        """Size of the output's last axis."""
+        return self.units if self.units else self.depth * self.width
+
+    def build(self, input_shape):
+        if len(input_shape) < 2:
+            raise ValueError(
+                "SpinalDense expects inputs of rank >= 2 (batch, ..., "
+                f"features). Received input_shape={tuple(input_shape)}"
+            )
+        features = input_shape[-1]
+        if features is None:
+            raise ValueError(
+                "The last axis of the input to SpinalDense must be known at "
+                "build time (it is cut into splits). Received input_shape="
+                f"{tuple(input_shape)}"
+            )
+        if self.splits > features:
+            raise ValueError(
+                "`splits` must be between 1 and the number of input features "
+                f"({features}). Received: splits={self.splits}"
+            )
+        self.input_dim = int(features)
+        self.split_sizes = split_sizes(self.input_dim, self.splits)
+        bounds, start = [], 0
+        for size in self.split_sizes:
+            bounds.append((start, start + size))
+            start += size
+        self._bounds = bounds
+        w = self.width
+        kernel_inits = _sublayer_initializers(self.kernel_initializer, self.depth)
+        bias_inits = _sublayer_initializers(self.bias_initializer, self.depth)
+
+        self.split_kernels, self.split_biases = [], []
+        for j, size in enumerate(self.split_sizes):
+            sub = self._sublayers_of_split(j)
+            # Sub-layer 0 has no recurrent input; the others read w more.
+            full = {i: (size + (w if i else 0), w) for i in sub}
+            self.split_kernels.append(
+                self.add_weight(
+                    name=f"split_kernel_{j}",
+                    shape=(size, len(sub) * w),
+                    initializer=_PerSublayerInitializer(
+                        kernel_inits, [(i, full[i], 0, size) for i in sub]
+                    ),
+                    regularizer=self.kernel_regularizer,
+                    constraint=self.kernel_constraint,
+                )
+            )
+            if self.use_bias:
+                self.split_biases.append(
+                    self.add_weight(
+                        name=f"split_bias_{j}",
+                        shape=(len(sub) * w,),
+                        initializer=_PerSublayerInitializer(
+                            bias_inits, [(i, (w,), 0, w) for i in sub]
+                        ),
+                        regularizer=self.bias_regularizer,
+                        constraint=self.bias_constraint,
+                    )
+                )
+        self.recurrent_kernels = []
+        for i in range(1, self.depth):
+            size = self.split_sizes[i % self.splits]
+            self.recurrent_kernels.append(
+                self.add_weight(
+                    name=f"recurrent_kernel_{i}",
+                    shape=(w, w),
+                    initializer=_PerSublayerInitializer(
+                        kernel_inits, [(i, (size + w, w), size, size + w)]
+                    ),
+                    regularizer=self.kernel_regularizer,
+                    constraint=self.kernel_constraint,
+                )
+            )
+        for i, bn in enumerate(self._batch_norms):
+            bn.build(tuple(input_shape[:-1]) + (w,))
+        if self._dropout_layer is not None:
+            self._dropout_layer.build(input_shape)
+        if self.units:
+            self.output_kernel = self.add_weight(
+                name="output_kernel",
+                shape=(self.depth * w, self.units),
+                initializer=self.kernel_initializer,
+                regularizer=self.kernel_regularizer,
+                constraint=self.kernel_constraint,
+            )
+            self.output_bias = (
+                self.add_weight(
+                    name="output_bias",
+                    shape=(self.units,),
+                    initializer=self.bias_initializer,
+                    regularizer=self.bias_regularizer,
+                    constraint=self.bias_constraint,
+                )
+                if self.use_bias
+                else None
+            )
+        self.input_spec = keras.layers.InputSpec(
+            min_ndim=2, axes={-1: self.input_dim}
+        )
+        self.built = True
+
+    # -- forward -----------------------------------------------------------
+
+    def _split_products(self, parts, training):
+        """Pre-activations from the input splits, one entry per sub-layer."""
+        w, pre = self.width, [None] * self.depth
+        for j, part in enumerate(parts):
+            sub = self._sublayers_of_split(j)
+            kernel = self.split_kernels[j]
+            bias = self.split_biases[j] if self.use_bias else None
+            if self._dropout_layer is not None and training:
+                # Each sub-layer draws its own mask, so the split's product
+                # cannot be shared: one product per sub-layer.
+                kernel = ops.reshape(kernel, (-1, len(sub), w))
+                for t, i in enumerate(sub):
+                    z = ops.matmul(
+                        self._dropout_layer(part, training=True), kernel[:, t]
+                    )
+                    pre[i] = z if bias is None else z + bias[t * w : (t + 1) * w]
+                continue
+            z = ops.matmul(part, kernel)
+            if bias is not None:
+                z = ops.add(z, bias)
+            if len(sub) == 1:
+                pre[sub[0]] = z
+            else:
+                for t, i in enumerate(sub):
+                    pre[i] = z[..., t * w : (t + 1) * w]
+        return pre
+
+    def call(self, inputs, training=None):
+        parts = [inputs[..., a:b] for a, b in self._bounds]
+        pre = self._split_products(parts, training)
+        outputs, prev = [], None
+        for i in range(self.depth):
+            z = pre[i]
+            if prev is not None:
+                if self._dropout_layer is not None and training:
+                    prev = self._dropout_layer(prev, training=True)
+                z = z + ops.matmul(prev, self.recurrent_kernels[i - 1])
+            if self.batch_norm:
+                z = self._batch_norms[i](z, training=training)
+            prev = self.activation(z)
+            outputs.append(prev)
+        y = outputs[0] if self.depth == 1 else ops.concatenate(outputs, -1)
+        if self.units:
+            y = ops.matmul(y, self.output_kernel)
+            if self.output_bias is not None:
+                y = ops.add(y, self.output_bias)
+            if self.output_activation is not None:
+                y = self.output_activation(y)
+        return y
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape[:-1]) + (self.output_dim,)
+
+    # -- reference layout --------------------------------------------------
+
+    def get_sublayer_weights(self):
+        """Weights in the layout of the paper's per-sub-layer Dense layers.
+
+        Returns:
+            A dict with `"kernels"` (list of `depth` NumPy arrays, kernel `i`
+            of shape `(split_size_i + width, width)`, rows of the split
+            first, then rows of the previous sub-layer's output; kernel 0 has
+            only the split's rows), `"biases"` (list of `(width,)` arrays, or
+            None without bias), and, when `units` is set, `"output_kernel"`
+            and `"output_bias"`. This is the layout of the reference PyTorch
+            scripts' `fc_spinal_layer{i+1}` (transposed) and of a
+            hand-composed `Dense`/`Concatenate` network.
+        """
+        if not self.built:
+            raise ValueError("Build the layer before reading its weights.")
+        w = self.width
+        kernels = [None] * self.depth
+        biases = [None] * self.depth if self.use_bias else None
+        for j in range(self.splits):
+            k = ops.convert_to_numpy(self.split_kernels[j])
+            b = ops.convert_to_numpy(self.split_biases[j]) if self.use_bias else None
+            for t, i in enumerate(self._sublayers_of_split(j)):
+                kernels[i] = k[:, t * w : (t + 1) * w]
+                if biases is not None:
+                    biases[i] = b[t * w : (t + 1) * w]
+        for i in range(1, self.depth):
+            rec = ops.convert_to_numpy(self.recurrent_kernels[i - 1])
+            kernels[i] = np.concatenate([kernels[i], rec], axis=0)
+        out = {"kernels": kernels, "biases": biases}
+        if self.units:
+            out["output_kernel"] = ops.convert_to_numpy(self.output_kernel)
+            out["output_bias"] = (
+                ops.convert_to_numpy(self.output_bias) if self.use_bias else None
+            )
+        return out
+
+    def set_sublayer_weights(self, weights):
+        """Inverse of `get_sublayer_weights`: load per-sub-layer weights.
+
+        Use it to import weights from a hand-composed network or from the
+        reference PyTorch scripts (transpose `nn.Linear.weight`).
+        """
+        if not self.built:
+            raise ValueError("Build the layer before setting its weights.")
+        w = self.width
+        kernels, biases = weights["kernels"], weights.get("biases")
+        if len(kernels) != self.depth:
+            raise ValueError(
+                f"Expected {self.depth} sub-layer kernels, received {len(kernels)}"
+            )
+        for i, k in enumerate(kernels):
+            size = self.split_sizes[i % self.splits]
+            expected = (size + (w if i else 0), w)
+            if tuple(k.shape) != expected:
+                raise ValueError(
+                    f"Sub-layer kernel {i} must have shape {expected}. "
+                    f"Received shape {tuple(k.shape)}"
+                )
+        for j in range(self.splits):
+            sub = self._sublayers_of_split(j)
+            size = self.split_sizes[j]
+            self.split_kernels[j].assign(
+                ops.concatenate([kernels[i][:size] for i in sub], axis=1)
+            )
+            if self.use_bias:
+                self.split_biases[j].assign(
+                    ops.concatenate([biases[i] for i in sub], axis=0)
+                )
+        for i in range(1, self.depth):
+            size = self.split_sizes[i % self.splits]
+            self.recurrent_kernels[i - 1].assign(kernels[i][size:])
+        if self.units:
+            self.output_kernel.assign(weights["output_kernel"])
+            if self.use_bias:
+                self.output_bias.assign(weights["output_bias"])
+
+    # -- serialization -----------------------------------------------------
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "units": self.units,
+                "width": self.width,
+                "depth": self.depth,
+                "splits": self.splits,
+                "activation": _serialize_activation(self.activation),
+                "output_activation": _serialize_activation(
+                    self.output_activation
+                ),
+                "dropout": self.dropout,
+                "batch_norm": self.batch_norm,
+                "batch_norm_momentum": self.batch_norm_momentum,
+                "batch_norm_epsilon": self.batch_norm_epsilon,
+                "use_bias": self.use_bias,
+                "kernel_initializer": initializers.serialize(
+                    self.kernel_initializer
+                ),
+                "bias_initializer": initializers.serialize(self.bias_initializer),
+                "kernel_regularizer": regularizers.serialize(
+                    self.kernel_regularizer
+                ),
+                "bias_regularizer": regularizers.serialize(self.bias_regularizer),
+                "kernel_constraint": constraints.serialize(self.kernel_constraint),
+                "bias_constraint": constraints.serialize(self.bias_constraint),
+                "seed": self.seed,
+            }
+        )
+        return config
+

@@ -1,0 +1,45 @@
+"""Independent references for SpinalDense: NumPy and hand-composed Keras."""
+
+import keras
+import numpy as np
+
+
+def numpy_spinal(x, kernels, biases, splits, activation=lambda z: np.maximum(z, 0),
+                 output_kernel=None, output_bias=None):
+    """The forward pass of the notes, §1, written the obvious way."""
+    parts = np.array_split(x, splits, axis=-1)
+    prev, outs = None, []
+    for i, kernel in enumerate(kernels):
+        s = parts[i % splits]
+        z = s if prev is None else np.concatenate([s, prev], axis=-1)
+        z = z @ kernel
+        if biases is not None:
+            z = z + biases[i]
+        prev = activation(z)
+        outs.append(prev)
+    y = np.concatenate(outs, axis=-1)
+    if output_kernel is not None:
+        y = y @ output_kernel
+        if output_bias is not None:
+            y = y + output_bias
+    return y
+
+
+def composed_spinal(features, units, width, depth, splits=2):
+    """The same network made by hand from Dense, Concatenate and slicing."""
+    inputs = keras.Input((features,))
+    bounds = np.cumsum([0] + [len(a) for a in np.array_split(np.arange(features), splits)])
+    parts = [
+        keras.layers.Identity()(inputs[:, bounds[j]:bounds[j + 1]]) for j in range(splits)
+    ]
+    prev, outs = None, []
+    for i in range(depth):
+        z = parts[i % splits] if prev is None else keras.layers.Concatenate()(
+            [parts[i % splits], prev]
+        )
+        prev = keras.layers.Dense(width, activation="relu", name=f"sub_{i}")(z)
+        outs.append(prev)
+    y = keras.layers.Concatenate()(outs) if depth > 1 else outs[0]
+    if units:
+        y = keras.layers.Dense(units, name="out")(y)
+    return keras.Model(inputs, y)

@@ -1,0 +1,85 @@
+import keras
+import pytest
+
+from spinalnet_keras import SpinalDense
+from spinalnet_keras import cost_report
+from spinalnet_keras import paper_model
+
+
+def _fc(head):
+    return keras.Sequential([keras.Input((320,)), head], name="fc")
+
+
+def test_mnist_fc_part_multiplications_and_cut():
+    dense = keras.Sequential([
+        keras.Input((320,)), keras.layers.Dense(50, activation="relu"),
+        keras.layers.Dropout(0.5), keras.layers.Dense(10)])
+    spinal = _fc(SpinalDense(10, width=8, depth=6))
+    rd, rs = cost_report(dense), cost_report(spinal)
+    assert rd.multiplications == 320 * 50 + 50 * 10 == 16_500
+    assert rs.multiplications == 160 * 8 + 5 * (168 * 8) + 48 * 10 == 8_480
+    cut = rs.reduction_vs(rd)
+    assert round(100 * cut["multiplications"], 1) == 48.6
+    assert rd.trainable_params == 16_560 and rs.trainable_params == 8_538
+    assert [c.multiplications for c in rd.layers] == [16_000, 0, 500]
+
+
+def test_single_layer_needs_input_shape():
+    assert cost_report(SpinalDense(10, width=8, depth=6), input_shape=(None, 320)).multiplications == 8_480
+    with pytest.raises(ValueError, match="needs its `input_shape`"):
+        cost_report(SpinalDense(10, width=8, depth=6))
+    with pytest.raises(TypeError, match="expects a keras.Model"):
+        cost_report("dense")
+
+
+def test_rank_3_positions_and_convolutions():
+    model = keras.Sequential([
+        keras.Input((28, 28, 1)),
+        keras.layers.Conv2D(10, 5),                        # 5*5*1*10 * 24*24
+        keras.layers.BatchNormalization(),                 # element-wise: 0
+        keras.layers.DepthwiseConv2D(3, padding="same"),   # 3*3*10 * 24*24
+        keras.layers.Reshape((24 * 24, 10)),
+        SpinalDense(width=2, depth=2, splits=2),           # (5*2 + (5+2)*2) * 576
+    ])
+    report = cost_report(model)
+    assert [c.multiplications for c in report.layers] == [
+        144_000, 0, 51_840, 0, 24 * 576]
+    assert report.non_trainable_params == 20
+    assert "| **total** |" in report.to_markdown()
+
+
+def test_unknown_weighted_layer_is_reported_not_guessed():
+    model = keras.Sequential([keras.Input((4, 3)), keras.layers.SimpleRNN(5), keras.layers.Dense(2)])
+    report = cost_report(model)
+    assert report.unknown_layers == ("simple_rnn",)
+    assert report.multiplications == 10
+    assert "unknown" in str(report)
+
+
+def test_nested_model_is_expanded_and_paper_totals():
+    report = cost_report(paper_model("mnist_cnn", head="spinal"))
+    assert report.trainable_params == 13_818
+    by_name = {c.name: c.multiplications for c in report.layers}
+    assert by_name["head_spinal"] == 8_480
+    # conv 1: 5*5*1*10 * 24*24; conv 2: 5*5*10*20 * 8*8
+    assert by_name["conv_1"] == 144_000 and by_name["conv_2"] == 320_000
+    inner = paper_model("regression", head="dense")
+    outer = keras.Sequential([keras.Input((8,)), inner])
+    assert cost_report(outer).multiplications == 8 * 200 + 200 * 100 + 100
+
+
+def test_subclassed_and_unbuilt_models_get_clear_errors():
+    class Net(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.d = keras.layers.Dense(3)
+
+        def call(self, x):
+            return self.d(x)
+
+    net = Net()
+    with pytest.raises(ValueError, match="not built"):
+        cost_report(net)
+    net(keras.ops.zeros((1, 4)))
+    with pytest.raises(ValueError, match="subclassed models"):
+        cost_report(net)

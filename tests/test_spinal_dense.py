@@ -1,0 +1,319 @@
+import keras
+import numpy as np
+import pytest
+
+from composed import composed_spinal
+from composed import numpy_spinal
+from spinalnet_keras import SpinalDense
+from spinalnet_keras import split_sizes
+
+
+def _x(*shape, seed=0):
+    return np.random.default_rng(seed).normal(size=shape).astype("float32")
+
+
+# -- forward pass ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "features,width,depth,splits,units",
+    [(320, 8, 6, 2, 10), (321, 5, 4, 2, None), (10, 3, 4, 3, 7), (9, 4, 1, 1, 2)],
+)
+def test_forward_matches_numpy_reference(features, width, depth, splits, units):
+    layer = SpinalDense(units, width=width, depth=depth, splits=splits,
+                        bias_initializer="random_normal")
+    x = _x(5, features)
+    y = keras.ops.convert_to_numpy(layer(x))
+    w = layer.get_sublayer_weights()
+    expected = numpy_spinal(x, w["kernels"], w["biases"], splits,
+                            output_kernel=w.get("output_kernel"),
+                            output_bias=w.get("output_bias"))
+    assert y.shape == (5, units or depth * width)
+    np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_same_function_as_hand_composed_dense_network():
+    ref = composed_spinal(321, units=10, width=8, depth=6, splits=2)
+    layer = SpinalDense(10, width=8, depth=6)
+    layer.build((None, 321))
+    layer.set_sublayer_weights({
+        "kernels": [ref.get_layer(f"sub_{i}").kernel.numpy() for i in range(6)],
+        "biases": [ref.get_layer(f"sub_{i}").bias.numpy() for i in range(6)],
+        "output_kernel": ref.get_layer("out").kernel.numpy(),
+        "output_bias": ref.get_layer("out").bias.numpy(),
+    })
+    x = _x(16, 321)
+    np.testing.assert_allclose(layer(x), ref(x), rtol=1e-5, atol=1e-5)
+
+
+def test_every_feature_is_used_with_odd_sizes():
+    # The reference drops the last feature when D is odd; here changing the
+    # last feature must change the output.
+    assert split_sizes(321, 2) == [161, 160]
+    assert split_sizes(10, 3) == [4, 3, 3]
+    assert sum(split_sizes(1001, 7)) == 1001
+    # tanh: no dead units that could hide the feature by chance
+    layer = SpinalDense(4, width=3, depth=2, activation="tanh")
+    x = _x(2, 321)
+    x2 = x.copy()
+    x2[:, -1] += 10.0
+    assert not np.allclose(layer(x), layer(x2))
+
+
+def test_rank_3_input_applies_on_last_axis():
+    layer = SpinalDense(6, width=4, depth=3)
+    x = _x(2, 7, 11)
+    y = layer(x)
+    assert tuple(y.shape) == (2, 7, 6)
+    flat = layer(x.reshape(14, 11))
+    np.testing.assert_allclose(np.reshape(y, (14, 6)), flat, rtol=1e-5, atol=1e-6)
+    assert layer.compute_output_shape((None, 7, 11)) == (None, 7, 6)
+    assert SpinalDense(width=4, depth=3).compute_output_shape((3, 5, 11)) == (3, 5, 12)
+
+
+def test_initializer_has_per_sublayer_dense_scale():
+    # Glorot uniform on a (h + w, w) Dense kernel: limit sqrt(6 / (h + 2w)).
+    layer = SpinalDense(width=64, depth=4)
+    layer.build((None, 512))
+    limit_first = np.sqrt(6.0 / (256 + 64))
+    limit_rest = np.sqrt(6.0 / (256 + 64 + 64))
+    k0 = layer.split_kernels[0].numpy()
+    assert np.abs(k0[:, :64]).max() <= limit_first
+    assert np.abs(k0[:, :64]).max() > 0.95 * limit_first
+    assert np.abs(k0[:, 64:]).max() <= limit_rest
+    rec = layer.recurrent_kernels[0].numpy()
+    assert np.abs(rec).max() <= limit_rest
+    assert np.abs(rec).max() > 0.9 * limit_rest
+
+
+def test_sublayers_get_distinct_weights_and_seeds_reproduce():
+    # A Keras initializer instance repeats itself for equal shapes; each
+    # sub-layer must still get its own draw.
+    layer = SpinalDense(width=6, depth=6, bias_initializer="random_normal")
+    layer.build((None, 8))
+    w = layer.get_sublayer_weights()
+    assert len({k.tobytes() for k in w["kernels"]}) == 6
+    assert len({b.tobytes() for b in w["biases"]}) == 6
+    # With a seeded initializer, sub-layer i is exactly the (h + w, w) Dense
+    # kernel of seed + i: split rows and recurrent rows from one draw.
+    seeded = SpinalDense(width=3, depth=4, kernel_initializer=keras.initializers.GlorotUniform(seed=7))
+    seeded.build((None, 10))
+    kernels = seeded.get_sublayer_weights()["kernels"]
+    for i, kernel in enumerate(kernels):
+        shape = (5, 3) if i == 0 else (8, 3)
+        expected = keras.initializers.GlorotUniform(seed=7 + i)(shape)
+        np.testing.assert_allclose(kernel, expected, rtol=1e-6)
+    again = SpinalDense(width=3, depth=4, kernel_initializer=keras.initializers.GlorotUniform(seed=7))
+    again.build((None, 10))
+    for a, b in zip(again.get_sublayer_weights()["kernels"], kernels):
+        np.testing.assert_array_equal(a, b)
+
+
+# -- options -----------------------------------------------------------------
+
+
+def test_dropout_is_active_in_training_only_and_per_sublayer_path_agrees():
+    layer = SpinalDense(5, width=4, depth=4, dropout=0.5, seed=3)
+    x = _x(8, 20)
+    infer = keras.ops.convert_to_numpy(layer(x, training=False))
+    train = keras.ops.convert_to_numpy(layer(x, training=True))
+    assert not np.allclose(infer, train)
+    np.testing.assert_allclose(infer, layer(x), rtol=1e-6)
+    # With a zero rate the per-sub-layer training path must compute exactly
+    # the shared-product path.
+    layer._dropout_layer.rate = 0.0
+    np.testing.assert_allclose(layer(x, training=True), infer, rtol=1e-5, atol=1e-6)
+
+
+def test_batch_norm_counts_and_updates():
+    layer = SpinalDense(3, width=4, depth=5, batch_norm=True)
+    layer.build((None, 10))
+    bn_trainable = 2 * 4 * 5
+    dense_part = 4 * (5 + 1) + 4 * 4 * (5 + 4 + 1) + 3 * (5 * 4 + 1)
+    assert sum(np.prod(w.shape) for w in layer.trainable_weights) == dense_part + bn_trainable
+    assert sum(np.prod(w.shape) for w in layer.non_trainable_weights) == bn_trainable
+    before = layer._batch_norms[0].moving_mean.numpy().copy()
+    layer(_x(32, 10) + 3.0, training=True)
+    assert not np.allclose(before, layer._batch_norms[0].moving_mean.numpy())
+
+
+def test_no_bias():
+    layer = SpinalDense(3, width=4, depth=2, use_bias=False)
+    layer.build((None, 10))
+    assert not [w for w in layer.weights if "bias" in w.path]
+    assert layer.count_params() == 5 * 4 + 9 * 4 + 8 * 3
+
+
+def test_regularizers_equal_per_sublayer_penalty():
+    layer = SpinalDense(3, width=4, depth=3, kernel_regularizer=keras.regularizers.L2(0.1),
+                        bias_regularizer="l1", activity_regularizer="l2")
+    y = layer(_x(4, 9))
+    w = layer.get_sublayer_weights()
+    kernel_sq = sum((k ** 2).sum() for k in w["kernels"]) + (w["output_kernel"] ** 2).sum()
+    losses = [float(v) for v in layer.losses]
+    # 2 split + 2 recurrent + 1 output kernels, 2 split + 1 output biases, activity
+    assert len(losses) == 5 + 3 + 1
+    expected = 0.1 * kernel_sq + 0.01 * np.abs(np.concatenate(w["biases"])).sum() + 0.01 * np.abs(
+        w["output_bias"]).sum() + 0.01 * float((np.asarray(y) ** 2).sum()) / 4
+    np.testing.assert_allclose(sum(losses), expected, rtol=1e-4)
+
+
+def test_constraints_are_applied_by_the_optimizer():
+    model = keras.Sequential([keras.Input((6,)), SpinalDense(
+        2, width=3, depth=2, kernel_constraint="non_neg", bias_constraint="non_neg")])
+    model.compile("sgd", "mse")
+    model.fit(_x(16, 6), _x(16, 2) * 10, epochs=2, verbose=0)
+    assert all((w.numpy() >= 0).all() for w in model.trainable_weights)
+
+
+def test_layer_activation_such_as_leaky_relu():
+    layer = SpinalDense(width=3, depth=2, activation=keras.layers.LeakyReLU(negative_slope=0.01))
+    x = _x(6, 8)
+    w = None
+    y = keras.ops.convert_to_numpy(layer(x))
+    w = layer.get_sublayer_weights()
+    expected = numpy_spinal(x, w["kernels"], w["biases"], 2,
+                            activation=lambda z: np.where(z > 0, z, 0.01 * z))
+    np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-6)
+    assert (y < 0).any()
+
+
+# -- validation --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(width=0, depth=2), "width=0"),
+        (dict(width=-3, depth=2), "width=-3"),
+        (dict(width=2.5, depth=2), "width=2.5"),
+        (dict(width=True, depth=2), "width=True"),
+        (dict(width=None, depth=2), "width=None"),
+        (dict(width=4, depth=0), "depth=0"),
+        (dict(width=4, depth="3"), "depth='3'"),
+        (dict(units=0, width=4, depth=2), "units=0"),
+        (dict(width=4, depth=2, splits=0), "splits=0"),
+        (dict(width=4, depth=2, splits=3), "splits=3, depth=2"),
+        (dict(width=4, depth=2, dropout=1.0), r"dropout=1.0"),
+        (dict(width=4, depth=2, dropout=-0.1), r"dropout=-0.1"),
+        (dict(width=4, depth=2, batch_norm="yes"), "batch_norm='yes'"),
+        (dict(width=4, depth=2, activation="no_such_fn"), "no_such_fn"),
+        (dict(width=4, depth=2, batch_norm_momentum=1.5), "batch_norm_momentum=1.5"),
+    ],
+)
+def test_bad_arguments_name_the_value(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        SpinalDense(**kwargs)
+
+
+def test_more_splits_than_features():
+    layer = SpinalDense(width=4, depth=6, splits=5)
+    with pytest.raises(ValueError, match=r"number of input features \(3\).*splits=5"):
+        layer.build((None, 3))
+
+
+def test_unknown_last_axis_and_low_rank():
+    with pytest.raises(ValueError, match="must be known at build time"):
+        SpinalDense(width=4, depth=2).build((None, None))
+    with pytest.raises(ValueError, match="rank >= 2"):
+        SpinalDense(width=4, depth=2).build((5,))
+
+
+def test_set_sublayer_weights_checks_shapes():
+    layer = SpinalDense(width=4, depth=2)
+    layer.build((None, 10))
+    w = layer.get_sublayer_weights()
+    w["kernels"][1] = np.zeros((3, 4))
+    with pytest.raises(ValueError, match=r"kernel 1 must have shape \(9, 4\)"):
+        layer.set_sublayer_weights(w)
+
+
+# -- serialization -----------------------------------------------------------
+
+
+def test_config_round_trip_is_complete():
+    layer = SpinalDense(
+        7, width=5, depth=4, splits=3, activation="tanh", output_activation="softmax",
+        dropout=0.25, batch_norm=True, batch_norm_momentum=0.9, batch_norm_epsilon=1e-5,
+        use_bias=False, kernel_initializer="he_normal", bias_initializer="ones",
+        kernel_regularizer="l2", bias_regularizer="l1", activity_regularizer="l2",
+        kernel_constraint="max_norm", bias_constraint="non_neg", seed=11, name="spine",
+    )
+    config = layer.get_config()
+    clone = SpinalDense.from_config(config)
+    assert clone.get_config() == config
+    for key in ("units", "width", "depth", "splits", "dropout", "batch_norm", "use_bias", "seed"):
+        assert getattr(clone, key) == getattr(layer, key)
+    assert config["activity_regularizer"] is not None
+
+
+def test_keras_file_round_trip_in_safe_mode(tmp_path):
+    inputs = keras.Input((30,))
+    x = SpinalDense(width=6, depth=4, dropout=0.2, batch_norm=True,
+                    activation=keras.layers.LeakyReLU(negative_slope=0.05))(inputs)
+    outputs = SpinalDense(3, width=2, depth=2, output_activation="softmax")(x)
+    model = keras.Model(inputs, outputs)
+    model.compile("adam", "sparse_categorical_crossentropy")
+    model.fit(_x(32, 30), np.arange(32) % 3, epochs=1, verbose=0)
+    path = tmp_path / "m.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path, safe_mode=True)  # no custom_objects
+    x = _x(10, 30, seed=5)
+    np.testing.assert_array_equal(model.predict(x, verbose=0), loaded.predict(x, verbose=0))
+    assert isinstance(loaded.layers[1], SpinalDense)
+
+
+# -- models, precision, compilation -----------------------------------------
+
+
+class SubclassedNet(keras.Model):
+    def __init__(self):
+        super().__init__()
+        self.spinal = SpinalDense(width=4, depth=3)
+        self.out = keras.layers.Dense(2)
+
+    def call(self, x):
+        return self.out(self.spinal(x))
+
+
+@pytest.mark.parametrize("kind", ["sequential", "functional", "subclassed"])
+def test_trains_in_every_model_style_with_jit(kind):
+    x = _x(128, 12)
+    y = (x[:, :6].sum(1) > x[:, 6:].sum(1)).astype("int32")
+    if kind == "sequential":
+        model = keras.Sequential([keras.Input((12,)), SpinalDense(2, width=8, depth=4)])
+    elif kind == "functional":
+        i = keras.Input((12,))
+        model = keras.Model(i, SpinalDense(2, width=8, depth=4)(i))
+    else:
+        model = SubclassedNet()
+    model.compile(keras.optimizers.Adam(0.02), keras.losses.SparseCategoricalCrossentropy(
+        from_logits=True), jit_compile=True)
+    hist = model.fit(x, y, epochs=8, batch_size=32, verbose=0).history["loss"]
+    assert hist[-1] < 0.7 * hist[0]
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+def test_mixed_precision(policy):
+    keras.config.set_dtype_policy(policy)
+    compute = policy.split("_")[1]
+    x = _x(16, 20)
+    # dtypes, with every sub-layer kind present
+    full = SpinalDense(4, width=8, depth=4, batch_norm=True, dropout=0.1)
+    y = full(x, training=True)
+    assert keras.backend.standardize_dtype(y.dtype) == compute
+    assert all(w.dtype == "float32" for w in full.weights)
+    assert all(bn.dtype_policy.name == policy for bn in full._batch_norms)
+    # numbers: the low-precision result is the float32 one, rounded
+    layer = SpinalDense(4, width=8, depth=4)
+    y = keras.ops.convert_to_numpy(keras.ops.cast(layer(x), "float32"))
+    w = layer.get_sublayer_weights()
+    y32 = numpy_spinal(x, w["kernels"], w["biases"], 2, output_kernel=w["output_kernel"],
+                       output_bias=w["output_bias"])
+    tol = 2e-2 if compute == "float16" else 1e-1
+    np.testing.assert_allclose(y, y32, rtol=tol, atol=tol)
+    model = keras.Sequential([keras.Input((20,)), SpinalDense(4, width=8, depth=4),
+                              keras.layers.Activation("linear", dtype="float32")])
+    model.compile("adam", "mse", jit_compile=True)
+    loss = model.fit(x, _x(16, 4), epochs=2, verbose=0).history["loss"]
+    assert np.isfinite(loss).all()
