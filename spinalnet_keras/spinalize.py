@@ -1,0 +1,129 @@
+"""Turn the hidden `Dense` layers of an existing model into `SpinalDense`.
+
+The paper (Fig. 4) notes that any traditional hidden layer can become a
+spinal hidden layer. `spinalize` does it on a Sequential or functional
+model: chosen hidden `Dense` layers become `SpinalDense` layers with the
+same output size and output activation; every other layer is cloned with
+its weights.
+"""
+
+import math
+
+import keras
+
+from spinalnet_keras import _validation
+from spinalnet_keras.spinal_dense import SpinalDense
+
+
+def _is_graph_model(model):
+    # Functional models (and subclasses built from inputs/outputs) carry a
+    # layer graph; subclassed models with their own `call` do not.
+    return isinstance(model, keras.Sequential) or hasattr(model, "_nodes_by_depth")
+
+
+def hidden_dense_layers(model):
+    """Names of the `Dense` layers of `model` whose outputs feed other
+    layers (not a model output)."""
+    outputs = {id(t) for t in model.outputs}
+    return [
+        layer.name
+        for layer in model.layers
+        if type(layer) is keras.layers.Dense and id(layer.output) not in outputs
+    ]
+
+
+def spinalize(model, layers=None, width=None, depth=4, splits=2, **spinal_options):
+    """Return a copy of `model` with hidden Dense layers made spinal.
+
+    Args:
+        model: a built Sequential or functional `keras.Model`.
+        layers: names (or layer objects) of the Dense layers to convert;
+            default: all hidden Dense layers (see `hidden_dense_layers`).
+        width: width of the spinal sub-layers; default
+            `ceil(units / depth)`, so the sub-layers hold about as many
+            neurons as the Dense layer they replace.
+        depth: number of spinal sub-layers.
+        splits: number of input splits (at most the layer's input size).
+        **spinal_options: other `SpinalDense` arguments (`dropout`,
+            `batch_norm`, `activation`, initializers, ...).
+
+    Returns:
+        A new model of the same class. Converted layers are `SpinalDense`
+        with the Dense layer's `units`, `use_bias` and, as
+        `output_activation`, its activation; they start from fresh
+        weights. All other layers keep their weights. The input model is
+        not changed. Call `compile` on the result.
+
+    Raises:
+        ValueError: subclassed or unbuilt models, names that are not in
+            the model, layers that are not Dense or have no hidden role.
+
+    Example:
+
+    >>> spinal = spinalize(dense_model, width=8, depth=6)
+    """
+    if not isinstance(model, keras.Model) or not _is_graph_model(model):
+        raise ValueError(
+            "spinalize works on Sequential and functional models; a subclassed "
+            "model has no layer graph to rewrite. Put SpinalDense in its "
+            f"`__init__` instead. Received: {type(model).__name__}"
+        )
+    if not model.built or not model.outputs:
+        raise ValueError(
+            f"Model '{model.name}' is not built: give it a keras.Input first."
+        )
+    depth = _validation.positive_int("depth", depth)
+    width = _validation.positive_int("width", width, allow_none=True)
+    hidden = hidden_dense_layers(model)
+    if layers is None:
+        selected = hidden
+        if not selected:
+            raise ValueError(
+                f"Model '{model.name}' has no hidden Dense layer to convert."
+            )
+    else:
+        if isinstance(layers, (str, keras.layers.Layer)):
+            layers = [layers]
+        selected = []
+        names = {layer.name: layer for layer in model.layers}
+        for item in layers:
+            name = item.name if isinstance(item, keras.layers.Layer) else item
+            if name not in names:
+                raise ValueError(
+                    f"Layer {name!r} is not in model '{model.name}'. Hidden "
+                    f"Dense layers: {hidden}"
+                )
+            if type(names[name]) is not keras.layers.Dense:
+                raise ValueError(
+                    f"Layer {name!r} is a {type(names[name]).__name__}, not a "
+                    f"Dense layer. Hidden Dense layers: {hidden}"
+                )
+            if name not in hidden:
+                raise ValueError(
+                    f"Dense layer {name!r} has no hidden role: its output is "
+                    f"an output of the model. Hidden Dense layers: {hidden}"
+                )
+            selected.append(name)
+    selected = set(selected)
+
+    def clone(layer):
+        if layer.name not in selected:
+            return layer.__class__.from_config(layer.get_config())
+        cfg = layer.get_config()
+        return SpinalDense(
+            cfg["units"],
+            width=width or math.ceil(cfg["units"] / depth),
+            depth=depth,
+            splits=splits,
+            output_activation=cfg["activation"],
+            use_bias=cfg["use_bias"],
+            name=layer.name,
+            dtype=layer.dtype_policy,
+            **spinal_options,
+        )
+
+    new = keras.models.clone_model(model, clone_function=clone)
+    for layer in model.layers:
+        if layer.name not in selected and layer.weights:
+            new.get_layer(layer.name).set_weights(layer.get_weights())
+    return new

@@ -1,0 +1,80 @@
+import keras
+import numpy as np
+import pytest
+
+from spinalnet_keras import SpinalDense
+from spinalnet_keras import hidden_dense_layers
+from spinalnet_keras import spinalize
+
+
+def _x(*shape):
+    return np.random.default_rng(0).normal(size=shape).astype("float32")
+
+
+def test_sequential_all_hidden_layers():
+    model = keras.Sequential([
+        keras.Input((20,)), keras.layers.Dense(16, activation="relu", name="h1"),
+        keras.layers.Dropout(0.2), keras.layers.Dense(8, activation="tanh", name="h2"),
+        keras.layers.Dense(3, name="out")])
+    assert hidden_dense_layers(model) == ["h1", "h2"]
+    new = spinalize(model, depth=4)
+    assert isinstance(new, keras.Sequential)
+    h1, h2 = new.get_layer("h1"), new.get_layer("h2")
+    assert isinstance(h1, SpinalDense) and isinstance(h2, SpinalDense)
+    assert (h1.units, h1.width, h1.depth) == (16, 4, 4)
+    assert (h2.units, h2.width) == (8, 2)
+    assert keras.activations.serialize(h2.output_activation) == "tanh"
+    np.testing.assert_array_equal(new.get_layer("out").kernel.numpy(), model.get_layer("out").kernel.numpy())
+    assert new.predict(_x(5, 20), verbose=0).shape == (5, 3)
+    assert isinstance(model.get_layer("h1"), keras.layers.Dense)  # input model untouched
+
+
+def test_functional_selection_keeps_untouched_layers_and_outputs():
+    inputs = keras.Input((12, 12, 1))
+    x = keras.layers.Conv2D(4, 3, name="conv")(inputs)
+    x = keras.layers.Flatten(name="flat")(x)
+    a = keras.layers.Dense(10, activation="relu", name="a")(x)
+    b = keras.layers.Dense(6, activation="relu", name="b")(x)
+    merged = keras.layers.Concatenate(name="cat")([a, b])
+    outputs = keras.layers.Dense(2, name="out")(merged)
+    model = keras.Model(inputs, outputs)
+    new = spinalize(model, layers=["b"], width=3, depth=2, splits=2, dropout=0.1)
+    assert isinstance(new.get_layer("b"), SpinalDense)
+    assert type(new.get_layer("a")) is keras.layers.Dense
+    assert new.get_layer("b").dropout == 0.1
+    x = _x(3, 12, 12, 1)
+    for name in ("conv", "a"):
+        old_out = keras.Model(model.input, model.get_layer(name).output)(x)
+        new_out = keras.Model(new.input, new.get_layer(name).output)(x)
+        np.testing.assert_allclose(old_out, new_out, rtol=1e-6)
+    new.compile("adam", "mse")
+    assert np.isfinite(new.train_on_batch(x, np.zeros((3, 2))))
+
+
+def test_errors():
+    model = keras.Sequential([keras.Input((5,)), keras.layers.Dense(4, name="h"),
+                              keras.layers.ReLU(name="r"), keras.layers.Dense(1, name="out")])
+    with pytest.raises(ValueError, match="'out' has no hidden role"):
+        spinalize(model, layers=["out"])
+    with pytest.raises(ValueError, match=r"'nope' is not in model.*\['h'\]"):
+        spinalize(model, layers=["nope"])
+    with pytest.raises(ValueError, match="'r' is a ReLU, not a Dense"):
+        spinalize(model, layers=["r"])
+    with pytest.raises(ValueError, match="depth=0"):
+        spinalize(model, depth=0)
+    only_output = keras.Sequential([keras.Input((5,)), keras.layers.Dense(1)])
+    with pytest.raises(ValueError, match="no hidden Dense layer"):
+        spinalize(only_output)
+
+    class Net(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.d = keras.layers.Dense(3)
+
+        def call(self, x):
+            return self.d(x)
+
+    net = Net()
+    net(np.zeros((1, 4)))
+    with pytest.raises(ValueError, match="subclassed"):
+        spinalize(net)
