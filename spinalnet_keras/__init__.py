@@ -7,6 +7,9 @@ from spinalnet_keras.backbones import make_backbone
 from spinalnet_keras.costs import CostReport
 from spinalnet_keras.costs import LayerCost
 from spinalnet_keras.costs import cost_report
+from spinalnet_keras.export import ExportError
+from spinalnet_keras.export import export_model
+from spinalnet_keras.export import load_model_file
 from spinalnet_keras.heads import Head
 from spinalnet_keras.heads import build_head
 from spinalnet_keras.paper_models import PAPER_MODELS
@@ -20,6 +23,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CostReport",
+    "ExportError",
     "Head",
     "ImagePreprocessing",
     "LayerCost",
@@ -29,7 +33,9 @@ __all__ = [
     "backbone_model",
     "build_head",
     "cost_report",
+    "export_model",
     "hidden_dense_layers",
+    "load_model_file",
     "make_backbone",
     "paper_model",
     "spinalize",

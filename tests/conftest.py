@@ -17,3 +17,23 @@ def _fresh_keras_state():
     yield
     keras.config.set_dtype_policy("float32")
     keras.backend.clear_session()
+
+
+MNIST_DIR = os.path.join(SHARED_DATA, "mnist")
+
+
+@pytest.fixture(scope="session")
+def mnist_data_dir(tmp_path_factory):
+    """A tfds data directory with MNIST prepared from ../shared/data/mnist."""
+    if not os.path.isdir(MNIST_DIR):
+        pytest.skip(f"real MNIST files not found at {MNIST_DIR} (a workplace-only folder)")
+    from spinalnet_keras.data import prepare
+
+    data_dir = str(tmp_path_factory.mktemp("tfds"))
+    prepare("mnist", data_dir=data_dir, manual_dir=SHARED_DATA)
+    return data_dir
+
+
+def is_png(path):
+    with open(path, "rb") as f:
+        return f.read(8) == b"\x89PNG\r\n\x1a\n"

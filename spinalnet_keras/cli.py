@@ -1,0 +1,313 @@
+"""The `spinalnet-keras` command (also `python -m spinalnet_keras`).
+
+Subcommands: `train`, `compare`, `demo`, `export`. Run `spinalnet-keras CMD -h`.
+"""
+
+import argparse
+import os
+import sys
+
+
+DEMO_DATASETS = ("table1/sum", "table1/sin_sum", "table1/prod", "table1/sin_prod")
+
+
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _non_negative_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
+def _positive_float(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def _rate(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}")
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}")
+    return value
+
+
+def _model_name(text):
+    from spinalnet_keras.training import model_names, resolve_model_name
+
+    try:
+        return resolve_model_name(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"unknown model {text!r}; choose from: {', '.join(model_names())}"
+        )
+
+
+def _dataset_name(text):
+    from spinalnet_keras.data import dataset_names
+
+    if text not in dataset_names():
+        raise argparse.ArgumentTypeError(
+            f"unknown dataset {text!r}; choose from: {', '.join(dataset_names())}"
+        )
+    return text
+
+
+def _image_size(text):
+    parts = text.lower().replace("x", ",").split(",")
+    try:
+        size = tuple(int(p) for p in parts)
+    except ValueError:
+        size = ()
+    if len(size) == 1:
+        size = size * 2
+    if len(size) != 2 or min(size) <= 0:
+        raise argparse.ArgumentTypeError(
+            f"expected a size like 224 or 224x224, got {text!r}"
+        )
+    return size
+
+
+def _augment(text):
+    from spinalnet_keras.data import AUGMENTATIONS
+
+    items = tuple(i for i in text.split(",") if i)
+    bad = [i for i in items if i not in AUGMENTATIONS]
+    if bad:
+        raise argparse.ArgumentTypeError(
+            f"unknown augmentation(s) {bad}; choose from: {', '.join(AUGMENTATIONS)}"
+        )
+    return items
+
+
+def _add_training_arguments(p, defaults):
+    from spinalnet_keras.training import OPTIMIZERS
+
+    g = p.add_argument_group("model")
+    g.add_argument("--model", type=_model_name, default=defaults["model"],
+                   help="a paper network (mnist_cnn, vgg5, vgg19, regression) or a "
+                   "keras.applications backbone name (VGG19, ResNet50, ...)")
+    g.add_argument("--width", type=_positive_int, help="spinal sub-layer width")
+    g.add_argument("--depth", type=_positive_int, help="number of spinal sub-layers")
+    g.add_argument("--splits", type=_positive_int, help="number of input splits")
+    g.add_argument("--dropout", type=_rate, help="dropout before each spinal sub-layer")
+    g.add_argument("--batch-norm", action=argparse.BooleanOptionalAction, default=None,
+                   help="BatchNorm after each spinal sub-layer")
+    g.add_argument("--weights", default=None,
+                   help="backbones: 'imagenet' or a weights file (default: random)")
+    g.add_argument("--freeze-backbone", action="store_true",
+                   help="backbones: train only the head")
+    g.add_argument("--pooling", choices=("flatten", "avg", "max"), default="avg",
+                   help="backbones: features -> vector (default avg)")
+    d = p.add_argument_group("data")
+    d.add_argument("--dataset", type=_dataset_name, default=defaults["dataset"],
+                   help="tfds dataset (mnist, fashion_mnist, cifar10, ...) or "
+                   "table1/{sum,sin_sum,prod,sin_prod}")
+    d.add_argument("--data-dir", help="tensorflow-datasets data directory")
+    d.add_argument("--manual-dir",
+                   help="folder with the dataset's original files, for offline use "
+                   "(or set SPINALNET_KERAS_MANUAL_DIR)")
+    d.add_argument("--augment", type=_augment, default=(),
+                   help="comma list of rotate, perspective, crop, flip")
+    d.add_argument("--image-size", type=_image_size, help="resize images, e.g. 224x224")
+    d.add_argument("--train-examples", type=_positive_int, help="use only the first N training examples")
+    d.add_argument("--test-examples", type=_positive_int, help="use only the first N test examples")
+    t = p.add_argument_group("training")
+    t.add_argument("--epochs", type=_positive_int, default=defaults["epochs"])
+    t.add_argument("--batch-size", type=_positive_int, default=defaults["batch_size"],
+                   help="global batch size (all replicas together)")
+    t.add_argument("--optimizer", choices=OPTIMIZERS, default=defaults["optimizer"])
+    t.add_argument("--learning-rate", type=_positive_float, default=defaults["learning_rate"])
+    t.add_argument("--momentum", type=_rate, default=0.5, help="SGD momentum (default 0.5, the paper's)")
+    t.add_argument("--deterministic", action="store_true",
+                   help="TensorFlow op determinism (reproducible, slower)")
+    t.add_argument("--steps-per-execution", type=_positive_int, default=1)
+    t.add_argument("--output-dir", default=defaults["output_dir"])
+    t.add_argument("--verbose", type=int, choices=(0, 1, 2), default=defaults.get("verbose", 1),
+                   help="Keras fit verbosity (1: progress bar)")
+
+
+def _config(args, **overrides):
+    from spinalnet_keras.training import TrainConfig
+
+    fields = dict(
+        model=args.model, width=args.width, depth=args.depth, splits=args.splits,
+        dropout=args.dropout, batch_norm=args.batch_norm, dataset=args.dataset,
+        epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer,
+        learning_rate=args.learning_rate, momentum=args.momentum,
+        output_dir=args.output_dir, data_dir=args.data_dir, manual_dir=args.manual_dir,
+        augment=args.augment, image_size=args.image_size, weights=args.weights,
+        freeze_backbone=args.freeze_backbone, pooling=args.pooling,
+        deterministic=args.deterministic, steps_per_execution=args.steps_per_execution,
+        train_examples=args.train_examples, test_examples=args.test_examples,
+        verbose=args.verbose,
+    )
+    fields.update(overrides)
+    return TrainConfig(**fields)
+
+
+def _train(args):
+    from spinalnet_keras.training import train
+
+    result = train(_config(args, head=args.head, seed=args.seed))
+    metric = result["metric"]
+    print(
+        f"{result['model']} ({result['head']}) on {result['dataset']}: test {metric} "
+        f"after the last epoch {result['final']:.4f}, best epoch {result['best_epoch']} "
+        f"{result['best']:.4f}; {result['trainable_params']:,} trainable parameters, "
+        f"{result['multiplications']:,} multiplications per example. "
+        f"Files in {os.path.abspath(args.output_dir)}"
+    )
+
+
+def _compare(args):
+    from spinalnet_keras.training import compare
+
+    compare(_config(args), seeds=args.seeds)
+    print(f"\nTable, CSV and plot in {os.path.abspath(args.output_dir)}")
+
+
+def _demo(args):
+    from spinalnet_keras.training import TrainConfig, compare
+
+    print(
+        "SpinalNet demo: the paper's Table I regression (8 inputs, targets sum, "
+        "sin(sum), prod, sin(prod); data generated from the paper's definition, "
+        f"no download). Dense 8-200-100-1 vs spinal 6 x 50; Adam lr 0.01, batch 64, "
+        f"{args.epochs} epochs, seeds {args.seeds}.\n"
+    )
+    config = TrainConfig(
+        model="regression", dataset=DEMO_DATASETS[0], epochs=args.epochs,
+        batch_size=64, optimizer="adam", learning_rate=0.01,
+        output_dir=args.output_dir, verbose=args.verbose,
+    )
+    compare(config, seeds=args.seeds, datasets=args.datasets)
+    print(f"\nTables, CSV and plot in {os.path.abspath(args.output_dir)}")
+
+
+def _formats(text):
+    from spinalnet_keras.export import FORMATS
+
+    items = tuple(i for i in text.split(",") if i)
+    bad = [i for i in items if i not in FORMATS]
+    if bad or not items:
+        raise argparse.ArgumentTypeError(
+            f"unknown format(s) {bad or text!r}; choose from: {', '.join(FORMATS)}"
+        )
+    return items
+
+
+def _export(args):
+    from spinalnet_keras.backbones import ImagePreprocessing
+    from spinalnet_keras.data import DATASETS
+    from spinalnet_keras.export import export_model, format_report, load_model_file
+    from spinalnet_keras.export import with_input_normalization
+
+    model = load_model_file(args.model_file)
+    if args.raw_input:
+        if any(isinstance(l, ImagePreprocessing) for l in model.layers):
+            raise ValueError(
+                f"{args.model_file} already takes raw images (it holds its backbone's "
+                "preprocessing); drop --raw-input."
+            )
+        if args.dataset not in DATASETS:
+            raise ValueError(
+                "--raw-input needs the image --dataset the model was trained on, "
+                f"to apply its normalisation; choose from: {', '.join(sorted(DATASETS))}"
+            )
+        spec = DATASETS[args.dataset]
+        model = with_input_normalization(model, spec.mean or (0.0,), spec.std or (1.0,))
+    report = export_model(
+        model, args.output_dir, name=args.name, formats=args.formats,
+        overwrite=args.overwrite, verify=not args.no_verify, tolerance=args.tolerance,
+    )
+    print(format_report(report))
+    print(f"Written to {os.path.abspath(args.output_dir)} (report: export_report.json)")
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="spinalnet-keras",
+        description="SpinalNet for Keras: train, compare dense vs spinal heads, demo.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train one network",
+                       description="Train one network; resumable with the same --output-dir.")
+    _add_training_arguments(p, dict(model="mnist_cnn", dataset="mnist", epochs=8,
+                                    batch_size=64, optimizer="sgd", learning_rate=0.01,
+                                    output_dir="runs/train"))
+    p.add_argument("--head", choices=("dense", "spinal"), default="spinal")
+    p.add_argument("--seed", type=_non_negative_int, default=0)
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser("compare", help="dense vs spinal over several seeds",
+                       description="Train the dense and the spinal variant on the same data "
+                       "order for each seed and print the paper's table.")
+    _add_training_arguments(p, dict(model="mnist_cnn", dataset="mnist", epochs=8,
+                                    batch_size=64, optimizer="sgd", learning_rate=0.01,
+                                    output_dir="runs/compare", verbose=2))
+    p.add_argument("--seeds", type=_non_negative_int, nargs="+", default=[0, 1, 2, 3, 4])
+    p.set_defaults(func=_compare)
+
+    p = sub.add_parser("demo", help="offline dense-vs-spinal demo (Table I regression)",
+                       description="Offline demo on the paper's Table I regression tasks.")
+    p.add_argument("--epochs", type=_positive_int, default=100)
+    p.add_argument("--seeds", type=_non_negative_int, nargs="+", default=[0, 1])
+    p.add_argument("--datasets", nargs="+", type=_dataset_name, default=list(DEMO_DATASETS))
+    p.add_argument("--output-dir", default="runs/demo")
+    p.add_argument("--verbose", type=int, choices=(0, 1, 2), default=0)
+    p.set_defaults(func=_demo)
+
+    p = sub.add_parser("export", help="SavedModel / .keras / ONNX, verified",
+                       description="Export a .keras model (e.g. runs/x/final.keras) and "
+                       "verify every format in a fresh process.")
+    p.add_argument("model_file", help="a .keras file written by train")
+    p.add_argument("--output-dir", required=True,
+                   help="export directory: NAME/1/ (SavedModel), NAME.keras, NAME.onnx")
+    p.add_argument("--name", help="model name in the layout (default: the model's name)")
+    p.add_argument("--formats", type=_formats, default=("saved_model", "keras"),
+                   help="comma list of saved_model, keras, onnx (default saved_model,keras)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing export")
+    p.add_argument("--raw-input", action="store_true",
+                   help="include the dataset's input normalisation, so raw 0..255 images "
+                   "can be sent (needs --dataset)")
+    p.add_argument("--dataset", help="dataset the model was trained on (for --raw-input)")
+    p.add_argument("--no-verify", action="store_true", help="skip the verification")
+    p.add_argument("--tolerance", type=_positive_float, default=1e-4,
+                   help="largest accepted absolute output difference (default 1e-4)")
+    p.set_defaults(func=_export)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (ValueError, RuntimeError, OSError) as e:
+        print(f"spinalnet-keras: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

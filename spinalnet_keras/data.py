@@ -1,0 +1,414 @@
+"""Datasets of the paper as `tf.data` pipelines, and the Table I regression.
+
+Image datasets come from tensorflow-datasets by name (`DATASETS`). Offline,
+point `manual_dir` (or the `SPINALNET_KERAS_MANUAL_DIR` environment
+variable) at a folder holding the dataset's original files: either the
+files themselves or a sub-folder named after the dataset (so one folder can
+serve several datasets: `<dir>/mnist/`, `<dir>/fashion_mnist/`).
+
+The regression datasets of the paper's Table I (`table1/sum`,
+`table1/sin_sum`, `table1/prod`, `table1/sin_prod`) are generated from the
+paper's definition and need no download.
+
+Everything here is TensorFlow-specific by nature (tf.data, tf.image).
+"""
+
+import dataclasses
+import os
+import socket
+import urllib.parse
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from spinalnet_keras import _validation
+
+MANUAL_DIR_ENV = "SPINALNET_KERAS_MANUAL_DIR"
+DATA_DIR_ENV = "SPINALNET_KERAS_DATA_DIR"
+NORMALIZATIONS = ("paper", "unit", "none")
+AUGMENTATIONS = ("rotate", "perspective", "crop", "flip")
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageDataset:
+    """One tensorflow-datasets image classification dataset."""
+
+    tfds_name: str
+    train_split: str = "train"
+    test_split: str = "test"
+    # The paper's normalisation where its scripts give one, else None
+    # (scale to [0, 1]).
+    mean: tuple = None
+    std: tuple = None
+
+
+_MNIST_STATS = {"mean": (0.1307,), "std": (0.3081,)}
+
+DATASETS = {
+    "mnist": ImageDataset("mnist", **_MNIST_STATS),
+    "fashion_mnist": ImageDataset("fashion_mnist", **_MNIST_STATS),
+    "kmnist": ImageDataset("kmnist", **_MNIST_STATS),
+    "emnist/letters": ImageDataset("emnist/letters", **_MNIST_STATS),
+    "emnist/digits": ImageDataset("emnist/digits", **_MNIST_STATS),
+    "emnist/balanced": ImageDataset("emnist/balanced", **_MNIST_STATS),
+    "cifar10": ImageDataset("cifar10"),
+    "cifar100": ImageDataset("cifar100"),
+    "svhn_cropped": ImageDataset("svhn_cropped"),
+    "stl10": ImageDataset("stl10"),
+    "caltech101": ImageDataset("caltech101"),
+    "oxford_flowers102": ImageDataset(
+        "oxford_flowers102", train_split="train+validation"
+    ),
+}
+
+
+def _regression_targets():
+    return {
+        "sum": lambda x: x.sum(axis=1),
+        "sin_sum": lambda x: np.sin(x.sum(axis=1)),
+        "prod": lambda x: x.prod(axis=1),
+        "sin_prod": lambda x: np.sin(x.prod(axis=1)),
+    }
+
+
+REGRESSION_TARGETS = tuple(_regression_targets())
+REGRESSION_DATASETS = tuple(f"table1/{t}" for t in REGRESSION_TARGETS)
+
+
+def dataset_names():
+    """All dataset names `load_task` accepts."""
+    return sorted(DATASETS) + list(REGRESSION_DATASETS)
+
+
+@dataclasses.dataclass
+class Task:
+    """Train and test pipelines plus what a model needs to know."""
+
+    name: str
+    kind: str  # "classification" or "regression"
+    train: object  # tf.data.Dataset of (inputs, targets) batches
+    test: object
+    input_shape: tuple
+    num_outputs: int
+    train_size: int
+    test_size: int
+
+
+# -- the paper's Table I regression -------------------------------------------
+
+
+def regression_data(target, num_samples=1000, seed=0, noise=0.2):
+    """The paper's Table I data: 8 inputs ~ N(0, 1), target f(x) + noise.
+
+    Args:
+        target: `"sum"`, `"sin_sum"`, `"prod"` or `"sin_prod"`.
+        num_samples: number of examples (the paper uses 1000).
+        seed: NumPy seed of the draw.
+        noise: scale of the per-sample U[0, 1) noise (the paper: 0.2).
+
+    Returns:
+        `(x, y)`: float32 arrays of shapes `(num_samples, 8)` and
+        `(num_samples, 1)`.
+    """
+    targets = _regression_targets()
+    _validation.choice("target", target, tuple(targets))
+    num_samples = _validation.positive_int("num_samples", num_samples)
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((num_samples, 8))
+    y = targets[target](x) + noise * rng.random(num_samples)
+    return x.astype("float32"), y[:, None].astype("float32")
+
+
+# -- tensorflow-datasets -------------------------------------------------------
+
+
+def _manual_dir_for(name, manual_dir):
+    manual_dir = manual_dir or os.environ.get(MANUAL_DIR_ENV)
+    if not manual_dir:
+        return None
+    manual_dir = os.path.abspath(os.path.expanduser(os.fspath(manual_dir)))
+    if not os.path.isdir(manual_dir):
+        raise FileNotFoundError(
+            f"The manual directory {manual_dir!r} does not exist."
+        )
+    # One folder per dataset (the same file names serve mnist, kmnist and
+    # fashion_mnist), or the dataset's files directly.
+    for sub in (name, name.split("/")[0], name.replace("/", "_")):
+        candidate = os.path.join(manual_dir, sub)
+        if os.path.isdir(candidate):
+            return candidate
+    return manual_dir
+
+
+def _expected_files(builder):
+    infos = getattr(builder, "url_infos", None) or {}
+    return {url: info.filename for url, info in infos.items()}
+
+
+def _offline_error(name, builder, manual_dir, reason):
+    files = sorted(set(_expected_files(builder).values()))
+    listed = ", ".join(files) if files else "(see the tfds catalogue)"
+    where = manual_dir or f"<dir>/{name}"
+    return RuntimeError(
+        f"Cannot prepare dataset {name!r}: {reason}. To work offline, put its "
+        f"original files ({listed}) in {where} and pass that folder as "
+        f"manual_dir (--manual-dir), or set {MANUAL_DIR_ENV} to a folder that "
+        f"holds a '{name}' sub-folder with them."
+    )
+
+
+def _network_reachable(builder, timeout=5.0):
+    """Whether the host of the dataset's first file answers. tfds itself
+    retries for minutes before failing when there is no network."""
+    for url in _expected_files(builder):
+        parsed = urllib.parse.urlparse(url)
+        port = parsed.port or (443 if parsed.scheme == "https" else 80)
+        try:
+            socket.create_connection((parsed.hostname, port), timeout).close()
+            return True
+        except OSError:
+            return False
+    return True
+
+
+def prepare(name, data_dir=None, manual_dir=None):
+    """Download (or read from `manual_dir`) and prepare a tfds dataset.
+
+    Returns:
+        The prepared `tfds` builder.
+
+    Raises:
+        ValueError: unknown name (the message lists the known ones).
+        RuntimeError: files missing from `manual_dir`, or no network and no
+            `manual_dir`; the message lists the files to put where.
+    """
+    import tensorflow_datasets as tfds
+
+    if name not in DATASETS:
+        raise ValueError(
+            f"Unknown dataset {name!r}. Available: {dataset_names()}"
+        )
+    spec = DATASETS[name]
+    data_dir = data_dir or os.environ.get(DATA_DIR_ENV)
+    builder = tfds.builder(spec.tfds_name, data_dir=data_dir)
+    if builder.is_prepared():
+        return builder
+    manual = _manual_dir_for(name, manual_dir)
+    if manual is not None:
+        missing = [
+            f
+            for f in sorted(set(_expected_files(builder).values()))
+            if not os.path.exists(os.path.join(manual, f))
+        ]
+        if missing:
+            raise _offline_error(
+                name, builder, manual, f"{missing} missing from {manual!r}"
+            )
+    elif not _network_reachable(builder):
+        raise _offline_error(name, builder, None, "no network")
+    try:
+        builder.download_and_prepare(
+            download_config=tfds.download.DownloadConfig(manual_dir=manual)
+        )
+    except (OSError, tfds.download.DownloadError) as e:
+        raise _offline_error(name, builder, manual, f"download failed ({e})") from e
+    return builder
+
+
+def _augmenter(augment, rotation_degrees, seed):
+    layers = []
+    if "rotate" in augment:
+        layers.append(
+            keras.layers.RandomRotation(rotation_degrees / 360.0, seed=seed)
+        )
+    if "perspective" in augment:
+        layers.append(keras.layers.RandomPerspective(factor=0.5, seed=seed))
+    if "flip" in augment:
+        layers.append(keras.layers.RandomFlip("horizontal", seed=seed))
+    return keras.Sequential(layers) if layers else None
+
+
+def _random_resized_crop(image, seed, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):
+    # torchvision's RandomResizedCrop: a random box of `scale` area and
+    # `ratio` aspect, resized back to the image size.
+    shape = tf.shape(image)
+    begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
+        shape,
+        bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]),
+        seed=seed,
+        area_range=scale,
+        aspect_ratio_range=ratio,
+        use_image_if_no_bounding_boxes=True,
+    )
+    crop = tf.slice(image, begin, size)
+    return tf.image.resize(crop, shape[:2])
+
+
+def _validate_augment(augment):
+    augment = tuple(augment or ())
+    for item in augment:
+        _validation.choice("augment", item, AUGMENTATIONS)
+    return augment
+
+
+def image_pipeline(
+    ds,
+    spec,
+    batch_size,
+    training,
+    seed=0,
+    normalization="paper",
+    image_size=None,
+    channels=None,
+    augment=(),
+    rotation_degrees=10.0,
+    cache=True,
+):
+    """Batches of `(float32 images, int32 labels)` from a tfds split.
+
+    Normalisation, resizing and augmentation run as tf.data/tf.image/Keras
+    preprocessing ops (never Python loops). Augmentation and shuffling only
+    when `training`.
+    """
+    _validation.choice("normalization", normalization, NORMALIZATIONS)
+    augment = _validate_augment(augment)
+
+    def decode(image, label):
+        image = tf.cast(image, tf.float32)
+        if channels == 3 and image.shape[-1] == 1:
+            image = tf.image.grayscale_to_rgb(image)
+        if image_size is not None:
+            image = tf.image.resize(image, image_size)
+        if normalization != "none":
+            image = image / 255.0
+        if normalization == "paper" and spec.mean is not None:
+            image = (image - spec.mean) / spec.std
+        return image, tf.cast(label, tf.int32)
+
+    ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
+    if cache:
+        ds = ds.cache()
+    if training:
+        ds = ds.shuffle(10_000, seed=seed, reshuffle_each_iteration=True)
+        if "crop" in augment:
+            crop_seeds = tf.data.Dataset.random(seed=seed).batch(2)
+            ds = tf.data.Dataset.zip((ds, crop_seeds)).map(
+                lambda xy, s: (_random_resized_crop(xy[0], s), xy[1]),
+                num_parallel_calls=tf.data.AUTOTUNE,
+            )
+    ds = ds.batch(batch_size)
+    augmenter = _augmenter(augment, rotation_degrees, seed) if training else None
+    if augmenter is not None:
+        ds = ds.map(
+            lambda x, y: (augmenter(x, training=True), y),
+            num_parallel_calls=tf.data.AUTOTUNE,
+        )
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def load_task(
+    name,
+    batch_size=64,
+    seed=0,
+    normalization="paper",
+    image_size=None,
+    channels=None,
+    augment=(),
+    rotation_degrees=10.0,
+    data_dir=None,
+    manual_dir=None,
+    train_examples=None,
+    test_examples=None,
+):
+    """The train/test pipelines of dataset `name` (see `dataset_names()`).
+
+    Args:
+        name: a tfds dataset of `DATASETS` or a `table1/<target>` task.
+        batch_size: batch size of both pipelines.
+        seed: shuffling, augmentation and (regression) data seed. The same
+            seed gives the same data order, so dense and spinal models can
+            be trained on identical batches.
+        normalization: `"paper"` (the paper's mean/std where it gives them,
+            else [0, 1]), `"unit"` ([0, 1]) or `"none"` (raw 0..255, for
+            backbones that preprocess inside the model).
+        image_size: `(height, width)` to resize to, or None.
+        channels: 3 converts grayscale images to RGB (backbones).
+        augment: any of `"rotate"` (by `rotation_degrees`),
+            `"perspective"`, `"crop"` (random resized crop), `"flip"`.
+        data_dir: tfds data directory.
+        manual_dir: folder with the dataset's original files (offline).
+        train_examples, test_examples: keep only the first N examples
+            (quick runs and tests).
+
+    Returns:
+        A `Task`.
+    """
+    batch_size = _validation.positive_int("batch_size", batch_size)
+    _validation.positive_int("train_examples", train_examples, allow_none=True)
+    _validation.positive_int("test_examples", test_examples, allow_none=True)
+    if name in REGRESSION_DATASETS:
+        target = name.split("/", 1)[1]
+        x, y = regression_data(target, seed=seed)
+        xt, yt = regression_data(target, seed=seed + 1_000_003)
+        x, y = x[:train_examples], y[:train_examples]
+        xt, yt = xt[:test_examples], yt[:test_examples]
+        train = (
+            tf.data.Dataset.from_tensor_slices((x, y))
+            .shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
+            .batch(batch_size)
+            .prefetch(tf.data.AUTOTUNE)
+        )
+        test = tf.data.Dataset.from_tensor_slices((xt, yt)).batch(batch_size)
+        return Task(name, "regression", train, test, (8,), 1, len(x), len(xt))
+    if name not in DATASETS:
+        raise ValueError(
+            f"Unknown dataset {name!r}. Available: {dataset_names()}"
+        )
+    if image_size is not None:
+        image_size = tuple(_validation.positive_int("image_size", s) for s in image_size)
+    builder = prepare(name, data_dir=data_dir, manual_dir=manual_dir)
+    spec = DATASETS[name]
+    info = builder.info
+    if image_size is None and None in info.features["image"].shape:
+        raise ValueError(
+            f"Dataset {name!r} has images of varying size; pass image_size "
+            "(--image-size), e.g. (224, 224)."
+        )
+    splits = {}
+    sizes = {}
+    for key, split, limit in (
+        ("train", spec.train_split, train_examples),
+        ("test", spec.test_split, test_examples),
+    ):
+        if limit:
+            split = f"{split}[:{limit}]"
+        ds = builder.as_dataset(split=split, as_supervised=True, shuffle_files=False)
+        sizes[key] = int(ds.cardinality())
+        splits[key] = image_pipeline(
+            ds,
+            spec,
+            batch_size,
+            training=key == "train",
+            seed=seed,
+            normalization=normalization,
+            image_size=image_size,
+            channels=channels,
+            augment=augment,
+            rotation_degrees=rotation_degrees,
+        )
+    shape = info.features["image"].shape
+    if image_size is not None:
+        shape = tuple(image_size) + shape[-1:]
+    if channels is not None:
+        shape = shape[:-1] + (channels,)
+    return Task(
+        name,
+        "classification",
+        splits["train"],
+        splits["test"],
+        tuple(shape),
+        int(info.features["label"].num_classes),
+        sizes["train"],
+        sizes["test"],
+    )

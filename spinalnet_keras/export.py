@@ -1,0 +1,278 @@
+"""Export a trained model as a TensorFlow SavedModel, a `.keras` file and
+ONNX, and verify each one the way a server would run it.
+
+Layout written under `output_dir` (`NAME` defaults to the model's name):
+
+    output_dir/
+      NAME/1/            SavedModel, TensorFlow Serving layout
+                         (model_base_path=output_dir/NAME, version 1)
+      NAME.keras         Keras file (loads with safe_mode=True)
+      NAME.onnx          ONNX (optional extra: pip install spinalnet-keras[onnx])
+      export_report.json what was written and how it verified
+
+The SavedModel's `serving_default` signature takes one float32 input named
+after the model's input (`inputs` for the paper's networks, `images` for
+backbone models) of shape `(batch, *input_shape)` and returns `output_0`, of
+shape `(batch, num_outputs)` (class probabilities for classifiers).
+
+Writing is atomic: everything goes to a temporary sibling directory that is
+renamed to `output_dir` only after every format verified, so a server never
+sees a half-written export. An existing `output_dir` is only replaced with
+`overwrite=True`.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import textwrap
+
+import keras
+import numpy as np
+
+from spinalnet_keras import _validation
+
+FORMATS = ("saved_model", "keras", "onnx")
+DEFAULT_TOLERANCE = 1e-4
+
+
+class ExportError(RuntimeError):
+    """An export could not be written or did not verify."""
+
+
+def load_model_file(path):
+    """Load a `.keras` file safely (no code from the file is run)."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"No model file at {path!r}.")
+    if not path.endswith(".keras"):
+        raise ValueError(
+            f"Expected a `.keras` model file (as written by `train`: best.keras, "
+            f"final.keras). Received: {path!r}"
+        )
+    import spinalnet_keras  # noqa: F401  (registers the custom layers)
+
+    try:
+        return keras.saving.load_model(path, safe_mode=True)
+    except Exception as e:
+        raise ValueError(
+            f"Could not load {path!r}; the file is corrupt or not a Keras model "
+            f"file ({type(e).__name__}: {e})"
+        ) from e
+
+
+def with_input_normalization(model, mean, std, name=None):
+    """A model that takes raw images in [0, 255] and applies
+    `(x / 255 - mean) / std` (the training pipeline's normalisation) before
+    `model`, as one `Rescaling` layer."""
+    mean = np.asarray(mean, dtype="float32")
+    std = np.asarray(std, dtype="float32")
+    inputs = keras.Input(model.input_shape[1:], name="images")
+    x = keras.layers.Rescaling(
+        scale=(1.0 / (255.0 * std)).tolist(), offset=(-mean / std).tolist(),
+        name="normalization",
+    )(inputs)
+    return keras.Model(inputs, model(x), name=name or model.name)
+
+
+_SAVED_MODEL_CHECK = textwrap.dedent(
+    """
+    import sys, numpy as np, tensorflow as tf
+    model = tf.saved_model.load(sys.argv[1])
+    fn = model.signatures["serving_default"]
+    (name,) = fn.structured_input_signature[1].keys()
+    x = np.load(sys.argv[2])
+    out = fn(**{name: tf.constant(x)})
+    (y,) = out.values()
+    np.save(sys.argv[3], y.numpy())
+    assert "spinalnet_keras" not in sys.modules, "the check must not import the package"
+    print("input", name, "outputs", list(out))
+    """
+)
+
+_ONNX_CHECK = textwrap.dedent(
+    """
+    import sys, numpy as np, onnxruntime as ort
+    session = ort.InferenceSession(sys.argv[1], providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    y = session.run(None, {name: np.load(sys.argv[2])})[0]
+    np.save(sys.argv[3], y)
+    assert "spinalnet_keras" not in sys.modules
+    print("input", name)
+    """
+)
+
+
+def _run_fresh(script, artifact, batch, workdir):
+    """Run `script` in a fresh Python that does not import this package."""
+    x_path = os.path.join(workdir, "verify_inputs.npy")
+    y_path = os.path.join(workdir, "verify_outputs.npy")
+    np.save(x_path, batch)
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    proc = subprocess.run(
+        [sys.executable, "-c", script, artifact, x_path, y_path],
+        capture_output=True, text=True, env=env, timeout=600,
+        cwd=workdir,  # not the source tree, so nothing local is importable
+    )
+    if proc.returncode != 0:
+        raise ExportError(
+            f"Fresh-process check of {artifact} failed:\n{proc.stderr[-3000:]}"
+        )
+    y = np.load(y_path)
+    os.remove(x_path)
+    os.remove(y_path)
+    return y, proc.stdout.strip()
+
+
+def _compare(name, expected, got, tolerance):
+    err = float(np.max(np.abs(expected - got))) if expected.size else 0.0
+    ok = expected.shape == got.shape and err <= tolerance
+    return {"format": name, "max_abs_error": err, "tolerance": tolerance,
+            "shape": list(got.shape), "verified": bool(ok)}
+
+
+def export_model(
+    model,
+    output_dir,
+    name=None,
+    formats=("saved_model", "keras"),
+    overwrite=False,
+    verify=True,
+    tolerance=DEFAULT_TOLERANCE,
+    sample=None,
+    version=1,
+):
+    """Write and verify `model` in `formats` under `output_dir`, atomically.
+
+    Args:
+        model: a Keras model, or the path of a `.keras` file.
+        output_dir: the export directory to create.
+        name: model name in the layout (default: the model's name).
+        formats: any of `"saved_model"`, `"keras"`, `"onnx"`.
+        overwrite: replace an existing `output_dir`.
+        verify: check every format's outputs against the in-memory model
+            (SavedModel and ONNX in a fresh process without this package).
+        tolerance: largest absolute output difference accepted.
+        sample: batch of inputs for the check (default: 4 random inputs of
+            the model's input shape, uniform in [0, 255]).
+        version: SavedModel version directory (TensorFlow Serving).
+
+    Returns:
+        The report dict also written to `output_dir/export_report.json`.
+
+    Raises:
+        FileExistsError: `output_dir` exists and `overwrite` is False.
+        ExportError: a format failed to write or to verify; nothing is left
+            at `output_dir` (an existing export is kept).
+    """
+    if not isinstance(model, keras.Model):
+        model = load_model_file(model)
+    formats = tuple(formats)
+    if not formats:
+        raise ValueError("`formats` must name at least one of " + ", ".join(FORMATS))
+    for f in formats:
+        _validation.choice("formats", f, FORMATS)
+    version = _validation.positive_int("version", version)
+    name = name or model.name
+    if not name or os.sep in name or name.startswith("."):
+        raise ValueError(f"`name` must be a plain file name. Received: name={name!r}")
+    output_dir = os.path.abspath(os.fspath(output_dir))
+    if os.path.exists(output_dir) and not overwrite:
+        raise FileExistsError(
+            f"{output_dir} already exists; pass overwrite=True (--overwrite) to replace it."
+        )
+    if "onnx" in formats:
+        _require_onnx()
+    if sample is None:
+        shape = (4,) + tuple(model.input_shape[1:])
+        sample = np.random.default_rng(0).uniform(0, 255, shape).astype("float32")
+    sample = np.asarray(sample, dtype="float32")
+    expected = np.asarray(model.predict(sample, verbose=0), dtype="float32")
+
+    parent = os.path.dirname(output_dir)
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=f".{os.path.basename(output_dir)}.tmp-", dir=parent)
+    report = {"name": name, "formats": {}, "input_shape": list(model.input_shape),
+              "output_shape": list(model.output_shape), "tolerance": tolerance}
+    try:
+        if "saved_model" in formats:
+            path = os.path.join(staging, name, str(version))
+            model.export(path, format="tf_saved_model", verbose=False)
+            entry = {"path": os.path.join(name, str(version)),
+                     "signature": "serving_default"}
+            if verify:
+                got, info = _run_fresh(_SAVED_MODEL_CHECK, path, sample, staging)
+                entry.update(_compare("saved_model", expected, got, tolerance))
+                entry["signature_io"] = info
+            report["formats"]["saved_model"] = entry
+        if "keras" in formats:
+            path = os.path.join(staging, f"{name}.keras")
+            model.save(path)
+            entry = {"path": f"{name}.keras"}
+            if verify:
+                loaded = keras.saving.load_model(path, safe_mode=True)
+                got = np.asarray(loaded.predict(sample, verbose=0), dtype="float32")
+                entry.update(_compare("keras", expected, got, tolerance))
+            report["formats"]["keras"] = entry
+        if "onnx" in formats:
+            path = os.path.join(staging, f"{name}.onnx")
+            model.export(path, format="onnx", verbose=False)
+            entry = {"path": f"{name}.onnx"}
+            if verify:
+                got, _ = _run_fresh(_ONNX_CHECK, path, sample, staging)
+                entry.update(_compare("onnx", expected, got, tolerance))
+            report["formats"]["onnx"] = entry
+        failed = [f for f, e in report["formats"].items() if e.get("verified") is False]
+        report["verified"] = bool(verify and not failed)
+        if failed:
+            raise ExportError(
+                f"Exported outputs differ from the model's beyond {tolerance}: "
+                + ", ".join(f"{f} (max error {report['formats'][f]['max_abs_error']:.3g})"
+                            for f in failed)
+            )
+        with open(os.path.join(staging, "export_report.json"), "w") as f:
+            json.dump(report, f, indent=2)
+        _publish(staging, output_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return report
+
+
+def _publish(staging, output_dir):
+    """Rename `staging` to `output_dir`; an old export is moved aside first
+    and removed only once the new one is in place."""
+    old = None
+    if os.path.exists(output_dir):
+        old = output_dir + ".old-" + os.path.basename(staging)
+        os.rename(output_dir, old)
+    os.rename(staging, output_dir)
+    if old:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _require_onnx():
+    missing = []
+    for module in ("tf2onnx", "onnxruntime", "onnx"):
+        try:
+            __import__(module)
+        except ImportError:
+            missing.append(module)
+    if missing:
+        raise ExportError(
+            f"ONNX export needs {missing}: pip install 'spinalnet-keras[onnx]'"
+        )
+
+
+def format_report(report):
+    lines = [f"Export of {report['name']}:"]
+    for fmt, entry in report["formats"].items():
+        if "verified" in entry:
+            status = (f"verified, max abs error {entry['max_abs_error']:.2e} "
+                      f"<= {entry['tolerance']:g}") if entry["verified"] else "FAILED"
+        else:
+            status = "written, not verified"
+        lines.append(f"  {fmt:12s} {entry['path']:24s} {status}")
+    return "\n".join(lines)

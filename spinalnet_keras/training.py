@@ -1,0 +1,589 @@
+"""Training runs and dense-vs-spinal comparisons, with everything on disk.
+
+`train` runs one model on one dataset and writes, in its output directory:
+`config.json`, TensorBoard logs (`logs/`), the history (`history.csv`),
+the best and final models (`best.keras`, `final.keras`), learning curves
+(`curves.png`) and `result.json`. An interrupted run started again with the
+same directory resumes from its last completed epoch (`BackupAndRestore`).
+
+`compare` trains the dense and the spinal variant of one network on the
+same data order over several seeds and writes the paper-style table
+(`comparison.md`, `comparison.csv`) and a bar plot (`comparison.png`).
+
+The paper's figures are the best test accuracy over epochs (model
+selection on the test set). Both that and the accuracy after the last
+epoch are reported; the last-epoch one is the honest estimate.
+"""
+
+import csv
+import dataclasses
+import json
+import os
+import statistics
+import time
+
+import keras
+import numpy as np
+
+from spinalnet_keras import _validation
+from spinalnet_keras.backbones import available_backbones
+from spinalnet_keras.backbones import backbone_model
+from spinalnet_keras.costs import cost_report
+from spinalnet_keras.data import load_task
+from spinalnet_keras.paper_models import PAPER_MODELS
+from spinalnet_keras.paper_models import paper_model
+
+OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
+HEAD_OPTIONS = ("width", "depth", "splits", "dropout", "batch_norm")
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Everything that defines a training run (see `spinalnet-keras train -h`).
+
+    `batch_size` is the global batch size (all replicas together).
+    Head options left as None keep the network's own (the paper's) values.
+    """
+
+    model: str = "mnist_cnn"
+    head: str = "spinal"
+    width: int = None
+    depth: int = None
+    splits: int = None
+    dropout: float = None
+    batch_norm: bool = None
+    dataset: str = "mnist"
+    epochs: int = 8
+    batch_size: int = 64
+    optimizer: str = "sgd"
+    learning_rate: float = 0.01
+    momentum: float = 0.5
+    seed: int = 0
+    output_dir: str = "runs/train"
+    data_dir: str = None
+    manual_dir: str = None
+    augment: tuple = ()
+    image_size: tuple = None
+    weights: str = None
+    freeze_backbone: bool = False
+    pooling: str = "avg"
+    deterministic: bool = False
+    steps_per_execution: int = 1
+    train_examples: int = None
+    test_examples: int = None
+    verbose: int = 1
+
+    def __post_init__(self):
+        self.model = resolve_model_name(self.model)
+        _validation.choice("head", self.head, ("dense", "spinal"))
+        _validation.choice("optimizer", self.optimizer, OPTIMIZERS)
+        _validation.positive_int("epochs", self.epochs)
+        _validation.positive_int("batch_size", self.batch_size)
+        _validation.positive_int("steps_per_execution", self.steps_per_execution)
+        if not (isinstance(self.learning_rate, (int, float)) and self.learning_rate > 0):
+            raise ValueError(
+                "`learning_rate` must be a positive number. Received: "
+                f"learning_rate={self.learning_rate!r}"
+            )
+        if not 0 <= self.momentum < 1:
+            raise ValueError(
+                f"`momentum` must be in [0, 1). Received: momentum={self.momentum!r}"
+            )
+        if not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(
+                f"`seed` must be a non-negative integer. Received: seed={self.seed!r}"
+            )
+        self.augment = tuple(self.augment or ())
+        if self.image_size is not None:
+            self.image_size = tuple(self.image_size)
+
+    def head_options(self):
+        return {
+            k: getattr(self, k) for k in HEAD_OPTIONS if getattr(self, k) is not None
+        }
+
+    def to_json(self):
+        return json.dumps(dataclasses.asdict(self), indent=2, default=list)
+
+
+def model_names():
+    """Paper networks and keras.applications backbones `train` accepts."""
+    return sorted(PAPER_MODELS) + sorted(available_backbones())
+
+
+def resolve_model_name(name):
+    if name in PAPER_MODELS:
+        return name
+    for backbone in available_backbones():
+        if backbone.lower() == str(name).lower():
+            return backbone
+    raise ValueError(f"Unknown model {name!r}. Available: {model_names()}")
+
+
+def is_backbone(name):
+    return name not in PAPER_MODELS
+
+
+def load_config_task(config):
+    """The `Task` of `config`, with the input format its model needs."""
+    backbone = is_backbone(config.model)
+    return load_task(
+        config.dataset,
+        batch_size=config.batch_size,
+        seed=config.seed,
+        # Backbones hold their own preprocessing and take raw 0..255 RGB.
+        normalization="none" if backbone else "paper",
+        image_size=config.image_size,
+        channels=3 if backbone else None,
+        augment=config.augment,
+        data_dir=config.data_dir,
+        manual_dir=config.manual_dir,
+        train_examples=config.train_examples,
+        test_examples=config.test_examples,
+    )
+
+
+def build_model(config, task):
+    """The model of `config` for `task` (uncompiled)."""
+    options = config.head_options()
+    if config.model == "regression" and task.kind != "regression":
+        raise ValueError(
+            f"Model 'regression' needs a regression dataset "
+            f"(table1/...); received dataset={config.dataset!r}"
+        )
+    if config.model != "regression" and task.kind == "regression":
+        raise ValueError(
+            f"Dataset {config.dataset!r} is a regression task; use "
+            "model='regression'."
+        )
+    if is_backbone(config.model):
+        return backbone_model(
+            config.model,
+            task.input_shape,
+            task.num_outputs,
+            head=config.head,
+            weights=config.weights,
+            freeze_backbone=config.freeze_backbone,
+            pooling=config.pooling,
+            **options,
+        )
+    return paper_model(
+        config.model,
+        head=config.head,
+        input_shape=task.input_shape,
+        num_classes=task.num_outputs,
+        **options,
+    )
+
+
+def head_label(model, head):
+    """A short description of a model's head: "spinal 6 x 8", "dense 50"."""
+    from spinalnet_keras.spinal_dense import SpinalDense
+
+    spinal = [l for l in model.layers if isinstance(l, SpinalDense)]
+    if head == "spinal" and spinal:
+        return f"spinal {spinal[-1].depth} x {spinal[-1].width}"
+    hidden = [l.units for l in model.layers if type(l) is keras.layers.Dense][:-1]
+    return "dense " + "-".join(str(u) for u in hidden) if hidden else "dense"
+
+
+def make_optimizer(config):
+    name = config.optimizer
+    if name == "sgd":
+        return keras.optimizers.SGD(config.learning_rate, momentum=config.momentum)
+    if name == "adam":
+        return keras.optimizers.Adam(config.learning_rate)
+    if name == "adamw":
+        return keras.optimizers.AdamW(config.learning_rate)
+    return keras.optimizers.RMSprop(config.learning_rate)
+
+
+def compile_model(model, config, task):
+    if task.kind == "regression":
+        loss, metrics = "mse", []
+    else:
+        loss, metrics = "sparse_categorical_crossentropy", ["accuracy"]
+    model.compile(
+        optimizer=make_optimizer(config),
+        loss=loss,
+        metrics=metrics,
+        steps_per_execution=config.steps_per_execution,
+    )
+    return model
+
+
+def _monitor(task):
+    return ("val_loss", "min") if task.kind == "regression" else ("val_accuracy", "max")
+
+
+def read_history(path):
+    """History rows from `history.csv`, one per epoch (the last row wins
+    when a resumed run wrote an epoch twice)."""
+    if not os.path.exists(path):
+        return []
+    with open(path, newline="") as f:
+        rows = {int(r["epoch"]): r for r in csv.DictReader(f) if r.get("epoch")}
+    return [
+        {k: (int(v) if k == "epoch" else float(v)) for k, v in rows[e].items()}
+        for e in sorted(rows)
+    ]
+
+
+def _write_history(path, rows):
+    if not rows:
+        return
+    keys = list(rows[0])
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def plot_history(rows, path, title):
+    """Learning curves (loss and accuracy, train and test) as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics = [m for m in ("loss", "accuracy") if rows and m in rows[0]]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 3.5))
+    axes = np.atleast_1d(axes)
+    epochs = [r["epoch"] + 1 for r in rows]
+    for ax, metric in zip(axes, metrics):
+        ax.plot(epochs, [r[metric] for r in rows], label="train")
+        if f"val_{metric}" in rows[0]:
+            ax.plot(epochs, [r[f"val_{metric}"] for r in rows], label="test")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(metric)
+        ax.legend()
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def summarize_history(rows, kind, epochs_of_interest=(100, 200)):
+    """Final and best test metric of a run, and the paper's Table I figure
+    (running minimum of the training loss at given epochs) for regression."""
+    if kind == "regression":
+        test = [r["val_loss"] for r in rows]
+        summary = {
+            "metric": "mse",
+            "final": test[-1],
+            "best": min(test),
+            "best_epoch": int(np.argmin(test)) + 1,
+        }
+        losses = [r["loss"] for r in rows]
+        for e in epochs_of_interest:
+            if e <= len(losses):
+                summary[f"train_loss_min_at_{e}"] = min(losses[:e])
+        summary["train_loss_min"] = min(losses)
+        return summary
+    test = [r["val_accuracy"] for r in rows]
+    return {
+        "metric": "accuracy",
+        "final": test[-1],
+        "best": max(test),
+        "best_epoch": int(np.argmax(test)) + 1,
+    }
+
+
+def train(config, strategy=None, task=None, callbacks=None):
+    """Train one model as `config` says; resumable; returns `result.json`'s dict.
+
+    Args:
+        config: a `TrainConfig`.
+        strategy: optional `tf.distribute.Strategy`; the model is built,
+            compiled and restored inside its scope.
+        task: optional pre-loaded `Task` (its batch size must be
+            `config.batch_size`).
+        callbacks: extra Keras callbacks, run after the package's own.
+    """
+    out = os.path.abspath(config.output_dir)
+    os.makedirs(out, exist_ok=True)
+    result_path = os.path.join(out, "result.json")
+    if os.path.exists(result_path):
+        with open(result_path) as f:
+            result = json.load(f)
+        if config.verbose:
+            print(f"{out}: already complete ({result['epochs']} epochs), not rerun.")
+        return result
+    with open(os.path.join(out, "config.json"), "w") as f:
+        f.write(config.to_json())
+
+    keras.utils.set_random_seed(config.seed)
+    if config.deterministic:
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()
+    task = task or load_config_task(config)
+    scope = strategy.scope() if strategy is not None else _null_scope()
+    with scope:
+        model = compile_model(build_model(config, task), config, task)
+
+    history_path = os.path.join(out, "history.csv")
+    previous = read_history(history_path)
+    _write_history(history_path, previous)  # drop a half-written last row
+    monitor, mode = _monitor(task)
+    best_so_far = None
+    if previous and monitor in previous[0]:
+        values = [r[monitor] for r in previous]
+        best_so_far = max(values) if mode == "max" else min(values)
+    callbacks = [
+        keras.callbacks.BackupAndRestore(os.path.join(out, "backup")),
+        keras.callbacks.CSVLogger(history_path, append=True),
+        keras.callbacks.TensorBoard(os.path.join(out, "logs")),
+        keras.callbacks.ModelCheckpoint(
+            os.path.join(out, "best.keras"),
+            monitor=monitor,
+            mode=mode,
+            save_best_only=True,
+            initial_value_threshold=best_so_far,
+        ),
+        *(callbacks or []),
+    ]
+    start = time.perf_counter()
+    model.fit(
+        task.train,
+        validation_data=task.test,
+        epochs=config.epochs,
+        callbacks=callbacks,
+        verbose=config.verbose,
+        shuffle=False,  # the pipeline shuffles, with the run's seed
+    )
+    seconds = time.perf_counter() - start
+    model.save(os.path.join(out, "final.keras"))
+    rows = read_history(history_path)
+    _write_history(history_path, rows)
+    plot_history(rows, os.path.join(out, "curves.png"), f"{model.name} on {task.name}")
+    report = cost_report(model)
+    result = {
+        "model": config.model,
+        "head": config.head,
+        "head_label": head_label(model, config.head),
+        "dataset": config.dataset,
+        "seed": config.seed,
+        "epochs": len(rows),
+        "trainable_params": report.trainable_params,
+        "multiplications": report.multiplications,
+        # The fully connected head alone (layers named "head_*" by the
+        # builders): where the paper's 48.6% cut is measured.
+        "head_params": sum(
+            c.trainable_params for c in report.layers if c.name.startswith("head_")
+        ),
+        "head_multiplications": sum(
+            c.multiplications or 0 for c in report.layers if c.name.startswith("head_")
+        ),
+        "train_seconds_this_session": round(seconds, 2),
+        **summarize_history(rows, task.kind),
+    }
+    with open(result_path, "w") as f:
+        json.dump(result, f, indent=2)
+    return result
+
+
+class _null_scope:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+# -- comparison ------------------------------------------------------------
+
+
+def _mean_sd(values):
+    mean = statistics.fmean(values)
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return mean, sd
+
+
+def comparison_rows(results):
+    """One summary row per head from a list of run results."""
+    rows = []
+    by_head = {}
+    for r in results:
+        by_head.setdefault(r["head"], []).append(r)
+    for head in ("dense", "spinal"):
+        runs = by_head.get(head)
+        if not runs:
+            continue
+        higher = runs[0]["metric"] == "accuracy"
+        pick = max if higher else min
+        final_mean, final_sd = _mean_sd([r["final"] for r in runs])
+        best_mean, _ = _mean_sd([r["best"] for r in runs])
+        row = {
+            "model": runs[0]["model"],
+            "head": runs[0].get("head_label", head),
+            "metric": runs[0]["metric"],
+            "runs": len(runs),
+            "trainable_params": runs[0]["trainable_params"],
+            "multiplications": runs[0]["multiplications"],
+            "head_params": runs[0]["head_params"],
+            "head_multiplications": runs[0]["head_multiplications"],
+            "final_mean": final_mean,
+            "final_sd": final_sd,
+            "final_best": pick(r["final"] for r in runs),
+            "best_epoch_mean": best_mean,
+            "best_epoch_best": pick(r["best"] for r in runs),
+        }
+        for key in ("train_loss_min_at_100", "train_loss_min_at_200"):
+            if all(key in r for r in runs):
+                row[key + "_mean"] = statistics.fmean(r[key] for r in runs)
+        rows.append(row)
+    if len(rows) == 2:
+        dense, spinal = rows
+        def err(row, key):
+            return 1 - row[key] if row["metric"] == "accuracy" else row[key]
+        for key in ("final_mean", "best_epoch_mean"):
+            base = err(dense, key)
+            spinal[f"error_reduction_{key}"] = (
+                (base - err(spinal, key)) / base if base else float("nan")
+            )
+        for key in ("multiplications", "trainable_params", "head_multiplications", "head_params"):
+            spinal[f"{key}_cut"] = 1 - spinal[key] / dense[key]
+    return rows
+
+
+def comparison_markdown(rows, title):
+    metric = rows[0]["metric"]
+    scale, unit = (100, "%") if metric == "accuracy" else (1000, " (1e-3)")
+    lines = [
+        f"### {title}",
+        "",
+        f"| head | runs | trainable params (head) | multiplications (head) | test {metric} after last epoch, mean ± sd{unit} | best run{unit} | best-epoch {metric}, mean{unit} | best-epoch, best run{unit} | error reduction (last epoch / best epoch) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        red = ""
+        if "error_reduction_final_mean" in r:
+            red = (
+                f"{100 * r['error_reduction_final_mean']:+.1f}% / "
+                f"{100 * r['error_reduction_best_epoch_mean']:+.1f}%"
+            )
+        lines.append(
+            f"| {r['head']} | {r['runs']} | {r['trainable_params']:,} ({r['head_params']:,}) | "
+            f"{r['multiplications']:,} ({r['head_multiplications']:,}) | {scale * r['final_mean']:.3f} ± "
+            f"{scale * r['final_sd']:.3f} | {scale * r['final_best']:.3f} | "
+            f"{scale * r['best_epoch_mean']:.3f} | {scale * r['best_epoch_best']:.3f} | {red} |"
+        )
+    if any("train_loss_min_at_100_mean" in r for r in rows):
+        lines += ["", "Paper's Table I figure (running minimum of the training loss, 1e-3):", ""]
+        for r in rows:
+            parts = [
+                f"epoch {e}: {1000 * r[f'train_loss_min_at_{e}_mean']:.3f}"
+                for e in (100, 200)
+                if f"train_loss_min_at_{e}_mean" in r
+            ]
+            lines.append(f"- {r['head']}: " + ", ".join(parts))
+    if len(rows) == 2 and "multiplications_cut" in rows[1]:
+        s = rows[1]
+        lines += [
+            "",
+            f"Spinal vs dense: head {100 * s['head_multiplications_cut']:.1f}% fewer "
+            f"multiplications and {100 * s['head_params_cut']:.1f}% fewer parameters; "
+            f"whole model {100 * s['multiplications_cut']:.1f}% fewer multiplications and "
+            f"{100 * s['trainable_params_cut']:.1f}% fewer parameters.",
+        ]
+    return "\n".join(lines)
+
+
+def _write_csv(path, rows):
+    keys = []
+    for r in rows:
+        keys += [k for k in r if k not in keys]
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def plot_comparison(tables, path):
+    """Bar plot of the last-epoch test metric per head (mean ± sd)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(tables), figsize=(3.2 * len(tables), 3.2), squeeze=False)
+    for ax, (title, rows) in zip(axes[0], tables.items()):
+        heads = [r["head"] for r in rows]
+        ax.bar(heads, [r["final_mean"] for r in rows],
+               yerr=[r["final_sd"] for r in rows], color=["#888", "#2a7"][: len(rows)])
+        ax.set_title(title, fontsize=9)
+        ax.set_ylabel(f"test {rows[0]['metric']} (last epoch)")
+        if rows[0]["metric"] == "accuracy":
+            low = min(r["final_mean"] - r["final_sd"] for r in rows)
+            ax.set_ylim(max(0.0, low - 0.02), 1.0)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _run_label(config, head):
+    # Spinal runs with other sizes live beside each other, so comparisons
+    # of several spinal variants in one directory share the dense runs.
+    if head == "dense":
+        return "dense"
+    return "spinal" + "".join(f"_{k}{v}" for k, v in config.head_options().items())
+
+
+def compare(config, seeds, datasets=None, strategy=None):
+    """Dense vs spinal on the same data order over `seeds`.
+
+    Args:
+        config: a `TrainConfig` (its `head` and `seed` are overridden; its
+            head options apply to the spinal variant only).
+        seeds: list of non-negative ints.
+        datasets: optional list of dataset names (default `[config.dataset]`),
+            one table each.
+        strategy: optional `tf.distribute.Strategy`.
+
+    Returns:
+        dict: dataset name -> list of summary rows (see `comparison_rows`).
+        Runs live in `output_dir/<dataset>/<head>/seed<k>/` (`<head>` is
+        `dense`, `spinal`, or e.g. `spinal_width10` with head options) and
+        are resumed or skipped when complete. The table is also written as
+        `comparison<_options>.md/.csv/.png` in `output_dir`.
+    """
+    seeds = list(seeds)
+    if not seeds:
+        raise ValueError("`seeds` must name at least one seed.")
+    datasets = list(datasets or [config.dataset])
+    tables = {}
+    for dataset in datasets:
+        results = []
+        for seed in seeds:
+            for head in ("dense", "spinal"):
+                run = dataclasses.replace(
+                    config,
+                    dataset=dataset,
+                    head=head,
+                    seed=seed,
+                    output_dir=os.path.join(
+                        config.output_dir, dataset.replace("/", "_"),
+                        _run_label(config, head), f"seed{seed}",
+                    ),
+                    **({k: None for k in HEAD_OPTIONS} if head == "dense" else {}),
+                )
+                results.append(train(run, strategy=strategy))
+        tables[dataset] = comparison_rows(results)
+    out = config.output_dir
+    stem = "comparison" + _run_label(config, "spinal")[len("spinal"):]
+    text = "\n\n".join(
+        comparison_markdown(rows, f"{config.model} on {name}, {len(seeds)} seed(s), "
+                            f"{config.epochs} epochs")
+        for name, rows in tables.items()
+    )
+    with open(os.path.join(out, stem + ".md"), "w") as f:
+        f.write(text + "\n")
+    _write_csv(
+        os.path.join(out, stem + ".csv"),
+        [{"dataset": name, **row} for name, rows in tables.items() for row in rows],
+    )
+    plot_comparison(tables, os.path.join(out, stem + ".png"))
+    print(text)
+    return tables

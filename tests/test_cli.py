@@ -1,0 +1,140 @@
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import pytest
+
+from conftest import REPO
+from conftest import SHARED_DATA
+from conftest import is_png
+from spinalnet_keras import SpinalDense
+from spinalnet_keras.cli import main
+from spinalnet_keras.training import TrainConfig
+from spinalnet_keras.training import read_history
+from spinalnet_keras.training import train
+
+
+def _rows(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_train_writes_every_artifact(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--model", "regression", "--dataset", "table1/sum", "--epochs", "3",
+                 "--optimizer", "adam", "--learning-rate", "0.01", "--output-dir", str(out),
+                 "--verbose", "0"]) == 0
+    printed = capsys.readouterr().out
+    assert "regression (spinal) on table1/sum" in printed and "14,301 trainable" in printed
+    for name in ("config.json", "history.csv", "best.keras", "final.keras", "result.json"):
+        assert (out / name).is_file(), name
+    assert is_png(out / "curves.png")
+    assert [r["epoch"] for r in _rows(out / "history.csv")] == ["0", "1", "2"]
+    assert any(f.startswith("events") for _, _, fs in os.walk(out / "logs") for f in fs)
+    result = json.loads((out / "result.json").read_text())
+    assert result["epochs"] == 3 and result["metric"] == "mse"
+    assert result["head_multiplications"] == 14_000
+    model = keras.saving.load_model(out / "final.keras", safe_mode=True)
+    assert isinstance(model.get_layer("head_spinal"), SpinalDense)
+
+
+def test_train_on_real_mnist_tiny(tmp_path, mnist_data_dir, capsys):
+    out = tmp_path / "mnist"
+    assert main(["train", "--model", "mnist_cnn", "--head", "dense", "--dataset", "mnist",
+                 "--data-dir", mnist_data_dir, "--epochs", "1", "--train-examples", "512",
+                 "--test-examples", "256", "--output-dir", str(out), "--verbose", "0"]) == 0
+    result = json.loads((out / "result.json").read_text())
+    assert result["trainable_params"] == 21_840 and result["head_multiplications"] == 16_500
+    assert 0.1 < result["final"] <= 1.0
+
+
+class _Crash(keras.callbacks.Callback):
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == 1:
+            raise KeyboardInterrupt("simulated interruption after epoch 2")
+
+
+class _CountEpochs(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.epochs = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epochs.append(epoch)
+
+
+def test_interrupted_train_resumes_where_it_stopped(tmp_path):
+    config = TrainConfig(model="regression", dataset="table1/prod", epochs=5, optimizer="adam",
+                         learning_rate=0.01, output_dir=str(tmp_path / "r"), verbose=0)
+    with pytest.raises(KeyboardInterrupt):
+        train(config, callbacks=[_Crash()])
+    assert not (tmp_path / "r" / "result.json").exists()
+    assert (tmp_path / "r" / "backup").is_dir()
+    counter = _CountEpochs()
+    result = train(config, callbacks=[counter])
+    assert counter.epochs == [2, 3, 4]  # resumed after the two finished epochs
+    assert result["epochs"] == 5
+    assert [r["epoch"] for r in read_history(tmp_path / "r" / "history.csv")] == [0, 1, 2, 3, 4]
+    # a complete run is not trained again
+    again = _CountEpochs()
+    assert train(config, callbacks=[again])["epochs"] == 5 and again.epochs == []
+
+
+def test_compare_prints_and_writes_the_table(tmp_path, capsys):
+    out = tmp_path / "cmp"
+    assert main(["compare", "--model", "regression", "--dataset", "table1/sin_sum",
+                 "--optimizer", "adam", "--epochs", "2", "--seeds", "0", "1",
+                 "--output-dir", str(out), "--verbose", "0"]) == 0
+    printed = capsys.readouterr().out
+    assert "| dense 200-100 | 2 | 22,001 (22,001) | 21,700 (21,700)" in printed
+    assert "| spinal 6 x 50 | 2 | 14,301 (14,301) | 14,000 (14,000)" in printed
+    assert "head 35.5% fewer multiplications" in printed
+    rows = _rows(out / "comparison.csv")
+    assert [r["head"] for r in rows] == ["dense 200-100", "spinal 6 x 50"]
+    assert is_png(out / "comparison.png")
+    assert sorted(os.listdir(out / "table1_sin_sum")) == ["dense", "spinal"]
+
+
+def test_demo_runs_offline(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--epochs", "2", "--seeds", "0", "--datasets", "table1/sum",
+                 "table1/prod", "--output-dir", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "regression on table1/sum" in printed and "regression on table1/prod" in printed
+    assert is_png(out / "comparison.png")
+    assert len(_rows(out / "comparison.csv")) == 4
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["train", "--model", "resnet49"], "unknown model 'resnet49'; choose from: mnist_cnn"),
+    (["train", "--dataset", "mnist3"], "unknown dataset 'mnist3'; choose from: caltech101"),
+    (["train", "--epochs", "0"], "expected a positive integer, got '0'"),
+    (["train", "--dropout", "1.5"], "expected a number in [0, 1), got '1.5'"),
+    (["train", "--augment", "rotate,blur"], "unknown augmentation(s) ['blur']"),
+    (["train", "--learning-rate", "-1"], "expected a positive number, got '-1'"),
+    (["compare", "--seeds", "-2"], "expected an integer >= 0"),
+    (["train", "--image-size", "big"], "expected a size like 224 or 224x224"),
+])
+def test_bad_arguments_are_refused(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_model_dataset_mismatch_is_a_clear_error(tmp_path, capsys):
+    code = main(["train", "--model", "vgg5", "--dataset", "table1/sum", "--output-dir",
+                 str(tmp_path / "x"), "--verbose", "0"])
+    assert code == 2
+    assert "is a regression task; use model='regression'" in capsys.readouterr().err
+
+
+def test_console_script_and_module_entry_points():
+    exe = os.path.join(os.path.dirname(sys.executable), "spinalnet-keras")
+    for cmd in ([exe, "--help"], [sys.executable, "-m", "spinalnet_keras", "train", "--help"]):
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        assert "spinalnet-keras" in proc.stdout

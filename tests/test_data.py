@@ -1,0 +1,130 @@
+import os
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from conftest import SHARED_DATA
+from spinalnet_keras import data
+from spinalnet_keras.data import load_task
+from spinalnet_keras.data import regression_data
+
+# MNIST test-set label counts, from the official files.
+MNIST_TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+
+
+def test_regression_data_follows_the_paper():
+    x, y = regression_data("prod", seed=3)
+    assert x.shape == (1000, 8) and y.shape == (1000, 1)
+    assert x.dtype == np.float32 and y.dtype == np.float32
+    noise = y[:, 0] - x.astype("float64").prod(axis=1)
+    assert noise.min() >= -1e-5 and noise.max() < 0.2 + 1e-5
+    assert 0.08 < noise.mean() < 0.12  # 0.2 * U[0, 1)
+    assert abs(x.mean()) < 0.05 and abs(x.std() - 1) < 0.05
+    np.testing.assert_array_equal(regression_data("prod", seed=3)[0], x)
+    assert not np.array_equal(regression_data("prod", seed=4)[0], x)
+    xs, ys = regression_data("sin_sum", num_samples=10)
+    np.testing.assert_allclose(ys[:, 0] - np.sin(xs.sum(1)), (ys[:, 0] - np.sin(xs.sum(1))).clip(0, 0.2), atol=1e-5)
+    with pytest.raises(ValueError, match="target='cube'"):
+        regression_data("cube")
+
+
+def test_regression_task_pipelines():
+    task = load_task("table1/sin_prod", batch_size=64, seed=1)
+    assert task.kind == "regression" and task.input_shape == (8,) and task.num_outputs == 1
+    batches = list(task.train)
+    assert [b[0].shape[0] for b in batches] == [64] * 15 + [40]
+    assert task.train_size == task.test_size == 1000
+    test_x = np.concatenate([b[0] for b in task.test])
+    train_x = np.concatenate([b[0] for b in batches])
+    assert not np.isin(test_x[:, 0], train_x[:, 0]).any()  # fresh test samples
+
+
+def test_real_mnist_pipeline(mnist_data_dir):
+    task = load_task("mnist", batch_size=64, seed=0, data_dir=mnist_data_dir)
+    assert (task.train_size, task.test_size) == (60000, 10000)
+    assert task.input_shape == (28, 28, 1) and task.num_outputs == 10
+    x, y = next(iter(task.train))
+    assert x.shape == (64, 28, 28, 1) and x.dtype == "float32" and y.dtype == "int32"
+    # the paper's normalisation: (x/255 - 0.1307) / 0.3081
+    np.testing.assert_allclose(float(np.min(x)), -0.1307 / 0.3081, rtol=1e-4)
+    np.testing.assert_allclose(float(np.max(x)), (1 - 0.1307) / 0.3081, rtol=1e-4)
+    labels = np.concatenate([b[1] for b in task.test])
+    assert np.bincount(labels).tolist() == MNIST_TEST_COUNTS
+    # same seed, same order; another seed, another order
+    again = load_task("mnist", batch_size=64, seed=0, data_dir=mnist_data_dir)
+    other = load_task("mnist", batch_size=64, seed=1, data_dir=mnist_data_dir)
+    np.testing.assert_array_equal(next(iter(again.train))[1], y)
+    assert not np.array_equal(next(iter(other.train))[1], y)
+
+
+def test_mnist_for_backbones_and_augmentation(mnist_data_dir):
+    task = load_task("mnist", batch_size=8, normalization="none", image_size=(32, 32),
+                     channels=3, augment=("rotate", "perspective", "crop", "flip"),
+                     data_dir=mnist_data_dir, train_examples=64, test_examples=16)
+    assert task.input_shape == (32, 32, 3) and (task.train_size, task.test_size) == (64, 16)
+    x, _ = next(iter(task.train))
+    assert x.shape == (8, 32, 32, 3)
+    assert float(np.max(x)) > 100 and float(np.min(x)) >= -1e-3  # raw 0..255
+    np.testing.assert_allclose(x[..., 0], x[..., 2])  # grey -> RGB
+    plain = load_task("mnist", batch_size=8, normalization="none", image_size=(32, 32),
+                      channels=3, data_dir=mnist_data_dir, train_examples=64, test_examples=16)
+    assert not np.allclose(next(iter(plain.train))[0], x)
+    xt, _ = next(iter(task.test))  # no augmentation at test time
+    np.testing.assert_allclose(next(iter(plain.test))[0], xt)
+    unit = load_task("mnist", batch_size=8, normalization="unit", data_dir=mnist_data_dir,
+                     train_examples=64, test_examples=16)
+    xu, _ = next(iter(unit.train))
+    assert float(np.min(xu)) >= 0 and float(np.max(xu)) <= 1
+
+
+def test_other_datasets_with_tfds_mock_data(monkeypatch, tmp_path):
+    monkeypatch.setattr(data, "_network_reachable", lambda builder: True)
+    for name, shape, classes in [("cifar10", (32, 32, 3), 10), ("fashion_mnist", (28, 28, 1), 10),
+                                 ("emnist/letters", (28, 28, 1), 37), ("svhn_cropped", (32, 32, 3), 10)]:
+        with tfds.testing.mock_data(num_examples=20, data_dir=str(tmp_path)):
+            task = load_task(name, batch_size=5, data_dir=str(tmp_path))
+            x, y = next(iter(task.train))
+        assert task.input_shape == shape and task.num_outputs == classes
+        assert x.shape == (5,) + shape and x.dtype == "float32"
+    with tfds.testing.mock_data(num_examples=6, data_dir=str(tmp_path)):
+        with pytest.raises(ValueError, match="images of varying size; pass image_size"):
+            load_task("caltech101", data_dir=str(tmp_path))
+        task = load_task("caltech101", batch_size=3, image_size=(40, 40), data_dir=str(tmp_path))
+        assert next(iter(task.train))[0].shape == (3, 40, 40, 3)
+
+
+def test_offline_errors_say_which_files_go_where(tmp_path, monkeypatch):
+    empty = tmp_path / "manual"
+    empty.mkdir()
+    with pytest.raises(RuntimeError) as err:
+        data.prepare("kmnist", data_dir=str(tmp_path / "tfds"), manual_dir=str(empty))
+    message = str(err.value)
+    for f in ["train-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"]:
+        assert f in message
+    assert str(empty) in message and "SPINALNET_KERAS_MANUAL_DIR" in message
+    monkeypatch.setattr(data, "_network_reachable", lambda builder: False)
+    monkeypatch.delenv("SPINALNET_KERAS_MANUAL_DIR", raising=False)
+    with pytest.raises(RuntimeError, match=r"no network.*cifar-10-binary.tar.gz"):
+        data.prepare("cifar10", data_dir=str(tmp_path / "tfds"))
+
+
+def test_manual_dir_from_environment_and_subfolder(monkeypatch, tmp_path):
+    if not os.path.isdir(os.path.join(SHARED_DATA, "mnist")):
+        pytest.skip("real MNIST files not available")
+    monkeypatch.setenv("SPINALNET_KERAS_MANUAL_DIR", SHARED_DATA)
+    assert data._manual_dir_for("mnist", None) == os.path.join(SHARED_DATA, "mnist")
+    assert data._manual_dir_for("mnist", os.path.join(SHARED_DATA, "mnist")).endswith("mnist")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        data._manual_dir_for("mnist", str(tmp_path / "nope"))
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match=r"Unknown dataset 'mnist2'.*table1/sum"):
+        load_task("mnist2")
+    with pytest.raises(ValueError, match="batch_size=0"):
+        load_task("table1/sum", batch_size=0)
+    with pytest.raises(ValueError, match="augment='blur'"):
+        data.image_pipeline(None, data.DATASETS["mnist"], 4, True, augment=("blur",))
+    with pytest.raises(ValueError, match="normalization='z'"):
+        data.image_pipeline(None, data.DATASETS["mnist"], 4, True, normalization="z")

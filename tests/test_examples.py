@@ -1,0 +1,45 @@
+"""Every example runs, on tiny settings, so the examples never rot."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+
+EXAMPLES = [
+    ("quickstart.py", ["--epochs", "2"], ["spinal", "reloaded outputs identical: True"]),
+    ("cost_accounting.py", [], ["8,480 vs 16,500 multiplications (48.6% fewer)", "13818"]),
+    ("paper_networks.py", ["--classes", "26", "--train-steps", "1"],
+     # paper counts with 26 instead of 10 classes: + 16 * (inputs + 1)
+     [f"vgg5       spinal trainable   {3_629_770 + 16 * 513:,}",
+      f"mnist_cnn  dense  trainable      {21_840 + 16 * 51:,}"]),
+    ("backbone_transfer.py", ["--backbone", "MobileNetV2", "--size", "32", "--steps", "1"],
+     ["step 0: loss", "head"]),
+    ("spinalize_model.py", [], ["hidden Dense layers: ['fc1', 'fc2']", "all spinal"]),
+    ("serve_saved_model.py", ["--output-dir", "exp"],
+     ["saved_model  mnist/1", "served probabilities: (2, 10)",
+      "spinalnet_keras imported by the client: False"]),
+    ("train_and_compare.py", ["--epochs", "2", "--seeds", "0"],
+     ["one spinal run: test mse", "| spinal 6 x 50 |"]),
+]
+
+
+def test_every_example_is_tested():
+    tested = {name for name, _, _ in EXAMPLES}
+    assert tested == {f for f in os.listdir(os.path.join(REPO, "examples")) if f.endswith(".py")}
+
+
+@pytest.mark.parametrize("script,args,expected", EXAMPLES, ids=[e[0] for e in EXAMPLES])
+def test_example_runs(script, args, expected, tmp_path):
+    if script == "train_and_compare.py":
+        args = args + ["--output-dir", str(tmp_path / "runs")]
+    proc = subprocess.run(
+        [sys.executable, os.path.join(REPO, "examples", script), *args],
+        capture_output=True, text=True, timeout=600, cwd=tmp_path,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    for text in expected:
+        assert text in proc.stdout, (text, proc.stdout[-3000:])

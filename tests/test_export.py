@@ -1,0 +1,133 @@
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+
+from spinalnet_keras import ExportError
+from spinalnet_keras import backbone_model
+from spinalnet_keras import export_model
+from spinalnet_keras import load_model_file
+from spinalnet_keras import paper_model
+from spinalnet_keras import export as export_module
+from spinalnet_keras.cli import main
+
+
+def _listing(parent):
+    return sorted(os.listdir(parent))
+
+
+@pytest.mark.parametrize("kind", ["paper", "backbone"])
+def test_every_format_written_and_verified(kind, tmp_path):
+    if kind == "paper":
+        model = paper_model("mnist_cnn", head="spinal")
+    else:
+        model = backbone_model("MobileNetV2", (32, 32, 3), 5, head="spinal", width=8, depth=4)
+    out = tmp_path / "export"
+    report = export_model(model, out, name="clf", formats=("saved_model", "keras", "onnx"))
+    assert _listing(out) == ["clf", "clf.keras", "clf.onnx", "export_report.json"]
+    assert (out / "clf" / "1" / "saved_model.pb").is_file()
+    assert report["verified"] is True
+    for fmt in ("saved_model", "keras", "onnx"):
+        entry = report["formats"][fmt]
+        assert entry["verified"] and entry["max_abs_error"] <= 1e-4, entry
+        assert entry["shape"] == [4, model.output_shape[-1]]
+    assert json.loads((out / "export_report.json").read_text())["verified"] is True
+    assert "outputs ['output_0']" in report["formats"]["saved_model"]["signature_io"]
+    # no staging directory left behind
+    assert _listing(tmp_path) == ["export"]
+
+
+def test_reuse_through_tfsmlayer(tmp_path):
+    model = paper_model("regression", head="spinal")
+    export_model(model, tmp_path / "e", name="reg", formats=("saved_model",))
+    layer = keras.layers.TFSMLayer(str(tmp_path / "e" / "reg" / "1"),
+                                   call_endpoint="serving_default", trainable=False)
+    frozen = keras.Sequential([keras.Input((8,)), layer])
+    x = np.random.default_rng(0).normal(size=(5, 8)).astype("float32")
+    out = frozen(x)
+    out = out["output_0"] if isinstance(out, dict) else out
+    np.testing.assert_allclose(out, model.predict(x, verbose=0), rtol=1e-5, atol=1e-6)
+    assert not layer.trainable_weights and layer.non_trainable_weights  # frozen extractor
+
+
+def test_overwrite_refusal_and_replacement(tmp_path):
+    model = paper_model("regression", head="dense")
+    out = tmp_path / "e"
+    export_model(model, out, formats=("keras",))
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        export_model(model, out, formats=("keras",))
+    report = export_model(model, out, name="new", formats=("keras",), overwrite=True)
+    assert _listing(out) == ["export_report.json", "new.keras"] and report["verified"]
+    assert _listing(tmp_path) == ["e"]
+
+
+def test_failure_while_writing_leaves_target_untouched(tmp_path, monkeypatch):
+    model = paper_model("regression", head="spinal")
+    out = tmp_path / "e"
+    export_model(model, out, name="old", formats=("keras",))
+    before = _listing(out)
+
+    def broken_save(self, *args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(keras.Model, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        export_model(model, out, formats=("saved_model", "keras"), overwrite=True)
+    assert _listing(out) == before  # the old export is still served
+    with pytest.raises(OSError):
+        export_model(model, tmp_path / "fresh", formats=("saved_model", "keras"))
+    assert _listing(tmp_path) == ["e"]  # nothing half-written, no staging dir
+
+
+def test_outputs_that_differ_fail_the_export(tmp_path, monkeypatch):
+    model = paper_model("regression", head="spinal")
+    real = export_module._run_fresh
+
+    def perturbed(*args):
+        y, info = real(*args)
+        return y + 1.0, info
+
+    monkeypatch.setattr(export_module, "_run_fresh", perturbed)
+    with pytest.raises(ExportError, match=r"saved_model \(max error 1"):
+        export_model(model, tmp_path / "e", formats=("saved_model",))
+    assert _listing(tmp_path) == []
+
+
+def test_bad_inputs(tmp_path):
+    with pytest.raises(FileNotFoundError, match="No model file"):
+        load_model_file(tmp_path / "missing.keras")
+    corrupt = tmp_path / "corrupt.keras"
+    corrupt.write_bytes(b"not a zip file at all")
+    with pytest.raises(ValueError, match="corrupt or not a Keras model file"):
+        load_model_file(corrupt)
+    with pytest.raises(ValueError, match="Expected a `.keras` model file"):
+        load_model_file(__file__)
+    model = paper_model("regression")
+    with pytest.raises(ValueError, match="formats='tflite'"):
+        export_model(model, tmp_path / "x", formats=("tflite",))
+    with pytest.raises(ValueError, match="name='../up'"):
+        export_model(model, tmp_path / "x", name="../up")
+
+
+def test_cli_export_with_raw_input(tmp_path, capsys):
+    model = paper_model("mnist_cnn", head="spinal")
+    path = tmp_path / "final.keras"
+    model.save(path)
+    out = tmp_path / "serve"
+    assert main(["export", str(path), "--output-dir", str(out), "--name", "mnist",
+                 "--raw-input", "--dataset", "mnist"]) == 0
+    printed = capsys.readouterr().out
+    assert "saved_model  mnist/1" in printed and "verified" in printed
+    served = keras.saving.load_model(out / "mnist.keras")
+    raw = np.random.default_rng(1).integers(0, 256, (3, 28, 28, 1)).astype("float32")
+    np.testing.assert_allclose(served.predict(raw, verbose=0),
+                               model.predict((raw / 255 - 0.1307) / 0.3081, verbose=0),
+                               rtol=1e-4, atol=1e-5)
+    assert main(["export", str(path), "--output-dir", str(out)]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert main(["export", str(tmp_path / "nope.keras"), "--output-dir", str(tmp_path / "o")]) == 2
+    assert "No model file" in capsys.readouterr().err
+    assert main(["export", str(path), "--output-dir", str(tmp_path / "o2"), "--raw-input"]) == 2
+    assert "--raw-input needs the image --dataset" in capsys.readouterr().err
