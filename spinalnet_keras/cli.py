@@ -100,6 +100,7 @@ def _augment(text):
 
 
 def _add_training_arguments(p, defaults):
+    from spinalnet_keras.distribute import STRATEGIES
     from spinalnet_keras.training import OPTIMIZERS
 
     g = p.add_argument_group("model")
@@ -141,6 +142,12 @@ def _add_training_arguments(p, defaults):
     t.add_argument("--deterministic", action="store_true",
                    help="TensorFlow op determinism (reproducible, slower)")
     t.add_argument("--steps-per-execution", type=_positive_int, default=1)
+    t.add_argument("--strategy", choices=STRATEGIES, default="auto",
+                   help="tf.distribute strategy: auto (TPU, else all GPUs mirrored, else "
+                   "one GPU, else CPU), mirrored, multi_worker (TF_CONFIG), tpu, "
+                   "one_device, default")
+    t.add_argument("--mixed-precision", choices=("off", "mixed_float16", "mixed_bfloat16"),
+                   default="off", help="Keras dtype policy (mixed_float16 for GPUs)")
     t.add_argument("--output-dir", default=defaults["output_dir"])
     t.add_argument("--verbose", type=int, choices=(0, 1, 2), default=defaults.get("verbose", 1),
                    help="Keras fit verbosity (1: progress bar)")
@@ -165,10 +172,31 @@ def _config(args, **overrides):
     return TrainConfig(**fields)
 
 
+def _strategy(args):
+    """The strategy, made before anything else touches TensorFlow (multi-
+    worker collectives must be configured at start-up), and the policy."""
+    import keras
+
+    from spinalnet_keras.distribute import get_strategy
+
+    strategy = get_strategy(args.strategy)
+    if args.mixed_precision != "off":
+        keras.config.set_dtype_policy(args.mixed_precision)
+    replicas = strategy.num_replicas_in_sync
+    if replicas > 1 and args.verbose:
+        print(f"{type(strategy).__name__} with {replicas} replicas: global batch "
+              f"{args.batch_size}, {args.batch_size / replicas:g} per replica")
+    return strategy
+
+
 def _train(args):
     from spinalnet_keras.training import train
 
-    result = train(_config(args, head=args.head, seed=args.seed))
+    strategy = _strategy(args)
+    result = train(_config(args, head=args.head, seed=args.seed), strategy=strategy)
+    if result.get("chief") is False:
+        print(f"worker {result['worker']} done")
+        return
     metric = result["metric"]
     print(
         f"{result['model']} ({result['head']}) on {result['dataset']}: test {metric} "
@@ -182,7 +210,8 @@ def _train(args):
 def _compare(args):
     from spinalnet_keras.training import compare
 
-    compare(_config(args), seeds=args.seeds)
+    strategy = _strategy(args)
+    compare(_config(args), seeds=args.seeds, strategy=strategy)
     print(f"\nTable, CSV and plot in {os.path.abspath(args.output_dir)}")
 
 

@@ -14,6 +14,7 @@ Everything here is TensorFlow-specific by nature (tf.data, tf.image).
 """
 
 import dataclasses
+import math
 import os
 import socket
 import urllib.parse
@@ -93,6 +94,7 @@ class Task:
     num_outputs: int
     train_size: int
     test_size: int
+    steps_per_epoch: int
 
 
 # -- the paper's Table I regression -------------------------------------------
@@ -245,6 +247,24 @@ def _random_resized_crop(image, seed, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):
     return tf.image.resize(crop, shape[:2])
 
 
+def _over_epochs(one_epoch, seed, epoch_range):
+    """`one_epoch(epoch_seed, reshuffle)` for each epoch of `epoch_range`,
+    back to back; without a range, one epoch reshuffled on every pass.
+
+    tf.data's shuffle takes only Python seeds, so each epoch is its own
+    dataset, seeded by (seed, epoch), joined in a balanced tree of
+    `concatenate` (depth log2 of the number of epochs)."""
+    if epoch_range is None:
+        return one_epoch(seed, True)
+    epochs = [one_epoch(seed * 1_000_003 + e, False) for e in range(*epoch_range)]
+    while len(epochs) > 1:
+        epochs = [
+            epochs[i].concatenate(epochs[i + 1]) if i + 1 < len(epochs) else epochs[i]
+            for i in range(0, len(epochs), 2)
+        ]
+    return epochs[0]
+
+
 def _validate_augment(augment):
     augment = tuple(augment or ())
     for item in augment:
@@ -264,12 +284,16 @@ def image_pipeline(
     augment=(),
     rotation_degrees=10.0,
     cache=True,
+    epoch_range=None,
 ):
     """Batches of `(float32 images, int32 labels)` from a tfds split.
 
     Normalisation, resizing and augmentation run as tf.data/tf.image/Keras
     preprocessing ops (never Python loops). Augmentation and shuffling only
-    when `training`.
+    when `training`; then, with `epoch_range=(start, stop)`, the dataset
+    holds epochs `start..stop-1` back to back, each shuffled by
+    `(seed, epoch)` (for `fit(steps_per_epoch=...)` and exact resumption);
+    without it, one epoch, reshuffled by tf.data on every pass.
     """
     _validation.choice("normalization", normalization, NORMALIZATIONS)
     augment = _validate_augment(augment)
@@ -289,15 +313,25 @@ def image_pipeline(
     ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
     if cache:
         ds = ds.cache()
-    if training:
-        ds = ds.shuffle(10_000, seed=seed, reshuffle_each_iteration=True)
-        if "crop" in augment:
-            crop_seeds = tf.data.Dataset.random(seed=seed).batch(2)
-            ds = tf.data.Dataset.zip((ds, crop_seeds)).map(
-                lambda xy, s: (_random_resized_crop(xy[0], s), xy[1]),
-                num_parallel_calls=tf.data.AUTOTUNE,
-            )
-    ds = ds.batch(batch_size)
+
+    def one_epoch(epoch_seed, reshuffle):
+        out = ds
+        if training:
+            # With an epoch range, each epoch is shuffled from (seed, epoch)
+            # alone, so a resumed run sees the order an uninterrupted one does.
+            out = out.shuffle(10_000, seed=epoch_seed, reshuffle_each_iteration=reshuffle)
+            if "crop" in augment:
+                # stateless crop seeds from (epoch seed, position)
+                crop_seeds = tf.data.Dataset.range(2**62).map(
+                    lambda i: tf.stack([tf.cast(epoch_seed, tf.int64), i])
+                )
+                out = tf.data.Dataset.zip((out, crop_seeds)).map(
+                    lambda xy, s: (_random_resized_crop(xy[0], s), xy[1]),
+                    num_parallel_calls=tf.data.AUTOTUNE,
+                )
+        return out.batch(batch_size)
+
+    ds = _over_epochs(one_epoch, seed, epoch_range) if training else ds.batch(batch_size)
     augmenter = _augmenter(augment, rotation_degrees, seed) if training else None
     if augmenter is not None:
         ds = ds.map(
@@ -320,6 +354,8 @@ def load_task(
     manual_dir=None,
     train_examples=None,
     test_examples=None,
+    epochs=None,
+    initial_epoch=0,
 ):
     """The train/test pipelines of dataset `name` (see `dataset_names()`).
 
@@ -339,7 +375,14 @@ def load_task(
         data_dir: tfds data directory.
         manual_dir: folder with the dataset's original files (offline).
         train_examples, test_examples: keep only the first N examples
-            (quick runs and tests).
+            (quick runs and tests); for `table1/*`, the number of examples
+            generated (default 1000 each).
+        epochs, initial_epoch: when `epochs` is given, `task.train` holds
+            epochs `initial_epoch..epochs-1` back to back, each shuffled from
+            `(seed, epoch)` alone, to be used with
+            `fit(steps_per_epoch=task.steps_per_epoch)`; an interrupted run
+            resumed at epoch k then sees exactly the batches an
+            uninterrupted run would.
 
     Returns:
         A `Task`.
@@ -347,20 +390,32 @@ def load_task(
     batch_size = _validation.positive_int("batch_size", batch_size)
     _validation.positive_int("train_examples", train_examples, allow_none=True)
     _validation.positive_int("test_examples", test_examples, allow_none=True)
+    epoch_range = None
+    if epochs is not None:
+        epochs = _validation.positive_int("epochs", epochs)
+        if not 0 <= initial_epoch < epochs:
+            raise ValueError(
+                f"`initial_epoch` must be in [0, epochs={epochs}). Received: "
+                f"initial_epoch={initial_epoch!r}"
+            )
+        epoch_range = (initial_epoch, epochs)
     if name in REGRESSION_DATASETS:
         target = name.split("/", 1)[1]
-        x, y = regression_data(target, seed=seed)
-        xt, yt = regression_data(target, seed=seed + 1_000_003)
-        x, y = x[:train_examples], y[:train_examples]
-        xt, yt = xt[:test_examples], yt[:test_examples]
-        train = (
-            tf.data.Dataset.from_tensor_slices((x, y))
-            .shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
-            .batch(batch_size)
-            .prefetch(tf.data.AUTOTUNE)
+        x, y = regression_data(target, num_samples=train_examples or 1000, seed=seed)
+        xt, yt = regression_data(
+            target, num_samples=test_examples or 1000, seed=seed + 1_000_003
         )
+        base = tf.data.Dataset.from_tensor_slices((x, y))
+        train = _over_epochs(
+            lambda s, reshuffle: base.shuffle(
+                len(x), seed=s, reshuffle_each_iteration=reshuffle
+            ).batch(batch_size),
+            seed,
+            epoch_range,
+        ).prefetch(tf.data.AUTOTUNE)
         test = tf.data.Dataset.from_tensor_slices((xt, yt)).batch(batch_size)
-        return Task(name, "regression", train, test, (8,), 1, len(x), len(xt))
+        return Task(name, "regression", train, test, (8,), 1, len(x), len(xt),
+                    math.ceil(len(x) / batch_size))
     if name not in DATASETS:
         raise ValueError(
             f"Unknown dataset {name!r}. Available: {dataset_names()}"
@@ -396,6 +451,7 @@ def load_task(
             channels=channels,
             augment=augment,
             rotation_degrees=rotation_degrees,
+            epoch_range=epoch_range,
         )
     shape = info.features["image"].shape
     if image_size is not None:
@@ -411,4 +467,5 @@ def load_task(
         int(info.features["label"].num_classes),
         sizes["train"],
         sizes["test"],
+        math.ceil(sizes["train"] / batch_size),
     )

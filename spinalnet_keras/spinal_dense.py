@@ -386,15 +386,18 @@ class SpinalDense(keras.layers.Layer):
             z = ops.matmul(part, kernel)
             if bias is not None:
                 z = ops.add(z, bias)
-            if len(sub) == 1:
-                pre[sub[0]] = z
-            else:
-                for t, i in enumerate(sub):
-                    pre[i] = z[..., t * w : (t + 1) * w]
+            # One split op (its gradient is one concat) rather than a slice
+            # per sub-layer: at small sizes op count is what costs.
+            pieces = ops.split(z, len(sub), axis=-1) if len(sub) > 1 else [z]
+            for i, piece in zip(sub, pieces):
+                pre[i] = piece
         return pre
 
     def call(self, inputs, training=None):
-        parts = [inputs[..., a:b] for a, b in self._bounds]
+        if self.splits == 1:
+            parts = [inputs]
+        else:
+            parts = ops.split(inputs, [b for _, b in self._bounds[:-1]], axis=-1)
         pre = self._split_products(parts, training)
         outputs, prev = [], None
         for i in range(self.depth):

@@ -124,9 +124,13 @@ def is_backbone(name):
     return name not in PAPER_MODELS
 
 
-def load_config_task(config):
-    """The `Task` of `config`, with the input format its model needs."""
+def load_config_task(config, initial_epoch=None):
+    """The `Task` of `config`, with the input format its model needs; with
+    `initial_epoch`, its training data covers epochs initial_epoch..epochs-1
+    in the order of an uninterrupted run."""
     backbone = is_backbone(config.model)
+    epoch_args = {} if initial_epoch is None else {
+        "epochs": config.epochs, "initial_epoch": initial_epoch}
     return load_task(
         config.dataset,
         batch_size=config.batch_size,
@@ -140,7 +144,18 @@ def load_config_task(config):
         manual_dir=config.manual_dir,
         train_examples=config.train_examples,
         test_examples=config.test_examples,
+        **epoch_args,
     )
+
+
+def _backed_up_epoch(backup_dir):
+    """The epoch BackupAndRestore will resume from (0 for a new run)."""
+    path = os.path.join(backup_dir, "training_metadata.json")
+    try:
+        with open(path) as f:
+            return int(json.load(f)["epoch"])
+    except (OSError, ValueError, KeyError):
+        return 0
 
 
 def build_model(config, task):
@@ -318,7 +333,16 @@ def train(config, strategy=None, task=None, callbacks=None):
         import tensorflow as tf
 
         tf.config.experimental.enable_op_determinism()
-    task = task or load_config_task(config)
+    if _is_multi_worker(strategy):
+        return _train_multi_worker(config, strategy, out)
+    backup_dir = os.path.join(out, "backup")
+    initial_epoch = min(_backed_up_epoch(backup_dir), config.epochs - 1)
+    # A task built here holds all remaining epochs in resumable order; a
+    # task handed in by the caller is one epoch that tf.data reshuffles.
+    steps_per_epoch = None
+    if task is None:
+        task = load_config_task(config, initial_epoch=initial_epoch)
+        steps_per_epoch = task.steps_per_epoch
     scope = strategy.scope() if strategy is not None else _null_scope()
     with scope:
         model = compile_model(build_model(config, task), config, task)
@@ -332,7 +356,9 @@ def train(config, strategy=None, task=None, callbacks=None):
         values = [r[monitor] for r in previous]
         best_so_far = max(values) if mode == "max" else min(values)
     callbacks = [
-        keras.callbacks.BackupAndRestore(os.path.join(out, "backup")),
+        # double_checkpoint: a backup torn by a kill falls back to the
+        # previous one.
+        keras.callbacks.BackupAndRestore(backup_dir, double_checkpoint=True),
         keras.callbacks.CSVLogger(history_path, append=True),
         keras.callbacks.TensorBoard(os.path.join(out, "logs")),
         keras.callbacks.ModelCheckpoint(
@@ -349,6 +375,7 @@ def train(config, strategy=None, task=None, callbacks=None):
         task.train,
         validation_data=task.test,
         epochs=config.epochs,
+        steps_per_epoch=steps_per_epoch,
         callbacks=callbacks,
         verbose=config.verbose,
         shuffle=False,  # the pipeline shuffles, with the run's seed
@@ -380,6 +407,78 @@ def train(config, strategy=None, task=None, callbacks=None):
         **summarize_history(rows, task.kind),
     }
     with open(result_path, "w") as f:
+        json.dump(result, f, indent=2)
+    return result
+
+
+def _is_multi_worker(strategy):
+    import tensorflow as tf
+
+    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+
+
+def _train_multi_worker(config, strategy, out):
+    """`train` under MultiWorkerMirroredStrategy, where Keras's fit fails:
+    the package's own loop (see distribute.multi_worker_fit). `out` must be
+    the same (shared) directory on every worker; only the chief writes the
+    model, history and result."""
+    from spinalnet_keras.distribute import multi_worker_fit
+    from spinalnet_keras.distribute import worker_info
+
+    task = load_config_task(config)
+
+    def build():
+        return compile_model(build_model(config, task), config, task)
+
+    start = time.perf_counter()
+    model, history = multi_worker_fit(
+        build, task.train, config.epochs, config.batch_size,
+        os.path.join(out, "checkpoints"), strategy=strategy, verbose=config.verbose,
+    )
+    seconds = time.perf_counter() - start
+    _, index, is_chief, workers = worker_info()
+    if not is_chief:
+        return {"worker": index, "chief": False, "history": history}
+    history_path = os.path.join(out, "history.csv")
+    rows = read_history(history_path)
+    first = rows[-1]["epoch"] + 1 if rows else config.epochs - len(history["loss"])
+    rows += [
+        {"epoch": first + i, **{k: v[i] for k, v in history.items()}}
+        for i in range(len(history["loss"]))
+    ]
+    # Test metrics on the chief, outside the strategy (plain inference).
+    test_loss = keras.losses.get(model.loss)
+    losses, hits, count = [], 0, 0
+    for x, y in task.test:
+        pred = model(x, training=False)
+        losses.append(float(keras.ops.mean(test_loss(y, pred))) * len(x))
+        if task.kind != "regression":
+            hits += int(np.sum(np.argmax(pred, -1) == np.reshape(y, [-1])))
+        count += len(x)
+    rows[-1]["val_loss"] = sum(losses) / count
+    if task.kind != "regression":
+        rows[-1]["val_accuracy"] = hits / count
+    for r in rows:
+        r.setdefault("val_loss", rows[-1]["val_loss"])
+        if task.kind != "regression":
+            r.setdefault("val_accuracy", rows[-1]["val_accuracy"])
+    _write_history(history_path, rows)
+    model.save(os.path.join(out, "final.keras"))
+    report = cost_report(model)
+    result = {
+        "model": config.model, "head": config.head,
+        "head_label": head_label(model, config.head), "dataset": config.dataset,
+        "seed": config.seed, "epochs": len(rows), "workers": workers,
+        "trainable_params": report.trainable_params,
+        "multiplications": report.multiplications,
+        "train_seconds_this_session": round(seconds, 2),
+        "metric": "mse" if task.kind == "regression" else "accuracy",
+        "final": rows[-1]["val_loss" if task.kind == "regression" else "val_accuracy"],
+        "history": history,
+    }
+    result["best"] = result["final"]
+    result["best_epoch"] = len(rows)
+    with open(os.path.join(out, "result.json"), "w") as f:
         json.dump(result, f, indent=2)
     return result
 

@@ -40,6 +40,20 @@ def test_regression_task_pipelines():
     assert not np.isin(test_x[:, 0], train_x[:, 0]).any()  # fresh test samples
 
 
+def test_resumed_epochs_see_the_uninterrupted_order():
+    full = load_task("table1/sum", batch_size=100, seed=5, epochs=4)
+    resumed = load_task("table1/sum", batch_size=100, seed=5, epochs=4, initial_epoch=2)
+    assert full.steps_per_epoch == 10
+    a = [b[1].numpy() for b in full.train]
+    b = [b[1].numpy() for b in resumed.train]
+    assert len(a) == 40 and len(b) == 20
+    for x, y in zip(a[20:], b):
+        np.testing.assert_array_equal(x, y)
+    assert not np.array_equal(a[0], a[10])  # each epoch has its own order
+    with pytest.raises(ValueError, match="initial_epoch=4"):
+        load_task("table1/sum", epochs=4, initial_epoch=4)
+
+
 def test_real_mnist_pipeline(mnist_data_dir):
     task = load_task("mnist", batch_size=64, seed=0, data_dir=mnist_data_dir)
     assert (task.train_size, task.test_size) == (60000, 10000)

@@ -11,7 +11,7 @@ from conftest import REPO
 EXAMPLES = [
     ("quickstart.py", ["--epochs", "2"], ["spinal", "reloaded outputs identical: True"]),
     ("cost_accounting.py", [], ["8,480 vs 16,500 multiplications (48.6% fewer)", "13818"]),
-    ("paper_networks.py", ["--classes", "26", "--train-steps", "1"],
+    ("paper_networks.py", ["--classes", "26"],  # training steps: test_paper_models
      # paper counts with 26 instead of 10 classes: + 16 * (inputs + 1)
      [f"vgg5       spinal trainable   {3_629_770 + 16 * 513:,}",
       f"mnist_cnn  dense  trainable      {21_840 + 16 * 51:,}"]),

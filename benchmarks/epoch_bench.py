@@ -1,0 +1,82 @@
+"""One epoch of the paper's MNIST recipe: this package's `train` vs PyTorch.
+
+Both run the small CNN with a spinal 6 x 8 head, SGD lr 0.01 momentum 0.5,
+batch 64, on real MNIST, one epoch plus the test pass, each as a whole fresh
+process, interleaved (keras, torch, keras, torch, ...). Reports the medians
+of the whole-process wall time and of the in-process train+test time, their
+ratios (keras / torch) and the test accuracy of every run.
+
+PyTorch is for comparison only: pip install torch==2.13.0.
+
+    python benchmarks/epoch_bench.py --repeats 3
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+DEFAULT_DATA = os.path.join(HERE, "..", "..", "shared", "data")
+
+
+def run(cmd, env):
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    wall = time.perf_counter() - start
+    if proc.returncode:
+        raise SystemExit(f"{cmd} failed:\n{proc.stderr[-3000:]}")
+    return wall, proc.stdout
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--manual-dir", default=DEFAULT_DATA,
+                        help="folder holding mnist/ with the four IDX files")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[],
+                        help="extra arguments for spinalnet-keras train")
+    args = parser.parse_args()
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    work = tempfile.mkdtemp(prefix="epoch_bench_")
+    data_dir = os.path.join(work, "tfds")
+    # Prepare the tfds copy once, outside the timings.
+    run([sys.executable, "-c", "import sys; from spinalnet_keras.data import prepare; "
+         "prepare('mnist', data_dir=sys.argv[1], manual_dir=sys.argv[2])",
+         data_dir, args.manual_dir], env)
+    keras_cmd = [sys.executable, "-m", "spinalnet_keras", "train", "--model", "mnist_cnn",
+                 "--head", "spinal", "--width", "8", "--depth", "6", "--dataset", "mnist",
+                 "--data-dir", data_dir, "--epochs", "1", "--batch-size", "64",
+                 "--optimizer", "sgd", "--learning-rate", "0.01", "--momentum", "0.5",
+                 "--verbose", "0", *args.extra]
+    torch_cmd = [sys.executable, os.path.join(HERE, "torch_mnist.py"),
+                 os.path.join(args.manual_dir, "mnist"), "--epochs", "1"]
+    rows = {"keras": [], "torch": []}
+    for r in range(args.repeats):
+        out = os.path.join(work, f"keras{r}")
+        wall, _ = run(keras_cmd + ["--seed", str(r), "--output-dir", out], env)
+        with open(os.path.join(out, "result.json")) as f:
+            res = json.load(f)
+        rows["keras"].append((wall, res["train_seconds_this_session"], res["final"]))
+        wall, stdout = run(torch_cmd + ["--seed", str(r)], env)
+        res = json.loads(stdout.strip().splitlines()[-1])
+        rows["torch"].append((wall, res["train_and_test_seconds"], res["test_accuracy"]))
+        print(f"repeat {r}: keras {rows['keras'][-1]}, torch {rows['torch'][-1]}", flush=True)
+    med = {k: (statistics.median(w for w, _, _ in v), statistics.median(t for _, t, _ in v))
+           for k, v in rows.items()}
+    print("\n| | whole process s (median) | train+test s (median) | test accuracy per run |")
+    print("|---|---:|---:|---|")
+    for k in ("keras", "torch"):
+        accs = ", ".join(f"{a:.4f}" for _, _, a in rows[k])
+        print(f"| {k} | {med[k][0]:.2f} | {med[k][1]:.2f} | {accs} |")
+    print(f"\nratio keras/torch: whole process {med['keras'][0] / med['torch'][0]:.2f}, "
+          f"train+test {med['keras'][1] / med['torch'][1]:.2f} "
+          f"({args.repeats} interleaved repeats, {os.cpu_count()} cores)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,125 @@
+"""Forward+backward time of SpinalDense against the same network composed by
+hand from Dense/Concatenate and against one Dense of the same output width.
+
+All three produce `depth * width` features (ReLU) from `features` inputs.
+Each step computes the outputs and the gradients of their sum with respect
+to every weight and the input (no optimizer update), inside one
+`tf.function` (optionally `jit_compile`). Implementations are timed
+interleaved, repeat after repeat, and the medians are compared as ratios in
+the same run. The FLOP rate is against this machine's own rate on one large
+matmul, measured in the same run.
+
+    python benchmarks/layer_bench.py                 # all sizes, batch 64 and 256, jit on/off
+    python benchmarks/layer_bench.py --quick         # small sizes only
+"""
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
+from composed import composed_spinal  # noqa: E402
+
+from spinalnet_keras import SpinalDense  # noqa: E402
+from spinalnet_keras import split_sizes  # noqa: E402
+
+# (features, depth, width): the paper's head sizes
+SIZES = [(320, 6, 8), (512, 4, 128), (4096, 4, 512), (25088, 4, 1024)]
+
+
+def spinal_mults(features, depth, width, splits=2):
+    sizes = split_sizes(features, splits)
+    return sum((sizes[i % splits] + (width if i else 0)) * width for i in range(depth))
+
+
+def build(kind, features, depth, width):
+    inputs = keras.Input((features,))
+    if kind == "spinal":
+        outputs = SpinalDense(width=width, depth=depth)(inputs)
+        return keras.Model(inputs, outputs)
+    if kind == "composed":
+        return composed_spinal(features, units=None, width=width, depth=depth)
+    return keras.Model(inputs, keras.layers.Dense(depth * width, activation="relu")(inputs))
+
+
+def make_step(model, jit):
+    weights = model.trainable_variables
+
+    @tf.function(jit_compile=jit)
+    def step(x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = model(x, training=True)
+            loss = tf.reduce_sum(y)
+        return tape.gradient(loss, [x] + weights)
+
+    return step
+
+
+def time_steps(step, x, steps):
+    start = time.perf_counter()
+    for _ in range(steps):
+        out = step(x)
+    _ = [o.numpy() for o in out[:1]]
+    return (time.perf_counter() - start) / steps
+
+
+def machine_flops(n=2048, repeats=5):
+    a = tf.random.normal((n, n))
+    mm = tf.function(lambda a: tf.matmul(a, a))
+    mm(a).numpy()
+    best = min(time_steps(mm, a, 3) for _ in range(repeats))
+    return 2 * n**3 / best
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true", help="the two small sizes only")
+    parser.add_argument("--batches", type=int, nargs="+", default=[64, 256])
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--target-seconds", type=float, default=0.25,
+                        help="time per measurement (sets the number of steps)")
+    args = parser.parse_args()
+    sizes = SIZES[:2] if args.quick else SIZES
+    peak = machine_flops()
+    print(f"TensorFlow {tf.__version__}, Keras {keras.__version__}, "
+          f"{os.cpu_count()} CPU cores; machine matmul rate {peak / 1e9:.1f} GFLOP/s")
+    print("| features -> depth x width | batch | jit | spinal ms | composed ms | dense ms "
+          "| spinal/composed | spinal/dense | mults spinal/dense | spinal GFLOP/s (% of machine) |")
+    print("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|")
+    for features, depth, width in sizes:
+        for batch in args.batches:
+            for jit in (False, True):
+                keras.utils.set_random_seed(0)
+                x = tf.random.normal((batch, features))
+                steps = {}
+                for kind in ("spinal", "composed", "dense"):
+                    steps[kind] = make_step(build(kind, features, depth, width), jit)
+                    steps[kind](x)  # trace and compile
+                per = max(1, int(args.target_seconds / time_steps(steps["dense"], x, 2)))
+                times = {k: [] for k in steps}
+                for _ in range(args.repeats):
+                    for kind, step in steps.items():
+                        times[kind].append(time_steps(step, x, per))
+                med = {k: statistics.median(v) for k, v in times.items()}
+                sm = spinal_mults(features, depth, width)
+                dm = features * depth * width
+                # forward + backward (grads of weights and input): 3 products
+                rate = 3 * 2 * sm * batch / med["spinal"]
+                print(f"| {features} -> {depth} x {width} | {batch} | {'on' if jit else 'off'} "
+                      f"| {1e3 * med['spinal']:.3f} | {1e3 * med['composed']:.3f} "
+                      f"| {1e3 * med['dense']:.3f} | {med['spinal'] / med['composed']:.2f} "
+                      f"| {med['spinal'] / med['dense']:.2f} | {sm / dm:.2f} "
+                      f"| {rate / 1e9:.1f} ({100 * rate / peak:.0f}%) |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

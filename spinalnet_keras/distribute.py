@@ -1,0 +1,230 @@
+"""`tf.distribute` for training: strategy selection and a multi-worker loop.
+
+`get_strategy(name)` picks a `tf.distribute.Strategy`:
+
+| name | strategy |
+|---|---|
+| `auto` | TPU if one is reachable, else `MirroredStrategy` over all GPUs when there are several, `OneDeviceStrategy` on a single GPU, the default strategy on CPU |
+| `mirrored` | `MirroredStrategy` (all GPUs, or all logical CPU devices when there is no GPU) |
+| `multi_worker` | `MultiWorkerMirroredStrategy`, configured by the `TF_CONFIG` environment variable |
+| `tpu` | `TPUStrategy` (error when no TPU is found) |
+| `one_device` | `OneDeviceStrategy` on the first GPU, else the CPU |
+| `default` | `tf.distribute.get_strategy()` (no distribution) |
+
+Batch sizes in this package are *global*: the per-replica batch is the
+global batch divided by `strategy.num_replicas_in_sync`.
+
+Keras 3's `Model.fit` fails under `MultiWorkerMirroredStrategy` (keras
+issue 20585), so `multi_worker_fit` is a training loop of its own: each
+step runs under `strategy.run` on a dataset distributed by the strategy,
+losses and metrics are reduced across workers, and checkpoints (model,
+optimizer, epoch) are written by the chief; the other workers write to a
+temporary directory they delete, as `tf.distribute` requires every worker
+to take part in a save. A run started again (all workers, same
+`checkpoint_dir`) resumes from the last checkpoint.
+"""
+
+import json
+import os
+import shutil
+import tempfile
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from spinalnet_keras import _validation
+
+STRATEGIES = ("auto", "mirrored", "multi_worker", "tpu", "one_device", "default")
+
+
+def _tpu_resolver():
+    try:
+        resolver = tf.distribute.cluster_resolver.TPUClusterResolver()
+        tf.config.experimental_connect_to_cluster(resolver)
+        tf.tpu.experimental.initialize_tpu_system(resolver)
+        return resolver
+    except (ValueError, RuntimeError, tf.errors.OpError):
+        return None
+
+
+def get_strategy(name="auto"):
+    """The `tf.distribute.Strategy` called `name` (see the module docstring)."""
+    _validation.choice("strategy", name, STRATEGIES)
+    if name == "default":
+        return tf.distribute.get_strategy()
+    if name == "multi_worker":
+        if not os.environ.get("TF_CONFIG"):
+            raise ValueError(
+                "strategy='multi_worker' needs the TF_CONFIG environment variable "
+                '(e.g. {"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
+                '"task": {"type": "worker", "index": 0}}) on every worker.'
+            )
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    gpus = tf.config.list_logical_devices("GPU")
+    if name == "tpu" or (name == "auto" and os.environ.get("TPU_NAME")):
+        resolver = _tpu_resolver()
+        if resolver is not None:
+            return tf.distribute.TPUStrategy(resolver)
+        if name == "tpu":
+            raise RuntimeError("strategy='tpu' but no TPU was found.")
+    if name == "mirrored":
+        if gpus:
+            return tf.distribute.MirroredStrategy()
+        cpus = [d.name for d in tf.config.list_logical_devices("CPU")]
+        return tf.distribute.MirroredStrategy(cpus)
+    if name == "one_device":
+        return tf.distribute.OneDeviceStrategy(gpus[0].name if gpus else "/cpu:0")
+    # auto
+    if len(gpus) > 1:
+        return tf.distribute.MirroredStrategy()
+    if len(gpus) == 1:
+        return tf.distribute.OneDeviceStrategy(gpus[0].name)
+    return tf.distribute.get_strategy()
+
+
+def set_virtual_cpus(count):
+    """Split the CPU into `count` logical devices (to try strategies on one
+    machine). Must run before TensorFlow initialises its devices."""
+    count = _validation.positive_int("count", count)
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(
+        cpu, [tf.config.LogicalDeviceConfiguration()] * count
+    )
+
+
+def worker_info():
+    """`(task_type, task_index, is_chief, num_workers)` from `TF_CONFIG`."""
+    config = json.loads(os.environ.get("TF_CONFIG") or "{}")
+    task = config.get("task", {})
+    cluster = config.get("cluster", {})
+    task_type, index = task.get("type", "worker"), int(task.get("index", 0))
+    is_chief = task_type == "chief" or (
+        task_type == "worker" and index == 0 and "chief" not in cluster
+    )
+    workers = len(cluster.get("worker", [])) + len(cluster.get("chief", []))
+    return task_type, index, is_chief, max(workers, 1)
+
+
+def multi_worker_fit(
+    build_and_compile,
+    dataset,
+    epochs,
+    global_batch_size,
+    checkpoint_dir,
+    strategy=None,
+    steps_per_epoch=None,
+    verbose=1,
+):
+    """Train under `strategy.run` (works with `MultiWorkerMirroredStrategy`).
+
+    Args:
+        build_and_compile: function returning a compiled Keras model; it is
+            called inside the strategy's scope. Its `loss` must be one
+            Keras loss object or name; its optimizer is used.
+        dataset: `tf.data.Dataset` of `(inputs, targets)` batches of the
+            global batch size, identical on every worker (the strategy
+            shards it).
+        epochs: total number of epochs (a resumed run does the rest).
+        global_batch_size: the dataset's batch size.
+        checkpoint_dir: where the chief keeps checkpoints (and resumes).
+        strategy: default: `MultiWorkerMirroredStrategy()`.
+        steps_per_epoch: batches per epoch (default: the whole dataset).
+        verbose: print a line per epoch on the chief.
+
+    Returns:
+        `(model, history)`; `history` maps `"loss"` (and `"accuracy"` for
+        classifiers) to one value per epoch of this session, reduced over
+        all workers.
+    """
+    strategy = strategy or tf.distribute.MultiWorkerMirroredStrategy()
+    epochs = _validation.positive_int("epochs", epochs)
+    global_batch_size = _validation.positive_int("global_batch_size", global_batch_size)
+    _, index, is_chief, _ = worker_info()
+    with strategy.scope():
+        model = build_and_compile()
+        optimizer = model.optimizer
+        loss_obj = keras.losses.get(model.loss)
+        if isinstance(loss_obj, keras.losses.Loss):
+            # Per-example values; the average over the *global* batch is
+            # taken below, so every worker's gradient has the right scale.
+            loss_obj = loss_obj.__class__.from_config(
+                {**loss_obj.get_config(), "reduction": None}
+            )
+            loss_name = loss_obj.name
+        elif callable(loss_obj):  # "mse" etc.: functions return per-example values
+            loss_name = loss_obj.__name__
+        else:
+            raise ValueError(f"Unsupported loss {model.loss!r}; use a Keras loss.")
+        classifier = "categorical" in loss_name
+        epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
+        optimizer.build(model.trainable_variables)
+        checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, epoch=epoch_var)
+
+    # Only the chief's checkpoints count; the others write and delete.
+    write_dir = checkpoint_dir if is_chief else tempfile.mkdtemp(
+        prefix=f"worker{index}_ckpt_"
+    )
+    manager = tf.train.CheckpointManager(checkpoint, write_dir, max_to_keep=2)
+    latest = tf.train.latest_checkpoint(checkpoint_dir)
+    if latest:
+        checkpoint.restore(latest)
+    start_epoch = int(epoch_var.numpy())
+    if verbose and is_chief and start_epoch:
+        print(f"resuming from epoch {start_epoch} ({latest})", flush=True)
+
+    dist_ds = strategy.experimental_distribute_dataset(dataset)
+
+    def step_fn(x, y):
+        with tf.GradientTape() as tape:
+            pred = model(x, training=True)
+            per_example = loss_obj(y, pred)
+            loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch_size)
+            if model.losses:
+                loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
+        grads = tape.gradient(loss, model.trainable_variables)
+        optimizer.apply_gradients(zip(grads, model.trainable_variables))
+        correct = tf.constant(0.0)
+        if classifier:
+            hits = tf.equal(tf.cast(tf.argmax(pred, -1), tf.int64), tf.reshape(tf.cast(y, tf.int64), [-1]))
+            correct = tf.reduce_sum(tf.cast(hits, tf.float32))
+        count = tf.cast(tf.shape(per_example)[0], tf.float32)
+        return loss, correct, count
+
+    @tf.function
+    def train_step(x, y):
+        loss, correct, count = strategy.run(step_fn, args=(x, y))
+        reduce = tf.distribute.ReduceOp.SUM
+        return (strategy.reduce(reduce, loss, axis=None),
+                strategy.reduce(reduce, correct, axis=None),
+                strategy.reduce(reduce, count, axis=None))
+
+    history = {"loss": []} if not classifier else {"loss": [], "accuracy": []}
+    for epoch in range(start_epoch, epochs):
+        # Sums stay on the device; one host sync per epoch, not per step.
+        total_loss = total_correct = total_count = tf.constant(0.0)
+        steps = 0
+        for x, y in dist_ds:
+            loss, correct, count = train_step(x, y)
+            total_loss += loss
+            total_correct += correct
+            total_count += count
+            steps += 1
+            if steps_per_epoch and steps >= steps_per_epoch:
+                break
+        history["loss"].append(float(total_loss) / max(steps, 1))
+        if classifier:
+            history["accuracy"].append(float(total_correct) / max(float(total_count), 1.0))
+        epoch_var.assign(epoch + 1)
+        manager.save()
+        if verbose and is_chief:
+            extra = f" accuracy {history['accuracy'][-1]:.4f}" if classifier else ""
+            print(f"epoch {epoch + 1}/{epochs} loss {history['loss'][-1]:.5f}{extra}", flush=True)
+    if not is_chief:
+        shutil.rmtree(write_dir, ignore_errors=True)
+    return model, history
+
+
+def weights_digest(model):
+    """A float64 vector of all of a model's weights (to compare workers)."""
+    return np.concatenate([np.ravel(w) for w in model.get_weights()]).astype("float64")

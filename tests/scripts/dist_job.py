@@ -1,0 +1,62 @@
+"""Helper run in a subprocess by test_distribute.py (strategies need
+TensorFlow's devices configured before it initialises)."""
+
+import json
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+mode, out = sys.argv[1], sys.argv[2]
+
+import tensorflow as tf  # noqa: E402
+
+from spinalnet_keras import distribute  # noqa: E402
+
+if mode in ("mirrored", "single", "loop_mirrored", "loop_single"):
+    distribute.set_virtual_cpus(2)
+if mode == "worker":
+    # Before any tensor exists: collectives are configured at TF start-up.
+    worker_strategy = distribute.get_strategy("multi_worker")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+from spinalnet_keras import SpinalDense  # noqa: E402
+
+
+def build():
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((12,)), SpinalDense(3, width=6, depth=4)])
+    model.compile(keras.optimizers.SGD(0.1), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    return model
+
+
+rng = np.random.default_rng(0)
+samples = int(sys.argv[5]) if len(sys.argv) > 5 else 256
+x = rng.normal(size=(samples, 12)).astype("float32")
+y = (x[:, :4].sum(1) > 0).astype("int32") + (x[:, 4:8].sum(1) > 1).astype("int32")
+ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(32)
+result = {}
+if mode in ("mirrored", "single"):
+    strategy = distribute.get_strategy("mirrored" if mode == "mirrored" else "default")
+    with strategy.scope():
+        model = build()
+    hist = model.fit(ds, epochs=3, verbose=0, shuffle=False).history["loss"]
+    variable = model.trainable_variables[0]
+    result = {"loss": hist, "replicas": strategy.num_replicas_in_sync,
+              "mirrored": type(variable.value).__name__,
+              "weights": distribute.weights_digest(model).tolist()}
+elif mode in ("loop_mirrored", "loop_single"):
+    strategy = distribute.get_strategy("mirrored" if mode == "loop_mirrored" else "default")
+    model, hist = distribute.multi_worker_fit(build, ds, 3, 32, os.path.join(out + "_ckpt"),
+                                              strategy=strategy, verbose=0)
+    result = {"loss": hist["loss"], "weights": distribute.weights_digest(model).tolist()}
+elif mode == "worker":
+    epochs = int(sys.argv[3])
+    model, hist = distribute.multi_worker_fit(build, ds, epochs, 32, sys.argv[4],
+                                              strategy=worker_strategy)
+    result = {"loss": hist["loss"], "accuracy": hist.get("accuracy"),
+              "weights": distribute.weights_digest(model).tolist(),
+              "info": list(distribute.worker_info())}
+with open(out, "w") as f:
+    json.dump(result, f)

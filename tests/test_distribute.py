@@ -1,0 +1,201 @@
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import REPO
+from spinalnet_keras import distribute
+
+JOB = os.path.join(REPO, "tests", "scripts", "dist_job.py")
+ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+
+
+def _job(mode, out, *extra, env=None):
+    proc = subprocess.run([sys.executable, JOB, mode, str(out), *map(str, extra)],
+                          capture_output=True, text=True, timeout=600, env=env or ENV)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(out.read_text())
+
+
+def _free_ports(n):
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def _start_workers(mode_args, tmp_path, n=2, tag="w"):
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in _free_ports(n)]}
+    procs = []
+    for i in range(n):
+        env = {**ENV, "TF_CONFIG": json.dumps({"cluster": cluster,
+                                                "task": {"type": "worker", "index": i}})}
+        cmd = [sys.executable, *map(str, mode_args(i))]
+        procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True, cwd=tmp_path))
+    return procs
+
+
+def _wait(procs, timeout=300):
+    outs = []
+    for p in procs:
+        out, err = p.communicate(timeout=timeout)
+        assert p.returncode == 0, err[-3000:]
+        outs.append(out)
+    return outs
+
+
+# -- strategy selection --------------------------------------------------------
+
+
+def test_strategy_selection_on_cpu(monkeypatch):
+    assert distribute.get_strategy("default") is tf.distribute.get_strategy()
+    assert distribute.get_strategy("auto") is tf.distribute.get_strategy()  # no GPU, no TPU
+    assert isinstance(distribute.get_strategy("one_device"), tf.distribute.OneDeviceStrategy)
+    with pytest.raises(ValueError, match=r"must be one of .*'multi_worker'.*Received: strategy='gpu'"):
+        distribute.get_strategy("gpu")
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    with pytest.raises(ValueError, match="needs the TF_CONFIG"):
+        distribute.get_strategy("multi_worker")
+    with pytest.raises(RuntimeError, match="no TPU"):
+        distribute.get_strategy("tpu")
+
+
+def test_worker_info(monkeypatch):
+    monkeypatch.setenv("TF_CONFIG", json.dumps({
+        "cluster": {"worker": ["a:1", "b:1", "c:1"]}, "task": {"type": "worker", "index": 2}}))
+    assert distribute.worker_info() == ("worker", 2, False, 3)
+    monkeypatch.setenv("TF_CONFIG", json.dumps({
+        "cluster": {"chief": ["a:1"], "worker": ["b:1"]}, "task": {"type": "chief", "index": 0}}))
+    assert distribute.worker_info() == ("chief", 0, True, 2)
+
+
+# -- one machine, two replicas -----------------------------------------------
+
+
+def test_mirrored_fit_matches_single_device(tmp_path):
+    single = _job("single", tmp_path / "single.json")
+    mirrored = _job("mirrored", tmp_path / "mirrored.json")
+    assert mirrored["replicas"] == 2 and single["replicas"] == 1
+    assert mirrored["mirrored"] == "MirroredVariable"
+    np.testing.assert_allclose(mirrored["loss"], single["loss"], rtol=1e-5)
+    np.testing.assert_allclose(mirrored["weights"], single["weights"], atol=1e-5)
+    assert single["loss"][-1] < single["loss"][0]
+
+
+def test_custom_loop_matches_fit(tmp_path):
+    single = _job("single", tmp_path / "single.json")
+    loop = _job("loop_mirrored", tmp_path / "loop.json")
+    np.testing.assert_allclose(loop["loss"], single["loss"], rtol=1e-5)
+    np.testing.assert_allclose(loop["weights"], single["weights"], atol=1e-5)
+
+
+# -- several workers -------------------------------------------------------------
+
+
+def test_two_workers_end_identical_and_learn(tmp_path):
+    ckpt = tmp_path / "ckpt"
+    procs = _start_workers(lambda i: [JOB, "worker", str(tmp_path / f"w{i}.json"), 3, ckpt],
+                           tmp_path)
+    _wait(procs)
+    w = [json.loads((tmp_path / f"w{i}.json").read_text()) for i in range(2)]
+    np.testing.assert_array_equal(w[0]["weights"], w[1]["weights"])
+    assert w[0]["loss"] == w[1]["loss"]  # metrics reduced across workers
+    assert w[0]["loss"][-1] < w[0]["loss"][0]
+    assert w[0]["info"][2] is True and w[1]["info"][2] is False  # chief, worker
+    assert any(f.startswith("ckpt-3") for f in os.listdir(ckpt))
+    single = _job("single", tmp_path / "single.json")  # same global batch
+    np.testing.assert_allclose(w[0]["weights"], single["weights"], atol=1e-5)
+
+
+def test_multi_worker_job_killed_and_restarted_resumes(tmp_path):
+    ckpt = tmp_path / "ckpt"
+
+    def args(i):
+        return [JOB, "worker", str(tmp_path / f"w{i}.json"), 6, ckpt, 8_000]
+
+    procs = _start_workers(args, tmp_path)
+    deadline = time.time() + 240
+    while time.time() < deadline:  # let two epochs be checkpointed
+        if (ckpt / "checkpoint").exists() and "ckpt-2" in (ckpt / "checkpoint").read_text():
+            break
+        time.sleep(0.05)
+    else:
+        pytest.fail("no checkpoint written")
+    procs[1].send_signal(signal.SIGKILL)  # a worker dies mid-run
+    procs[1].wait()
+    try:  # its peer cannot go on alone; the job is restarted as a whole
+        procs[0].wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        procs[0].kill()
+        procs[0].wait()
+    assert not (tmp_path / "w0.json").exists()
+    done = int((ckpt / "checkpoint").read_text().split('"')[1].split("-")[1])
+    assert 2 <= done < 6
+    outs = _wait(_start_workers(args, tmp_path))
+    assert f"resuming from epoch {done}" in outs[0]
+    w = [json.loads((tmp_path / f"w{i}.json").read_text()) for i in range(2)]
+    assert len(w[0]["loss"]) == 6 - done  # only the remaining epochs ran
+    np.testing.assert_array_equal(w[0]["weights"], w[1]["weights"])
+
+
+def test_cli_train_multi_worker(tmp_path):
+    out = tmp_path / "shared_run"
+
+    def args(i):
+        return ["-m", "spinalnet_keras", "train", "--strategy", "multi_worker", "--model",
+                "regression", "--dataset", "table1/sum", "--optimizer", "adam", "--epochs", "3",
+                "--output-dir", str(out), "--verbose", "1"]
+
+    outs = _wait(_start_workers(args, tmp_path))
+    assert "epoch 3/3" in outs[0] and "worker 1 done" in outs[1]
+    result = json.loads((out / "result.json").read_text())
+    assert result["workers"] == 2 and result["epochs"] == 3
+    assert result["history"]["loss"][-1] < result["history"]["loss"][0]
+    assert keras.saving.load_model(out / "final.keras").count_params() == 14_301
+
+
+# -- a single machine killed mid-epoch -------------------------------------------
+
+
+def _cli_train(out):
+    return [sys.executable, "-m", "spinalnet_keras", "train", "--model", "regression",
+            "--dataset", "table1/sin_prod", "--train-examples", "80000", "--epochs", "3",
+            "--optimizer", "adam", "--learning-rate", "0.001", "--deterministic", "--seed", "7",
+            "--strategy", "default", "--output-dir", str(out), "--verbose", "0"]
+
+
+def test_sigkill_mid_epoch_resumes_to_the_same_weights(tmp_path):
+    reference = tmp_path / "reference"
+    subprocess.run(_cli_train(reference), check=True, env=ENV, timeout=600,
+                   capture_output=True)
+    run = tmp_path / "killed"
+    proc = subprocess.Popen(_cli_train(run), env=ENV, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    meta = run / "backup" / "training_metadata.json"
+    deadline = time.time() + 300
+    while time.time() < deadline and not meta.exists():
+        time.sleep(0.02)
+    time.sleep(0.5)  # into the second epoch
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (run / "result.json").exists()
+    assert json.loads(meta.read_text())["epoch"] == 1  # killed during epoch 2
+    subprocess.run(_cli_train(run), check=True, env=ENV, timeout=600, capture_output=True)
+    result = json.loads((run / "result.json").read_text())
+    assert result["epochs"] == 3
+    a = keras.saving.load_model(reference / "final.keras").get_weights()
+    b = keras.saving.load_model(run / "final.keras").get_weights()
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x, y)
