@@ -1,6 +1,6 @@
 """The `spinalnet-keras` command (also `python -m spinalnet_keras`).
 
-Subcommands: `train`, `compare`, `demo`, `export`. Run `spinalnet-keras CMD -h`.
+Subcommands: `train`, `compare`, `demo`, `tune`, `export`. Run `spinalnet-keras CMD -h`.
 """
 
 import argparse
@@ -99,7 +99,7 @@ def _augment(text):
     return items
 
 
-def _add_training_arguments(p, defaults):
+def _add_training_arguments(p, defaults, head=True):
     from spinalnet_keras.distribute import STRATEGIES
     from spinalnet_keras.training import OPTIMIZERS
 
@@ -107,12 +107,13 @@ def _add_training_arguments(p, defaults):
     g.add_argument("--model", type=_model_name, default=defaults["model"],
                    help="a paper network (mnist_cnn, vgg5, vgg19, regression) or a "
                    "keras.applications backbone name (VGG19, ResNet50, ...)")
-    g.add_argument("--width", type=_positive_int, help="spinal sub-layer width")
-    g.add_argument("--depth", type=_positive_int, help="number of spinal sub-layers")
-    g.add_argument("--splits", type=_positive_int, help="number of input splits")
-    g.add_argument("--dropout", type=_rate, help="dropout before each spinal sub-layer")
-    g.add_argument("--batch-norm", action=argparse.BooleanOptionalAction, default=None,
-                   help="BatchNorm after each spinal sub-layer")
+    if head:  # tune searches these instead
+        g.add_argument("--width", type=_positive_int, help="spinal sub-layer width")
+        g.add_argument("--depth", type=_positive_int, help="number of spinal sub-layers")
+        g.add_argument("--splits", type=_positive_int, help="number of input splits")
+        g.add_argument("--dropout", type=_rate, help="dropout before each spinal sub-layer")
+        g.add_argument("--batch-norm", action=argparse.BooleanOptionalAction, default=None,
+                       help="BatchNorm after each spinal sub-layer")
     g.add_argument("--weights", default=None,
                    help="backbones: 'imagenet' or a weights file (default: random)")
     g.add_argument("--freeze-backbone", action="store_true",
@@ -273,6 +274,80 @@ def _export(args):
     print(f"Written to {os.path.abspath(args.output_dir)} (report: export_report.json)")
 
 
+def _tune(args):
+    import json
+
+    from spinalnet_keras.export import export_model
+    from spinalnet_keras.training import TrainConfig, is_backbone, load_config_task
+    from spinalnet_keras.tuning import SearchSpace, SpinalHyperModel, format_trial_table
+    from spinalnet_keras.tuning import chosen_splits, make_tuner, trial_table
+
+    strategy = _strategy(args)
+    space = SearchSpace(
+        widths=args.widths, depths=args.depths, splits=args.split_counts,
+        dropouts=args.dropouts, batch_norm=args.search_batch_norm,
+        learning_rates=tuple(args.learning_rates) if args.learning_rates else None,
+    )
+    config = TrainConfig(
+        model=args.model, dataset=args.dataset, batch_size=args.batch_size,
+        epochs=args.epochs, seed=args.seed, data_dir=args.data_dir,
+        manual_dir=args.manual_dir, train_examples=args.train_examples,
+        test_examples=args.test_examples, output_dir=args.output_dir,
+        image_size=args.image_size, augment=args.augment, weights=args.weights,
+        freeze_backbone=args.freeze_backbone, pooling=args.pooling,
+    )
+    if args.deterministic:
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()
+    task = load_config_task(config)
+    regression = task.kind == "regression"
+    hypermodel = SpinalHyperModel(
+        config.model, task.input_shape, task.num_outputs, space=space,
+        optimizer=args.optimizer, learning_rate=args.learning_rate,
+        loss="mse" if regression else "sparse_categorical_crossentropy",
+        metrics=() if regression else ("accuracy",),
+        backbone_options=dict(weights=args.weights, freeze_backbone=args.freeze_backbone,
+                              pooling=args.pooling) if is_backbone(config.model) else None,
+        momentum=args.momentum, steps_per_execution=args.steps_per_execution,
+    )
+    objective = args.objective or ("val_loss" if regression else "val_accuracy")
+    tuner = make_tuner(
+        hypermodel, tuner=args.tuner, objective=objective, max_trials=args.max_trials,
+        directory=args.output_dir, project_name=args.project, seed=args.seed,
+        max_epochs=args.epochs, distribution_strategy=strategy if strategy.num_replicas_in_sync > 1 else None,
+        max_consecutive_failed_trials=args.max_consecutive_failed_trials,
+        overwrite=args.overwrite,
+    )
+    tuner.search(task.train, validation_data=task.test, epochs=args.epochs,
+                 verbose=args.verbose)
+    role = os.environ.get("KERASTUNER_TUNER_ID", "")
+    if role.startswith("tuner"):  # a worker of a distributed search: done
+        print(f"{role}: search finished")
+        return
+    rows = trial_table(tuner, hypermodel)
+    table = format_trial_table(rows)
+    print(table)
+    project = os.path.join(args.output_dir, args.project)
+    with open(os.path.join(project, "trials.md"), "w") as f:
+        f.write(table + "\n")
+    with open(os.path.join(project, "trials.json"), "w") as f:
+        json.dump(rows, f, indent=2, default=str)
+    best = tuner.get_best_models(1)[0]  # reloaded from the best trial's checkpoint
+    best_hps = tuner.get_best_hyperparameters(1)[0]
+    best_hp = {k: v for k, v in best_hps.values.items() if not k.startswith("splits_at")}
+    best_hp["splits"] = chosen_splits(best_hps)
+    scores = best.evaluate(task.test, verbose=0, return_dict=True)
+    best.save(os.path.join(project, "best.keras"))
+    print(f"best trial: {best_hp}; test {scores}; saved {os.path.join(project, 'best.keras')}")
+    if args.export:
+        from spinalnet_keras.export import format_report
+
+        report = export_model(best, args.export, name=args.project,
+                              formats=("saved_model",), overwrite=args.overwrite)
+        print(format_report(report))
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="spinalnet-keras",
@@ -306,6 +381,32 @@ def build_parser():
     p.add_argument("--output-dir", default="runs/demo")
     p.add_argument("--verbose", type=int, choices=(0, 1, 2), default=0)
     p.set_defaults(func=_demo)
+
+    p = sub.add_parser("tune", help="keras-tuner search over spinal width, depth, splits",
+                       description="Search the spinal head's width, depth and split count "
+                       "(and optionally dropout, batch norm, learning rate). Resumes from "
+                       "--output-dir; distributed with KERASTUNER_TUNER_ID, "
+                       "KERASTUNER_ORACLE_IP and KERASTUNER_ORACLE_PORT.")
+    _add_training_arguments(p, dict(model="mnist_cnn", dataset="mnist", epochs=2,
+                                    batch_size=64, optimizer="adam", learning_rate=1e-3,
+                                    output_dir="runs/tune", verbose=1), head=False)
+    p.add_argument("--seed", type=_non_negative_int, default=0)
+    p.add_argument("--widths", type=_positive_int, nargs="+", default=[8, 16, 32, 64])
+    p.add_argument("--depths", type=_positive_int, nargs="+", default=[2, 4, 6, 8])
+    p.add_argument("--split-counts", type=_positive_int, nargs="+", default=[1, 2, 4],
+                   help="numbers of input splits to try (only those <= depth are used)")
+    p.add_argument("--dropouts", type=_rate, nargs="+", help="dropout rates to try")
+    p.add_argument("--search-batch-norm", action="store_true", help="try BatchNorm on/off")
+    p.add_argument("--learning-rates", type=_positive_float, nargs=2, metavar=("LOW", "HIGH"),
+                   help="search the learning rate on a log scale")
+    p.add_argument("--tuner", choices=("random", "bayesian", "hyperband"), default="random")
+    p.add_argument("--max-trials", type=_positive_int, default=10)
+    p.add_argument("--objective", help="default val_accuracy (val_loss for regression)")
+    p.add_argument("--project", default="search", help="name of the search under --output-dir")
+    p.add_argument("--max-consecutive-failed-trials", type=_positive_int, default=3)
+    p.add_argument("--overwrite", action="store_true", help="start the search afresh")
+    p.add_argument("--export", help="export the best model (SavedModel) to this directory")
+    p.set_defaults(func=_tune)
 
     p = sub.add_parser("export", help="SavedModel / .keras / ONNX, verified",
                        description="Export a .keras model (e.g. runs/x/final.keras) and "

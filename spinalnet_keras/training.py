@@ -93,6 +93,15 @@ class TrainConfig:
             raise ValueError(
                 f"`seed` must be a non-negative integer. Received: seed={self.seed!r}"
             )
+        if not is_backbone(self.model) and (
+            self.weights is not None or self.freeze_backbone or self.pooling != "avg"
+        ):
+            raise ValueError(
+                "weights, freeze_backbone and pooling apply to keras.applications "
+                f"backbones only; {self.model!r} is one of the paper's networks. "
+                f"Received: weights={self.weights!r}, freeze_backbone="
+                f"{self.freeze_backbone!r}, pooling={self.pooling!r}"
+            )
         self.augment = tuple(self.augment or ())
         if self.image_size is not None:
             self.image_size = tuple(self.image_size)

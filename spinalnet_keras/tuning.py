@@ -1,0 +1,277 @@
+"""Hyperparameter search over spinal width, depth and split count.
+
+`SpinalHyperModel` wraps any builder of this package (a paper network or a
+`keras.applications` backbone) and searches the spinal head's width, depth
+and number of splits, and optionally dropout, batch norm and learning rate.
+Split counts are searched per depth in keras-tuner conditional scopes, so a
+split count larger than the depth or than the number of input features is
+never proposed, let alone built.
+
+`make_tuner` gives a random, Bayesian-optimisation or Hyperband tuner.
+Searches resume: started again with the same directory, a tuner reloads its
+finished trials and runs only the rest. A trial that fails (an exception,
+out of memory, a NaN loss) is recorded as FAILED and the search goes on,
+up to `max_consecutive_failed_trials`.
+
+Distributed search uses keras-tuner's own mode: run the same command on a
+chief and on workers with `KERASTUNER_TUNER_ID` (`chief`, `tuner0`, ...),
+`KERASTUNER_ORACLE_IP` and `KERASTUNER_ORACLE_PORT` set.
+"""
+
+import dataclasses
+import math
+
+import keras
+import keras_tuner as kt
+
+from spinalnet_keras import _validation
+from spinalnet_keras.backbones import backbone_model
+from spinalnet_keras.costs import cost_report
+from spinalnet_keras.paper_models import PAPER_MODELS
+from spinalnet_keras.paper_models import paper_model
+from spinalnet_keras.spinal_dense import SpinalDense
+
+TUNERS = ("random", "bayesian", "hyperband")
+_OPTIMIZER_CLASSES = {
+    "sgd": keras.optimizers.SGD,
+    "adam": keras.optimizers.Adam,
+    "adamw": keras.optimizers.AdamW,
+    "rmsprop": keras.optimizers.RMSprop,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchSpace:
+    """What to search. Tuples are the values tried; None leaves a setting
+    at the network's own (the paper's) value.
+
+    Args:
+        widths: spinal sub-layer widths.
+        depths: numbers of spinal sub-layers.
+        splits: numbers of input splits (per depth, only those <= depth and
+            <= the number of input features are offered).
+        dropouts: dropout rates before each sub-layer, or None.
+        batch_norm: search BatchNorm on/off (True), or leave it (False).
+        learning_rates: `(low, high)` searched on a log scale, or None (use
+            the fixed `learning_rate` of the hypermodel).
+    """
+
+    widths: tuple = (8, 16, 32, 64)
+    depths: tuple = (2, 4, 6, 8)
+    splits: tuple = (1, 2, 4)
+    dropouts: tuple = None
+    batch_norm: bool = False
+    learning_rates: tuple = None
+
+    def __post_init__(self):
+        for name in ("widths", "depths", "splits"):
+            values = tuple(getattr(self, name))
+            if not values:
+                raise ValueError(f"`{name}` must list at least one value.")
+            for v in values:
+                _validation.positive_int(name, v)
+            object.__setattr__(self, name, tuple(sorted(set(int(v) for v in values))))
+        if self.dropouts is not None:
+            object.__setattr__(self, "dropouts", tuple(
+                _validation.rate("dropouts", d) for d in self.dropouts))
+        _validation.boolean("batch_norm", self.batch_norm)
+        if self.learning_rates is not None:
+            low, high = self.learning_rates
+            if not 0 < low < high:
+                raise ValueError(
+                    "`learning_rates` must be (low, high) with 0 < low < high. "
+                    f"Received: learning_rates={self.learning_rates!r}"
+                )
+        if min(self.splits) > max(self.depths):
+            raise ValueError(
+                f"No split count in {self.splits} fits a depth in {self.depths}: "
+                "splits must be <= depth."
+            )
+
+
+def allowed_splits(space, depth, features):
+    """Split counts offered at `depth` for `features` input features."""
+    return [s for s in space.splits if s <= depth and s <= features]
+
+
+def chosen_splits(hp):
+    """The split count of a trial (stored per depth by the conditional scope)."""
+    return hp.values.get(f"splits_at_depth_{hp.values['depth']}")
+
+
+class SpinalHyperModel(kt.HyperModel):
+    """A keras-tuner hypermodel over a spinal head's sizes.
+
+    Args:
+        model: a paper network name (`"mnist_cnn"`, ...) or a backbone name.
+        input_shape, num_classes: of the task.
+        space: a `SearchSpace`.
+        optimizer: `"sgd"`, `"adam"`, ... (see `training.OPTIMIZERS`).
+        learning_rate: used when the space does not search it.
+        momentum: SGD momentum.
+        steps_per_execution: as for `Model.compile`.
+        loss, metrics: compile arguments (default: classification).
+        backbone_options: extra `backbone_model` arguments (weights, ...),
+            for backbones only.
+    """
+
+    def __init__(self, model, input_shape, num_classes, space=None, optimizer="adam",
+                 learning_rate=1e-3, loss="sparse_categorical_crossentropy",
+                 metrics=("accuracy",), backbone_options=None, momentum=0.0,
+                 steps_per_execution=1, name="spinal"):
+        super().__init__(name=name)
+        from spinalnet_keras.training import OPTIMIZERS, resolve_model_name
+
+        self.model = resolve_model_name(model)
+        self.input_shape = tuple(input_shape)
+        self.num_classes = _validation.positive_int("num_classes", num_classes)
+        self.space = space or SearchSpace()
+        self.optimizer = _validation.choice("optimizer", optimizer, OPTIMIZERS)
+        self.learning_rate = learning_rate
+        self.loss = loss
+        self.metrics = list(metrics)
+        self.backbone_options = dict(backbone_options or {})
+        self.momentum = momentum
+        self.steps_per_execution = _validation.positive_int(
+            "steps_per_execution", steps_per_execution)
+        self.features = self._feature_count()
+        if not allowed_splits(self.space, max(self.space.depths), self.features):
+            raise ValueError(
+                f"No split count in {self.space.splits} fits {self.features} input features."
+            )
+
+    def _build_with_head(self, **head):
+        if self.model in PAPER_MODELS:
+            return paper_model(self.model, head="spinal", input_shape=self.input_shape,
+                               num_classes=self.num_classes, **head)
+        return backbone_model(self.model, self.input_shape, self.num_classes,
+                              head="spinal", **self.backbone_options, **head)
+
+    def _feature_count(self):
+        probe = self._build_with_head(width=1, depth=1, splits=1)
+        (layer,) = [l for l in probe.layers if isinstance(l, SpinalDense)]
+        return layer.input_dim
+
+    def build(self, hp):
+        space = self.space
+        width = hp.Choice("width", list(space.widths))
+        depth = hp.Choice("depth", list(space.depths))
+        splits = None
+        for d in space.depths:
+            offered = allowed_splits(space, d, self.features)
+            if not offered:
+                continue
+            with hp.conditional_scope("depth", [d]):
+                value = hp.Choice(f"splits_at_depth_{d}", offered)
+            if d == depth:
+                splits = value
+        if splits is None:  # a depth with no feasible split count
+            raise kt.errors.FailedTrialError(
+                f"depth={depth} admits no split count from {space.splits}"
+            )
+        head = {"width": width, "depth": depth, "splits": splits}
+        if space.dropouts is not None:
+            head["dropout"] = hp.Choice("dropout", list(space.dropouts))
+        if space.batch_norm:
+            head["batch_norm"] = hp.Boolean("batch_norm")
+        lr = self.learning_rate
+        if space.learning_rates is not None:
+            lr = hp.Float("learning_rate", *space.learning_rates, sampling="log")
+        model = self._build_with_head(**head)
+        extra = {"momentum": self.momentum} if self.optimizer == "sgd" else {}
+        optimizer = _OPTIMIZER_CLASSES[self.optimizer](learning_rate=lr, **extra)
+        model.compile(optimizer=optimizer, loss=self.loss, metrics=self.metrics,
+                      steps_per_execution=self.steps_per_execution)
+        return model
+
+    def fit(self, hp, model, *args, callbacks=None, **kwargs):
+        # A NaN loss fails the trial (recorded), instead of scoring it.
+        return model.fit(*args, callbacks=[*(callbacks or []), _FailOnNaN()], **kwargs)
+
+
+class _FailOnNaN(keras.callbacks.Callback):
+    def on_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            raise kt.errors.FailedTrialError(f"loss is {loss} at batch {batch}")
+
+
+def make_tuner(hypermodel, tuner="random", objective="val_accuracy", max_trials=10,
+               directory="runs/tune", project_name="search", seed=0,
+               max_epochs=10, executions_per_trial=1, max_consecutive_failed_trials=3,
+               distribution_strategy=None, overwrite=False):
+    """A keras-tuner tuner for `hypermodel`.
+
+    Args:
+        tuner: `"random"`, `"bayesian"` (needs scikit-learn) or `"hyperband"`.
+        objective: metric to optimise, e.g. `"val_accuracy"` (maximised) or
+            `"val_loss"` (minimised).
+        max_trials: trial budget (for Hyperband, `max_epochs` sets the budget).
+        directory, project_name: where trials live; the same values resume.
+        max_consecutive_failed_trials: failed trials tolerated in a row.
+        distribution_strategy: a `tf.distribute.Strategy` for every trial.
+        overwrite: start afresh instead of resuming.
+    """
+    _validation.choice("tuner", tuner, TUNERS)
+    _validation.positive_int("max_trials", max_trials)
+    common = dict(objective=objective, directory=directory, project_name=project_name,
+                  seed=seed, executions_per_trial=executions_per_trial,
+                  max_consecutive_failed_trials=max_consecutive_failed_trials,
+                  distribution_strategy=distribution_strategy, overwrite=overwrite)
+    if tuner == "random":
+        return kt.RandomSearch(hypermodel, max_trials=max_trials, **common)
+    if tuner == "bayesian":
+        return kt.BayesianOptimization(hypermodel, max_trials=max_trials, **common)
+    return kt.Hyperband(hypermodel, max_epochs=_validation.positive_int(
+        "max_epochs", max_epochs), **common)
+
+
+def trial_table(tuner, hypermodel):
+    """One row per trial: id, status, hyperparameters, score, parameters
+    and multiplications of the model it built (rebuilt, not retrained)."""
+    rows = []
+    for trial in sorted(tuner.oracle.trials.values(), key=lambda t: t.trial_id):
+        hp = trial.hyperparameters
+        row = {"trial": trial.trial_id, "status": trial.status,
+               "width": hp.values.get("width"), "depth": hp.values.get("depth"),
+               "splits": chosen_splits(hp), "score": trial.score}
+        for key in ("dropout", "batch_norm", "learning_rate"):
+            if key in hp.values:
+                row[key] = hp.values[key]
+        try:
+            report = cost_report(hypermodel.build(hp))
+            row["params"] = report.trainable_params
+            row["multiplications"] = report.multiplications
+        except Exception:  # a trial whose model cannot be built failed anyway
+            row["params"] = row["multiplications"] = None
+        rows.append(row)
+    keras.backend.clear_session()
+    return rows
+
+
+def format_trial_table(rows):
+    keys = [k for k in ("trial", "status", "width", "depth", "splits", "dropout",
+                        "batch_norm", "learning_rate", "score", "params",
+                        "multiplications") if any(k in r for r in rows)]
+    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    for r in rows:
+        cells = []
+        for k in keys:
+            v = r.get(k)
+            if isinstance(v, float):
+                cells.append(f"{v:.4g}")
+            elif isinstance(v, int) and not isinstance(v, bool) and v >= 1000:
+                cells.append(f"{v:,}")
+            else:
+                cells.append("" if v is None else str(v))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def search_space_size(hypermodel):
+    """Number of distinct (width, depth, splits) heads the space holds."""
+    space = hypermodel.space
+    return len(space.widths) * sum(
+        len(allowed_splits(space, d, hypermodel.features)) for d in space.depths)
+
+

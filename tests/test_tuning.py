@@ -1,0 +1,216 @@
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import keras_tuner as kt
+import numpy as np
+import pytest
+
+from conftest import REPO
+from spinalnet_keras import SpinalDense
+from spinalnet_keras.cli import main
+from spinalnet_keras.data import load_task
+from spinalnet_keras.tuning import SearchSpace
+from spinalnet_keras.tuning import SpinalHyperModel
+from spinalnet_keras.tuning import chosen_splits
+from spinalnet_keras.tuning import make_tuner
+from spinalnet_keras.tuning import search_space_size
+from spinalnet_keras.tuning import trial_table
+
+ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+
+
+def _hypermodel(space=None, **kwargs):
+    return SpinalHyperModel("regression", (8,), 1, space=space, loss="mse", metrics=(),
+                            learning_rate=0.01, **kwargs)
+
+
+def _task():
+    return load_task("table1/sum", batch_size=128, train_examples=256, test_examples=128)
+
+
+def test_search_space_is_what_the_arguments_say():
+    space = SearchSpace(widths=(4, 8), depths=(1, 3, 6), splits=(1, 2, 4, 16),
+                        dropouts=(0.0, 0.2), batch_norm=True, learning_rates=(1e-4, 1e-1))
+    hm = _hypermodel(space)
+    assert hm.features == 8
+    hp = kt.HyperParameters()
+    hm.build(hp)
+    values = {p.name: getattr(p, "values", None) for p in hp.space}
+    assert values["width"] == [4, 8] and values["depth"] == [1, 3, 6]
+    # splits offered per depth: <= depth and <= 8 features (16 never)
+    assert values["splits_at_depth_1"] == [1]
+    assert values["splits_at_depth_3"] == [1, 2]
+    assert values["splits_at_depth_6"] == [1, 2, 4]
+    assert values["dropout"] == [0.0, 0.2]
+    assert "batch_norm" in values and "learning_rate" in values
+    assert search_space_size(hm) == 2 * (1 + 2 + 3)
+
+
+class _Recorder(SpinalHyperModel):
+    built = []
+
+    def fit(self, hp, model, *args, **kwargs):
+        layer = [l for l in model.layers if isinstance(l, SpinalDense)][0]
+        type(self).built.append((layer.depth, layer.splits))
+        return {"val_loss": float(layer.depth + layer.splits)}
+
+
+def test_impossible_combinations_are_never_built(tmp_path):
+    space = SearchSpace(widths=(2,), depths=(1, 2, 3), splits=(1, 2, 3, 9))
+    hm = _Recorder("regression", (8,), 1, space=space, loss="mse", metrics=())
+    _Recorder.built = []
+    tuner = make_tuner(hm, "random", objective="val_loss", max_trials=40, directory=tmp_path)
+    tuner.search(epochs=1, verbose=0)  # the random search exhausts the space
+    assert all(s <= d and s <= 8 for d, s in _Recorder.built)
+    assert set(_Recorder.built) == {(1, 1), (2, 1), (2, 2), (3, 1), (3, 2), (3, 3)}
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(widths=()), "`widths` must list at least one value"),
+    (dict(depths=(0,)), "depths=0"),
+    (dict(splits=(5,), depths=(2, 4)), "splits must be <= depth"),
+    (dict(dropouts=(1.5,)), "dropouts=1.5"),
+    (dict(learning_rates=(0.1, 0.01)), "0 < low < high"),
+])
+def test_bad_search_spaces(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        SearchSpace(**kwargs)
+
+
+def test_tiny_random_search_and_best_model(tmp_path):
+    hm = _hypermodel(SearchSpace(widths=(4, 8), depths=(2, 4), splits=(1, 2)))
+    tuner = make_tuner(hm, "random", objective="val_loss", max_trials=3, directory=tmp_path)
+    task = _task()
+    tuner.search(task.train, validation_data=task.test, epochs=2, verbose=0)
+    rows = trial_table(tuner, hm)
+    assert [r["status"] for r in rows] == ["COMPLETED"] * 3
+    assert all(r["params"] > 0 and r["multiplications"] > 0 for r in rows)
+    best = tuner.get_best_models(1)[0]
+    assert best.predict(np.zeros((3, 8)), verbose=0).shape == (3, 1)
+
+
+@pytest.mark.parametrize("kind", ["bayesian", "hyperband"])
+def test_other_tuners_run(kind, tmp_path):
+    hm = _hypermodel(SearchSpace(widths=(4, 8), depths=(2,), splits=(1, 2)))
+    tuner = make_tuner(hm, kind, objective="val_loss", max_trials=2, max_epochs=2,
+                       directory=tmp_path)
+    task = _task()
+    tuner.search(task.train, validation_data=task.test, epochs=2, verbose=0)
+    assert any(t.status == "COMPLETED" for t in tuner.oracle.trials.values())
+
+
+class _Stop(keras.callbacks.Callback):
+    def on_epoch_end(self, epoch, logs=None):
+        raise KeyboardInterrupt("Ctrl-C during a trial")
+
+
+class _Count(keras.callbacks.Callback):
+    calls = 0
+
+    def on_train_begin(self, logs=None):
+        type(self).calls += 1
+
+
+def test_interrupted_search_resumes_without_redoing_trials(tmp_path):
+    space = SearchSpace(widths=(4, 8, 16), depths=(2, 4), splits=(1, 2))
+    task = _task()
+    tuner = make_tuner(_hypermodel(space), "random", objective="val_loss", max_trials=4,
+                       directory=tmp_path, project_name="p")
+    tuner.search(task.train, validation_data=task.test, epochs=1, verbose=0)
+    done = {t.trial_id for t in tuner.oracle.trials.values() if t.status == "COMPLETED"}
+    assert len(done) == 4
+    # a crash (Ctrl-C) in the middle of a longer search
+    tuner = make_tuner(_hypermodel(space), "random", objective="val_loss", max_trials=6,
+                       directory=tmp_path, project_name="p")
+    with pytest.raises(KeyboardInterrupt):
+        tuner.search(task.train, validation_data=task.test, epochs=1, verbose=0,
+                     callbacks=[_Stop()])
+    _Count.calls = 0
+    tuner = make_tuner(_hypermodel(space), "random", objective="val_loss", max_trials=6,
+                       directory=tmp_path, project_name="p")
+    tuner.search(task.train, validation_data=task.test, epochs=1, verbose=0,
+                 callbacks=[_Count()])
+    trials = tuner.oracle.trials.values()
+    assert sum(t.status == "COMPLETED" for t in trials) == 6
+    assert done <= {t.trial_id for t in trials if t.status == "COMPLETED"}
+    assert _Count.calls == 2  # only the interrupted and the last trial ran
+
+
+class _Flaky(SpinalHyperModel):
+    def fit(self, hp, model, *args, **kwargs):
+        if hp.values["width"] == 4:
+            raise RuntimeError("simulated out of memory")
+        return super().fit(hp, model, *args, **kwargs)
+
+
+def test_failing_trials_are_recorded_and_the_search_goes_on(tmp_path):
+    space = SearchSpace(widths=(4, 8, 16), depths=(2,), splits=(1,))
+    hm = _Flaky("regression", (8,), 1, space=space, loss="mse", metrics=(), learning_rate=0.01)
+    tuner = make_tuner(hm, "random", objective="val_loss", max_trials=3, directory=tmp_path,
+                       max_consecutive_failed_trials=3)
+    task = _task()
+    tuner.search(task.train, validation_data=task.test, epochs=1, verbose=0)
+    status = {t.hyperparameters.values["width"]: t.status for t in tuner.oracle.trials.values()}
+    assert status == {4: "FAILED", 8: "COMPLETED", 16: "COMPLETED"}
+    # NaN loss fails a trial too
+    nan = SpinalHyperModel("regression", (8,), 1, space=SearchSpace(widths=(8,), depths=(2,),
+                           splits=(1,)), optimizer="sgd", learning_rate=1e12, loss="mse",
+                           metrics=())
+    tuner = make_tuner(nan, "random", objective="val_loss", max_trials=1,
+                       directory=tmp_path, project_name="nan", max_consecutive_failed_trials=1)
+    with pytest.raises(RuntimeError, match=r"(?s)consecutive failures.*loss is (nan|inf)"):
+        tuner.search(task.train, validation_data=task.test, epochs=1, verbose=0)
+    assert [t.status for t in tuner.oracle.trials.values()] == ["FAILED"]
+
+
+def _tune_cmd(out, extra=()):
+    return [sys.executable, "-m", "spinalnet_keras", "tune", "--model", "regression",
+            "--dataset", "table1/sum", "--train-examples", "256", "--test-examples", "128",
+            "--widths", "4", "8", "--depths", "1", "2", "--split-counts", "1", "2",
+            "--max-trials", "4", "--epochs", "1", "--batch-size", "128", "--verbose", "0",
+            "--output-dir", str(out), *extra]
+
+
+def test_cli_tune_writes_table_best_model_and_export(tmp_path, capsys):
+    out = tmp_path / "tune"
+    argv = _tune_cmd(out, ["--export", str(tmp_path / "best_export")])[3:]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "| trial | status | width | depth | splits | score | params | multiplications |" in printed
+    assert printed.count("| COMPLETED |") == 4
+    assert "best trial: {'width':" in printed and "verified" in printed
+    assert (out / "search" / "best.keras").is_file()
+    assert len(json.loads((out / "search" / "trials.json").read_text())) == 4
+    assert (tmp_path / "best_export" / "search" / "1" / "saved_model.pb").is_file()
+
+
+def test_distributed_search_chief_and_two_workers(tmp_path):
+    import socket
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    out = tmp_path / "dist"
+    procs = {}
+    for role in ("chief", "tuner0", "tuner1"):
+        env = {**ENV, "KERASTUNER_TUNER_ID": role, "KERASTUNER_ORACLE_IP": "127.0.0.1",
+               "KERASTUNER_ORACLE_PORT": str(port)}
+        procs[role] = subprocess.Popen(_tune_cmd(out), env=env, cwd=REPO, text=True,
+                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    outputs = {}
+    for role, p in procs.items():
+        stdout, stderr = p.communicate(timeout=600)
+        assert p.returncode == 0, (role, stderr[-3000:])
+        outputs[role] = stdout
+    assert "tuner0: search finished" in outputs["tuner0"]
+    assert "tuner1: search finished" in outputs["tuner1"]
+    table = [l for l in outputs["chief"].splitlines() if "| COMPLETED |" in l]
+    assert len(table) == 4  # every trial ran once, and the chief holds them all
+    ids = [l.split("|")[1].strip() for l in table]
+    assert len(set(ids)) == 4
+    trials = json.loads((out / "search" / "trials.json").read_text())
+    assert sorted(t["trial"] for t in trials) == sorted(ids)
