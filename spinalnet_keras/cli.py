@@ -142,7 +142,10 @@ def _add_training_arguments(p, defaults, head=True):
     t.add_argument("--momentum", type=_rate, default=0.5, help="SGD momentum (default 0.5, the paper's)")
     t.add_argument("--deterministic", action="store_true",
                    help="TensorFlow op determinism (reproducible, slower)")
-    t.add_argument("--steps-per-execution", type=_positive_int, default=1)
+    t.add_argument("--steps-per-execution", type=_positive_int, default=32,
+                   help="training steps per compiled call (fewer Python round trips)")
+    t.add_argument("--jit-compile", choices=("auto", "on", "off"), default="auto",
+                   help="XLA compilation of the training step (Keras's auto by default)")
     t.add_argument("--strategy", choices=STRATEGIES, default="auto",
                    help="tf.distribute strategy: auto (TPU, else all GPUs mirrored, else "
                    "one GPU, else CPU), mirrored, multi_worker (TF_CONFIG), tpu, "
@@ -166,6 +169,7 @@ def _config(args, **overrides):
         augment=args.augment, image_size=args.image_size, weights=args.weights,
         freeze_backbone=args.freeze_backbone, pooling=args.pooling,
         deterministic=args.deterministic, steps_per_execution=args.steps_per_execution,
+        jit_compile=args.jit_compile,
         train_examples=args.train_examples, test_examples=args.test_examples,
         verbose=args.verbose,
     )

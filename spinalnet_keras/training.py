@@ -68,7 +68,8 @@ class TrainConfig:
     freeze_backbone: bool = False
     pooling: str = "avg"
     deterministic: bool = False
-    steps_per_execution: int = 1
+    steps_per_execution: int = 32
+    jit_compile: str = "auto"
     train_examples: int = None
     test_examples: int = None
     verbose: int = 1
@@ -80,6 +81,7 @@ class TrainConfig:
         _validation.positive_int("epochs", self.epochs)
         _validation.positive_int("batch_size", self.batch_size)
         _validation.positive_int("steps_per_execution", self.steps_per_execution)
+        _validation.choice("jit_compile", self.jit_compile, ("auto", "on", "off"))
         if not (isinstance(self.learning_rate, (int, float)) and self.learning_rate > 0):
             raise ValueError(
                 "`learning_rate` must be a positive number. Received: "
@@ -232,6 +234,7 @@ def compile_model(model, config, task):
         loss=loss,
         metrics=metrics,
         steps_per_execution=config.steps_per_execution,
+        jit_compile={"auto": "auto", "on": True, "off": False}[config.jit_compile],
     )
     return model
 

@@ -214,3 +214,25 @@ def test_distributed_search_chief_and_two_workers(tmp_path):
     assert len(set(ids)) == 4
     trials = json.loads((out / "search" / "trials.json").read_text())
     assert sorted(t["trial"] for t in trials) == sorted(ids)
+
+
+def test_strategy_is_passed_to_every_trial(tmp_path):
+    import tensorflow as tf
+
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0"])
+    hm = _Recorder("regression", (8,), 1, space=SearchSpace(widths=(2,), depths=(2,), splits=(1,)),
+                   loss="mse", metrics=())
+
+    class Check(_Recorder):
+        def fit(self, hp, model, *args, **kwargs):
+            # built in the strategy's scope; Keras trains with the strategy
+            # captured when the model was made
+            assert model.distribute_strategy is strategy
+            assert model.trainable_variables[0].value.__class__.__name__ == "MirroredVariable"
+            return super().fit(hp, model, *args, **kwargs)
+
+    hm = Check("regression", (8,), 1, space=hm.space, loss="mse", metrics=())
+    tuner = make_tuner(hm, "random", objective="val_loss", max_trials=1, directory=tmp_path,
+                       distribution_strategy=strategy)
+    tuner.search(epochs=1, verbose=0)
+    assert [t.status for t in tuner.oracle.trials.values()] == ["COMPLETED"]
