@@ -266,6 +266,33 @@ def _over_epochs(one_epoch, seed, epoch_range):
     return epochs[0]
 
 
+def decoded_cache(ds, path):
+    """`ds` cached on disk at `path`, written once and atomically.
+
+    The first call iterates `ds` into a cache under a temporary name and
+    renames it when complete, so an interrupted run never leaves a partial
+    cache (tf.data would refuse a half-written one); later calls, in any
+    process, read the finished cache.
+    """
+    done = path + ".complete"
+    if not os.path.exists(done):
+        folder, stem = os.path.split(f"{path}.tmp-{os.getpid()}")
+        try:
+            for _ in ds.cache(os.path.join(folder, stem)).prefetch(tf.data.AUTOTUNE):
+                pass
+            # Two processes racing here write identical bytes; each rename
+            # is atomic, and the marker comes last.
+            for name in os.listdir(folder):
+                if name.startswith(stem + "."):
+                    os.replace(os.path.join(folder, name), path + name[len(stem):])
+            with open(done, "w") as f:
+                f.write("ok\n")
+        except (OSError, tf.errors.OpError):
+            # A read-only data directory: keep the decoded data in memory.
+            return ds.cache()
+    return ds.cache(path)
+
+
 def _validate_augment(augment):
     augment = tuple(augment or ())
     for item in augment:
@@ -286,6 +313,7 @@ def image_pipeline(
     rotation_degrees=10.0,
     cache=True,
     epoch_range=None,
+    cache_path=None,
 ):
     """Batches of `(float32 images, int32 labels)` from a tfds split.
 
@@ -295,6 +323,10 @@ def image_pipeline(
     holds epochs `start..stop-1` back to back, each shuffled by
     `(seed, epoch)` (for `fit(steps_per_epoch=...)` and exact resumption);
     without it, one epoch, reshuffled by tf.data on every pass.
+
+    With `cache_path`, the decoded (and resized) uint8 images are kept on
+    disk there and reused by later runs, instead of decoding the dataset's
+    PNG/JPEG files again in every process.
     """
     _validation.choice("normalization", normalization, NORMALIZATIONS)
     augment = _validate_augment(augment)
@@ -320,7 +352,9 @@ def image_pipeline(
             return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8), label
 
         ds = ds.map(resize, num_parallel_calls=tf.data.AUTOTUNE)
-    if cache:
+    if cache_path is not None:
+        ds = decoded_cache(ds, cache_path)
+    elif cache:
         ds = ds.cache()
 
     def one_epoch(epoch_seed, reshuffle):
@@ -454,6 +488,10 @@ def load_task(
             split = f"{split}[:{limit}]"
         ds = builder.as_dataset(split=split, as_supervised=True, shuffle_files=False)
         sizes[key] = int(ds.cardinality())
+        size_tag = "x".join(map(str, image_size)) if image_size else "orig"
+        cache_path = os.path.join(
+            builder.data_dir, f"decoded-{split.replace(':', '_').replace('[', '_').replace(']', '')}-{size_tag}"
+        )
         splits[key] = image_pipeline(
             ds,
             spec,
@@ -466,6 +504,7 @@ def load_task(
             augment=augment,
             rotation_degrees=rotation_degrees,
             epoch_range=epoch_range,
+            cache_path=cache_path,
         )
     shape = info.features["image"].shape
     if image_size is not None:

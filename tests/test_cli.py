@@ -8,7 +8,6 @@ import keras
 import pytest
 
 from conftest import REPO
-from conftest import SHARED_DATA
 from conftest import is_png
 from spinalnet_keras import SpinalDense
 from spinalnet_keras.cli import main

@@ -142,3 +142,28 @@ def test_bad_arguments():
         data.image_pipeline(None, data.DATASETS["mnist"], 4, True, augment=("blur",))
     with pytest.raises(ValueError, match="normalization='z'"):
         data.image_pipeline(None, data.DATASETS["mnist"], 4, True, normalization="z")
+
+
+def test_decoded_cache_is_written_once_and_atomically(tmp_path):
+    import tensorflow as tf
+
+    images = tf.data.Dataset.range(10).map(lambda i: tf.fill([2, 2, 1], tf.cast(i, tf.uint8)))
+    path = str(tmp_path / "decoded-train-orig")
+    first = [x.numpy() for x in data.decoded_cache(images, path)]
+    names = sorted(os.listdir(tmp_path))
+    assert "decoded-train-orig.complete" in names and "decoded-train-orig.index" in names
+    assert not [n for n in names if ".tmp-" in n]  # no temporary files left
+    # a later run reads the finished cache, not the source
+    again = [x.numpy() for x in data.decoded_cache(images.map(lambda x: x + 100), path)]
+    assert [a.tolist() for a in again] == [f.tolist() for f in first]
+    # a read-only location falls back to an in-memory cache
+    readonly = tmp_path / "ro"
+    readonly.mkdir()
+    readonly.chmod(0o500)
+    try:
+        if os.access(readonly, os.W_OK):
+            pytest.skip("running as a user who can write anywhere")
+        out = [x.numpy() for x in data.decoded_cache(images, str(readonly / "c"))]
+        assert len(out) == 10
+    finally:
+        readonly.chmod(0o700)

@@ -173,7 +173,9 @@ def _cli_train(out):
     return [sys.executable, "-m", "spinalnet_keras", "train", "--model", "regression",
             "--dataset", "table1/sin_prod", "--train-examples", "80000", "--epochs", "3",
             "--optimizer", "adam", "--learning-rate", "0.001", "--deterministic", "--seed", "7",
-            "--strategy", "default", "--output-dir", str(out), "--verbose", "0"]
+            "--strategy", "default", "--output-dir", str(out), "--verbose", "0",
+            # one step per call: epochs of several seconds, so the kill lands mid-epoch
+            "--steps-per-execution", "1"]
 
 
 def test_sigkill_mid_epoch_resumes_to_the_same_weights(tmp_path):

@@ -14,7 +14,6 @@ from spinalnet_keras.cli import main
 from spinalnet_keras.data import load_task
 from spinalnet_keras.tuning import SearchSpace
 from spinalnet_keras.tuning import SpinalHyperModel
-from spinalnet_keras.tuning import chosen_splits
 from spinalnet_keras.tuning import make_tuner
 from spinalnet_keras.tuning import search_space_size
 from spinalnet_keras.tuning import trial_table
