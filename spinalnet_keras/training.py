@@ -224,7 +224,20 @@ def make_optimizer(config):
     return keras.optimizers.RMSprop(config.learning_rate)
 
 
-def compile_model(model, config, task):
+def steps_per_execution_for(requested, steps_per_epoch):
+    """The largest divisor of `steps_per_epoch` not above `requested`.
+
+    When the steps per execution do not divide an epoch, Keras's epochs no
+    longer line up with the data's epochs and a resumed run is not exact
+    (measured); a divisor keeps every epoch on its own batches.
+    """
+    if not steps_per_epoch:
+        return requested
+    return max(d for d in range(1, min(requested, steps_per_epoch) + 1)
+               if steps_per_epoch % d == 0)
+
+
+def compile_model(model, config, task, steps_per_execution=None):
     if task.kind == "regression":
         loss, metrics = "mse", []
     else:
@@ -233,7 +246,7 @@ def compile_model(model, config, task):
         optimizer=make_optimizer(config),
         loss=loss,
         metrics=metrics,
-        steps_per_execution=config.steps_per_execution,
+        steps_per_execution=steps_per_execution or config.steps_per_execution,
         jit_compile={"auto": "auto", "on": True, "off": False}[config.jit_compile],
     )
     return model
@@ -355,9 +368,10 @@ def train(config, strategy=None, task=None, callbacks=None):
     if task is None:
         task = load_config_task(config, initial_epoch=initial_epoch)
         steps_per_epoch = task.steps_per_epoch
+    per_execution = steps_per_execution_for(config.steps_per_execution, steps_per_epoch)
     scope = strategy.scope() if strategy is not None else _null_scope()
     with scope:
-        model = compile_model(build_model(config, task), config, task)
+        model = compile_model(build_model(config, task), config, task, per_execution)
 
     history_path = os.path.join(out, "history.csv")
     previous = read_history(history_path)
@@ -416,6 +430,7 @@ def train(config, strategy=None, task=None, callbacks=None):
             c.multiplications or 0 for c in report.layers if c.name.startswith("head_")
         ),
         "train_seconds_this_session": round(seconds, 2),
+        "steps_per_execution": per_execution,
         **summarize_history(rows, task.kind),
     }
     with open(result_path, "w") as f:
