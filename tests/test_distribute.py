@@ -123,7 +123,7 @@ def test_multi_worker_job_killed_and_restarted_resumes(tmp_path):
     ckpt = tmp_path / "ckpt"
 
     def args(i):
-        return [JOB, "worker", str(tmp_path / f"w{i}.json"), 6, ckpt, 8_000]
+        return [JOB, "worker", str(tmp_path / f"w{i}.json"), 6, ckpt, 4_000]
 
     procs = _start_workers(args, tmp_path)
     deadline = time.time() + 240
@@ -171,7 +171,7 @@ def test_cli_train_multi_worker(tmp_path):
 
 def _cli_train(out):
     return [sys.executable, "-m", "spinalnet_keras", "train", "--model", "regression",
-            "--dataset", "table1/sin_prod", "--train-examples", "80000", "--epochs", "3",
+            "--dataset", "table1/sin_prod", "--train-examples", "40000", "--epochs", "3",
             "--optimizer", "adam", "--learning-rate", "0.001", "--deterministic", "--seed", "7",
             "--strategy", "default", "--output-dir", str(out), "--verbose", "0",
             # one step per call: epochs of several seconds, so the kill lands mid-epoch
