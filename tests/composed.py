@@ -43,3 +43,14 @@ def composed_spinal(features, units, width, depth, splits=2):
     if units:
         y = keras.layers.Dense(units, name="out")(y)
     return keras.Model(inputs, y)
+
+
+class SubclassedDense(keras.Model):
+    """A subclassed model (no layer graph), for the clear-error tests."""
+
+    def __init__(self):
+        super().__init__()
+        self.d = keras.layers.Dense(3)
+
+    def call(self, x):
+        return self.d(x)

@@ -1,9 +1,8 @@
 import keras
 import pytest
+from composed import SubclassedDense
 
-from spinalnet_keras import SpinalDense
-from spinalnet_keras import cost_report
-from spinalnet_keras import paper_model
+from spinalnet_keras import SpinalDense, cost_report, paper_model
 
 
 def _fc(head):
@@ -69,15 +68,7 @@ def test_nested_model_is_expanded_and_paper_totals():
 
 
 def test_subclassed_and_unbuilt_models_get_clear_errors():
-    class Net(keras.Model):
-        def __init__(self):
-            super().__init__()
-            self.d = keras.layers.Dense(3)
-
-        def call(self, x):
-            return self.d(x)
-
-    net = Net()
+    net = SubclassedDense()
     with pytest.raises(ValueError, match="not built"):
         cost_report(net)
     net(keras.ops.zeros((1, 4)))

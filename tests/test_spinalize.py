@@ -1,10 +1,9 @@
 import keras
 import numpy as np
 import pytest
+from composed import SubclassedDense
 
-from spinalnet_keras import SpinalDense
-from spinalnet_keras import hidden_dense_layers
-from spinalnet_keras import spinalize
+from spinalnet_keras import SpinalDense, hidden_dense_layers, spinalize
 
 
 def _x(*shape):
@@ -66,15 +65,7 @@ def test_errors():
     with pytest.raises(ValueError, match="no hidden Dense layer"):
         spinalize(only_output)
 
-    class Net(keras.Model):
-        def __init__(self):
-            super().__init__()
-            self.d = keras.layers.Dense(3)
-
-        def call(self, x):
-            return self.d(x)
-
-    net = Net()
+    net = SubclassedDense()
     net(np.zeros((1, 4)))
     with pytest.raises(ValueError, match="subclassed"):
         spinalize(net)
