@@ -485,10 +485,12 @@ def _train_multi_worker(config, strategy, out):
     rows[-1]["val_loss"] = sum(losses) / count
     if task.kind != "regression":
         rows[-1]["val_accuracy"] = hits / count
+    # Only the last epoch is evaluated here; earlier rows say so (NaN)
+    # rather than repeat its value.
     for r in rows:
-        r.setdefault("val_loss", rows[-1]["val_loss"])
+        r.setdefault("val_loss", float("nan"))
         if task.kind != "regression":
-            r.setdefault("val_accuracy", rows[-1]["val_accuracy"])
+            r.setdefault("val_accuracy", float("nan"))
     _write_history(history_path, rows)
     model.save(os.path.join(out, "final.keras"))
     report = cost_report(model)

@@ -164,6 +164,8 @@ def test_cli_train_multi_worker(tmp_path):
     assert result["workers"] == 2 and result["epochs"] == 3
     assert result["history"]["loss"][-1] < result["history"]["loss"][0]
     assert keras.saving.load_model(out / "final.keras").count_params() == 14_301
+    rows = (out / "history.csv").read_text().splitlines()
+    assert len(rows) == 4 and rows[1].endswith(",nan") and not rows[3].endswith(",nan")
 
 
 # -- a single machine killed mid-epoch -------------------------------------------
