@@ -142,9 +142,11 @@ def _add_training_arguments(p, defaults, head=True):
 def _config(args, **overrides):
     from spinalnet_keras.training import TrainConfig
 
+    # `tune` has no head options (it searches them): absent means None.
+    head = {k: getattr(args, k, None) for k in ("width", "depth", "splits", "dropout",
+                                                "batch_norm")}
     fields = dict(
-        model=args.model, width=args.width, depth=args.depth, splits=args.splits,
-        dropout=args.dropout, batch_norm=args.batch_norm, dataset=args.dataset,
+        model=args.model, **head, dataset=args.dataset,
         epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer,
         learning_rate=args.learning_rate, momentum=args.momentum,
         output_dir=args.output_dir, data_dir=args.data_dir, manual_dir=args.manual_dir,
@@ -264,7 +266,7 @@ def _tune(args):
     import json
 
     from spinalnet_keras.export import export_model
-    from spinalnet_keras.training import TrainConfig, is_backbone, load_config_task
+    from spinalnet_keras.training import is_backbone, load_config_task
     from spinalnet_keras.tuning import SearchSpace, SpinalHyperModel, format_trial_table
     from spinalnet_keras.tuning import chosen_splits, make_tuner, trial_table
 
@@ -274,14 +276,7 @@ def _tune(args):
         dropouts=args.dropouts, batch_norm=args.search_batch_norm,
         learning_rates=tuple(args.learning_rates) if args.learning_rates else None,
     )
-    config = TrainConfig(
-        model=args.model, dataset=args.dataset, batch_size=args.batch_size,
-        epochs=args.epochs, seed=args.seed, data_dir=args.data_dir,
-        manual_dir=args.manual_dir, train_examples=args.train_examples,
-        test_examples=args.test_examples, output_dir=args.output_dir,
-        image_size=args.image_size, augment=args.augment, weights=args.weights,
-        freeze_backbone=args.freeze_backbone, pooling=args.pooling,
-    )
+    config = _config(args, seed=args.seed)
     if args.deterministic:
         import tensorflow as tf
 
