@@ -411,7 +411,18 @@ def train(config, strategy=None, task=None, callbacks=None):
     rows = read_history(history_path)
     _write_history(history_path, rows)
     plot_history(rows, os.path.join(out, "curves.png"), f"{model.name} on {task.name}")
+    return _write_result(
+        result_path, config, model, rows, seconds,
+        steps_per_execution=per_execution, **summarize_history(rows, task.kind),
+    )
+
+
+def _write_result(path, config, model, rows, seconds, **extra):
+    """`result.json` of a run: what ran, its costs, plus `extra`."""
     report = cost_report(model)
+    # The fully connected head alone (layers named "head_*" by the
+    # builders): where the paper's 48.6% cut is measured.
+    head = [c for c in report.layers if c.name.startswith("head_")]
     result = {
         "model": config.model,
         "head": config.head,
@@ -421,19 +432,12 @@ def train(config, strategy=None, task=None, callbacks=None):
         "epochs": len(rows),
         "trainable_params": report.trainable_params,
         "multiplications": report.multiplications,
-        # The fully connected head alone (layers named "head_*" by the
-        # builders): where the paper's 48.6% cut is measured.
-        "head_params": sum(
-            c.trainable_params for c in report.layers if c.name.startswith("head_")
-        ),
-        "head_multiplications": sum(
-            c.multiplications or 0 for c in report.layers if c.name.startswith("head_")
-        ),
+        "head_params": sum(c.trainable_params for c in head),
+        "head_multiplications": sum(c.multiplications or 0 for c in head),
         "train_seconds_this_session": round(seconds, 2),
-        "steps_per_execution": per_execution,
-        **summarize_history(rows, task.kind),
+        **extra,
     }
-    with open(result_path, "w") as f:
+    with open(path, "w") as f:
         json.dump(result, f, indent=2)
     return result
 
@@ -493,23 +497,12 @@ def _train_multi_worker(config, strategy, out):
             r.setdefault("val_accuracy", float("nan"))
     _write_history(history_path, rows)
     model.save(os.path.join(out, "final.keras"))
-    report = cost_report(model)
-    result = {
-        "model": config.model, "head": config.head,
-        "head_label": head_label(model, config.head), "dataset": config.dataset,
-        "seed": config.seed, "epochs": len(rows), "workers": workers,
-        "trainable_params": report.trainable_params,
-        "multiplications": report.multiplications,
-        "train_seconds_this_session": round(seconds, 2),
-        "metric": "mse" if task.kind == "regression" else "accuracy",
-        "final": rows[-1]["val_loss" if task.kind == "regression" else "val_accuracy"],
-        "history": history,
-    }
-    result["best"] = result["final"]
-    result["best_epoch"] = len(rows)
-    with open(os.path.join(out, "result.json"), "w") as f:
-        json.dump(result, f, indent=2)
-    return result
+    final = rows[-1]["val_loss" if task.kind == "regression" else "val_accuracy"]
+    return _write_result(
+        os.path.join(out, "result.json"), config, model, rows, seconds,
+        workers=workers, metric="mse" if task.kind == "regression" else "accuracy",
+        final=final, best=final, best_epoch=len(rows), history=history,
+    )
 
 
 class _null_scope:
