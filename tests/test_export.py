@@ -131,3 +131,10 @@ def test_cli_export_with_raw_input(tmp_path, capsys):
     assert "No model file" in capsys.readouterr().err
     assert main(["export", str(path), "--output-dir", str(tmp_path / "o2"), "--raw-input"]) == 2
     assert "--raw-input needs the image --dataset" in capsys.readouterr().err
+
+
+def test_export_without_verification(tmp_path):
+    report = export_model(paper_model("regression"), tmp_path / "e", name="r",
+                          formats=("keras",), verify=False)
+    assert report["verified"] is False and "verified" not in report["formats"]["keras"]
+    assert (tmp_path / "e" / "r.keras").is_file()
