@@ -15,6 +15,7 @@ selection on the test set). Both that and the accuracy after the last
 epoch are reported; the last-epoch one is the honest estimate.
 """
 
+import contextlib
 import csv
 import dataclasses
 import json
@@ -252,6 +253,33 @@ def compile_model(model, config, task, steps_per_execution=None):
     return model
 
 
+def build_training_state(model, data):
+    """Create a compiled model's optimizer and metric variables before `fit`.
+
+    Without a tf.distribute strategy, Keras 3 creates the optimizer's slots
+    and the metrics' state while tracing the first training step, and a
+    `tf.function` that creates variables on its first call is traced a
+    second time (tensorflow/tensorflow#48851). Building them first, as Keras
+    itself does under a strategy, saves that second trace: about 0.6 s of
+    every run of the paper's MNIST recipe (`benchmarks/RESULTS.md`).
+
+    Args:
+        model: a compiled Keras model.
+        data: the `tf.data.Dataset` of `(inputs, targets)` batches that
+            `fit` will read, or its `element_spec`.
+    """
+    spec = getattr(data, "element_spec", data)
+    # Keras's own pre-trace build; a Keras without it keeps its deferral.
+    build = getattr(model, "_symbolic_build", None)
+    if build is None:
+        return
+    # Variables belong in the strategy the model was built under (keras-tuner
+    # calls fit outside that scope).
+    strategy = getattr(model, "distribute_strategy", None)
+    with strategy.scope() if strategy is not None else contextlib.nullcontext():
+        build(data_batch=spec)
+
+
 def _monitor(task):
     return ("val_loss", "min") if task.kind == "regression" else ("val_accuracy", "max")
 
@@ -369,9 +397,10 @@ def train(config, strategy=None, task=None, callbacks=None):
         task = load_config_task(config, initial_epoch=initial_epoch)
         steps_per_epoch = task.steps_per_epoch
     per_execution = steps_per_execution_for(config.steps_per_execution, steps_per_epoch)
-    scope = strategy.scope() if strategy is not None else _null_scope()
+    scope = strategy.scope() if strategy is not None else contextlib.nullcontext()
     with scope:
         model = compile_model(build_model(config, task), config, task, per_execution)
+        build_training_state(model, task.train)
 
     history_path = os.path.join(out, "history.csv")
     previous = read_history(history_path)
@@ -503,14 +532,6 @@ def _train_multi_worker(config, strategy, out):
         workers=workers, metric="mse" if task.kind == "regression" else "accuracy",
         final=final, best=final, best_epoch=len(rows), history=history,
     )
-
-
-class _null_scope:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 # -- comparison ------------------------------------------------------------

@@ -30,6 +30,7 @@ from spinalnet_keras.costs import cost_report
 from spinalnet_keras.paper_models import PAPER_MODELS
 from spinalnet_keras.paper_models import paper_model
 from spinalnet_keras.spinal_dense import SpinalDense
+from spinalnet_keras.training import build_training_state
 
 TUNERS = ("random", "bayesian", "hyperband")
 _OPTIMIZER_CLASSES = {
@@ -185,6 +186,9 @@ class SpinalHyperModel(kt.HyperModel):
         return model
 
     def fit(self, hp, model, *args, callbacks=None, **kwargs):
+        data = args[0] if args else kwargs.get("x")
+        if hasattr(data, "element_spec"):  # a tf.data pipeline
+            build_training_state(model, data)
         # A NaN loss fails the trial (recorded), instead of scoring it.
         return model.fit(*args, callbacks=[*(callbacks or []), _FailOnNaN()], **kwargs)
 

@@ -13,6 +13,7 @@ from conftest import is_png
 from spinalnet_keras import SpinalDense
 from spinalnet_keras.cli import main
 from spinalnet_keras.training import TrainConfig
+from spinalnet_keras.training import build_training_state
 from spinalnet_keras.training import read_history
 from spinalnet_keras.training import train
 
@@ -163,3 +164,43 @@ def test_console_script_and_module_entry_points():
         proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=120)
         assert proc.returncode == 0, proc.stderr
         assert "spinalnet-keras" in proc.stdout
+
+
+def test_build_training_state_gives_one_trace_of_the_training_step():
+    import tensorflow as tf
+
+    model = keras.Sequential([keras.Input((6,)), SpinalDense(3, width=4, depth=3)])
+    model.compile(keras.optimizers.SGD(0.1, momentum=0.5), "sparse_categorical_crossentropy",
+                  metrics=["accuracy"], steps_per_execution=2)
+    rng = np.random.default_rng(0)
+    ds = tf.data.Dataset.from_tensor_slices(
+        (rng.random((32, 6), dtype="float32"), rng.integers(0, 3, 32))).batch(8)
+    build_training_state(model, ds)
+    assert model.optimizer.built
+    traces = []
+    step = model.train_step
+
+    def counting_step(data):  # runs once per trace of the compiled step
+        traces.append(1)
+        return step(data)
+
+    model.train_step = counting_step
+    model.fit(ds, epochs=2, verbose=0)
+    assert len(traces) == 1
+
+
+def test_train_builds_the_training_state_before_fit(tmp_path):
+    seen = {}
+
+    class Probe(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):  # before the first trace
+            seen["optimizer_built"] = self.model.optimizer.built
+            seen["optimizer_variables"] = len(self.model.optimizer.variables)
+            seen["trainable_variables"] = len(self.model.trainable_variables)
+
+    config = TrainConfig(model="regression", dataset="table1/sum", epochs=1, optimizer="sgd",
+                         output_dir=str(tmp_path / "run"), verbose=0)
+    train(config, callbacks=[Probe()])
+    # iterations, learning rate, and one momentum per trainable variable
+    assert seen["optimizer_built"] is True
+    assert seen["optimizer_variables"] == seen["trainable_variables"] + 2
