@@ -1,5 +1,3 @@
-import sys
+from spinalnet_keras.cli import run
 
-from spinalnet_keras.cli import main
-
-sys.exit(main())
+run()

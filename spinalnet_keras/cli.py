@@ -4,6 +4,7 @@ Subcommands: `train`, `compare`, `demo`, `tune`, `export`. Run `spinalnet-keras 
 """
 
 import argparse
+import atexit
 import os
 import sys
 
@@ -411,6 +412,7 @@ def build_parser():
 
 
 def main(argv=None):
+    """Run one command; returns the exit status (0, or 2 on a user error)."""
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
@@ -420,5 +422,25 @@ def main(argv=None):
     return 0
 
 
+def run():
+    """The console entry point: `main`, then a quick exit.
+
+    After TensorFlow has run, the interpreter's teardown (freeing modules
+    and TensorFlow's runtime) takes about 0.6 s on 2 CPU cores and does
+    nothing a finished command needs: its files are closed by then. So the
+    output is flushed and the atexit handlers run (logging's shutdown among
+    them), then the process ends without that teardown. A multi-worker run
+    (TF_CONFIG set) exits normally: TensorFlow's coordination service waits
+    for its peers during shutdown.
+    """
+    code = main()
+    if os.environ.get("TF_CONFIG") or not hasattr(atexit, "_run_exitfuncs"):
+        sys.exit(code)
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    atexit._run_exitfuncs()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

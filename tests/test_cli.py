@@ -166,6 +166,39 @@ def test_console_script_and_module_entry_points():
         assert "spinalnet-keras" in proc.stdout
 
 
+def test_console_script_exits_quickly_with_everything_written(tmp_path):
+    # `run` skips the interpreter's teardown (os._exit); piped output is
+    # block-buffered, so a missing flush would lose the summary line, and a
+    # file left open would lose its tail.
+    exe = os.path.join(os.path.dirname(sys.executable), "spinalnet-keras")
+    out = tmp_path / "run"
+    proc = subprocess.run(
+        [exe, "train", "--model", "regression", "--dataset", "table1/sum", "--epochs", "2",
+         "--optimizer", "adam", "--output-dir", str(out), "--verbose", "0"],
+        capture_output=True, text=True, timeout=300,
+        env={**{k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"},
+             "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert f"Files in {out}" in proc.stdout
+    assert [int(r["epoch"]) for r in _rows(out / "history.csv")] == [0, 1]
+    assert json.loads((out / "result.json").read_text())["epochs"] == 2
+    events = [os.path.join(d, f) for d, _, fs in os.walk(out / "logs") for f in fs
+              if f.startswith("events.out.tfevents")]
+    import tensorflow as tf
+
+    epochs_logged = {e.step for path in events for e in tf.compat.v1.train.summary_iterator(path)
+                     for v in e.summary.value if v.tag == "epoch_loss"}
+    assert epochs_logged == {0, 1}
+    assert keras.saving.load_model(out / "final.keras").count_params() > 0
+
+    bad = subprocess.run([exe, "train", "--model", "vgg5", "--dataset", "table1/sum",
+                          "--output-dir", str(tmp_path / "bad"), "--verbose", "0"],
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2
+    assert "is a regression task" in bad.stderr
+
+
 def test_build_training_state_gives_one_trace_of_the_training_step():
     import tensorflow as tf
 
