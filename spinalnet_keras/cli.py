@@ -126,7 +126,8 @@ def _add_training_arguments(p, defaults, head=True):
                    help="TensorFlow op determinism (reproducible, slower)")
     t.add_argument("--steps-per-execution", type=_positive_int, default=32,
                    help="training steps per compiled call (fewer Python round trips); "
-                   "lowered to a divisor of the steps per epoch, so epochs keep their data")
+                   "the divisor of the steps per epoch nearest to it is used, so epochs "
+                   "keep their data (result.json records it)")
     t.add_argument("--jit-compile", choices=("auto", "on", "off"), default="auto",
                    help="XLA compilation of the training step (Keras's auto by default)")
     t.add_argument("--strategy", choices=STRATEGIES, default="auto",

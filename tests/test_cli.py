@@ -87,8 +87,12 @@ def test_interrupted_train_resumes_where_it_stopped(tmp_path):
 def test_resume_is_exact_with_several_steps_per_execution(tmp_path):
     from spinalnet_keras.training import steps_per_execution_for
 
-    assert steps_per_execution_for(32, 938) == 14 and steps_per_execution_for(32, 16) == 16
-    assert steps_per_execution_for(5, 7) == 1 and steps_per_execution_for(32, None) == 32
+    # the divisor nearest on a log scale (938 = 2 x 7 x 67)
+    assert steps_per_execution_for(32, 938) == 67 and steps_per_execution_for(32, 16) == 16
+    assert steps_per_execution_for(5, 7) == 7 and steps_per_execution_for(2, 7) == 1
+    assert steps_per_execution_for(4, 16) == 4 and steps_per_execution_for(4, 8 * 9) == 4
+    assert steps_per_execution_for(6, 16) == 8 and steps_per_execution_for(3, 8) == 4
+    assert steps_per_execution_for(32, None) == 32
     # (op determinism is process-wide and cannot be switched off again, so
     # this test relies on these CPU ops being deterministic; the SIGKILL
     # test in test_distribute.py runs --deterministic in its own process)
