@@ -270,8 +270,10 @@ def _tune(args):
     from spinalnet_keras.export import export_model
     from spinalnet_keras.training import is_backbone, load_config_task
     from spinalnet_keras.tuning import SearchSpace, SpinalHyperModel, format_trial_table
-    from spinalnet_keras.tuning import chosen_splits, make_tuner, trial_table
+    from spinalnet_keras.tuning import check_tuner_available, chosen_splits, make_tuner
+    from spinalnet_keras.tuning import trial_table
 
+    check_tuner_available(args.tuner)  # before any data is loaded
     strategy = _strategy(args)
     space = SearchSpace(
         widths=args.widths, depths=args.depths, splits=args.split_counts,
@@ -417,7 +419,7 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (ValueError, RuntimeError, OSError) as e:
+    except (ValueError, RuntimeError, OSError, ImportError) as e:
         print(f"spinalnet-keras: error: {e}", file=sys.stderr)
         return 2
     return 0

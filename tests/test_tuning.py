@@ -101,6 +101,20 @@ def test_other_tuners_run(kind, tmp_path):
     assert any(t.status == "COMPLETED" for t in tuner.oracle.trials.values())
 
 
+def test_bayesian_without_scikit_learn_is_a_clear_error(monkeypatch, tmp_path, capsys):
+    # scikit-learn is the optional extra [bayesian]; None in sys.modules
+    # makes `import sklearn` fail as on a machine without it.
+    monkeypatch.setitem(sys.modules, "sklearn", None)
+    with pytest.raises(ImportError, match=r"pip install 'spinalnet-keras\[bayesian\]'"):
+        make_tuner(_hypermodel(), "bayesian", directory=tmp_path)
+    make_tuner(_hypermodel(), "random", directory=tmp_path)  # the others need nothing more
+    code = main(["tune", "--tuner", "bayesian", "--model", "regression",
+                 "--dataset", "table1/sum", "--output-dir", str(tmp_path / "cli")])
+    assert code == 2
+    assert "spinalnet-keras[bayesian]" in capsys.readouterr().err
+    assert not (tmp_path / "cli").exists()  # failed before loading data or writing
+
+
 class _Stop(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         raise KeyboardInterrupt("Ctrl-C during a trial")
