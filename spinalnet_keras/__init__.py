@@ -19,7 +19,7 @@ from spinalnet_keras.spinal_dense import split_sizes
 from spinalnet_keras.spinalize import hidden_dense_layers
 from spinalnet_keras.spinalize import spinalize
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "CostReport",

@@ -29,6 +29,20 @@ def split_sizes(features, splits):
     return [base + 1 if j < extra else base for j in range(splits)]
 
 
+def _split_last_axis(x, sizes):
+    """`x` cut along its last axis into consecutive parts of `sizes`.
+
+    Equal sizes go to `ops.split` as a section count: given split points,
+    Keras's TensorFlow backend derives the sizes with about 16 shape ops per
+    call, each one traced and optimized with the training step.
+    """
+    if len(sizes) == 1:
+        return [x]
+    if len(set(sizes)) == 1:
+        return ops.split(x, len(sizes), axis=-1)
+    return ops.split(x, [int(b) for b in np.cumsum(sizes)[:-1]], axis=-1)
+
+
 def _serialize_activation(activation):
     if isinstance(activation, keras.layers.Layer):
         return keras.saving.serialize_keras_object(activation)
@@ -285,16 +299,17 @@ class SpinalDense(keras.layers.Layer):
             )
         self.input_dim = int(features)
         self.split_sizes = split_sizes(self.input_dim, self.splits)
-        bounds, start = [], 0
-        for size in self.split_sizes:
-            bounds.append((start, start + size))
-            start += size
-        self._bounds = bounds
         w = self.width
         kernel_inits = _sublayer_initializers(self.kernel_initializer, self.depth)
         bias_inits = _sublayer_initializers(self.bias_initializer, self.depth)
 
-        self.split_kernels, self.split_biases = [], []
+        # Storage: one kernel per split, holding side by side the split's
+        # rows of every sub-layer that reads it (one GEMM per split), one
+        # bias vector and one recurrent kernel for all sub-layers, the
+        # latter side by side too (column-wise constraints such as
+        # MaxNorm(axis=0) still act per sub-layer unit). Few variables: the
+        # optimizer's update costs ops per variable, traced and run.
+        self.split_kernels = []
         for j, size in enumerate(self.split_sizes):
             sub = self._sublayers_of_split(j)
             # Sub-layer 0 has no recurrent input; the others read w more.
@@ -310,31 +325,33 @@ class SpinalDense(keras.layers.Layer):
                     constraint=self.kernel_constraint,
                 )
             )
-            if self.use_bias:
-                self.split_biases.append(
-                    self.add_weight(
-                        name=f"split_bias_{j}",
-                        shape=(len(sub) * w,),
-                        initializer=_PerSublayerInitializer(
-                            bias_inits, [(i, (w,), 0, w) for i in sub]
-                        ),
-                        regularizer=self.bias_regularizer,
-                        constraint=self.bias_constraint,
-                    )
-                )
-        self.recurrent_kernels = []
-        for i in range(1, self.depth):
-            size = self.split_sizes[i % self.splits]
-            self.recurrent_kernels.append(
-                self.add_weight(
-                    name=f"recurrent_kernel_{i}",
-                    shape=(w, w),
-                    initializer=_PerSublayerInitializer(
-                        kernel_inits, [(i, (size + w, w), size, size + w)]
-                    ),
-                    regularizer=self.kernel_regularizer,
-                    constraint=self.kernel_constraint,
-                )
+        # Sub-layers in storage order: split by split.
+        self._storage_order = [
+            i for j in range(self.splits) for i in self._sublayers_of_split(j)
+        ]
+        self.bias = None
+        if self.use_bias:
+            self.bias = self.add_weight(
+                name="bias",
+                shape=(self.depth * w,),
+                initializer=_PerSublayerInitializer(
+                    bias_inits, [(i, (w,), 0, w) for i in self._storage_order]
+                ),
+                regularizer=self.bias_regularizer,
+                constraint=self.bias_constraint,
+            )
+        self.recurrent_kernel = None
+        if self.depth > 1:
+            blocks = []
+            for i in range(1, self.depth):
+                size = self.split_sizes[i % self.splits]
+                blocks.append((i, (size + w, w), size, size + w))
+            self.recurrent_kernel = self.add_weight(
+                name="recurrent_kernel",
+                shape=(w, (self.depth - 1) * w),
+                initializer=_PerSublayerInitializer(kernel_inits, blocks),
+                regularizer=self.kernel_regularizer,
+                constraint=self.kernel_constraint,
             )
         for i, bn in enumerate(self._batch_norms):
             bn.build(tuple(input_shape[:-1]) + (w,))
@@ -369,10 +386,15 @@ class SpinalDense(keras.layers.Layer):
     def _split_products(self, parts, training):
         """Pre-activations from the input splits, one entry per sub-layer."""
         w, pre = self.width, [None] * self.depth
-        for j, part in enumerate(parts):
+        widths = [len(self._sublayers_of_split(j)) * w for j in range(self.splits)]
+        biases = (
+            _split_last_axis(self.bias, widths)
+            if self.use_bias
+            else [None] * self.splits
+        )
+        for j, (part, bias) in enumerate(zip(parts, biases)):
             sub = self._sublayers_of_split(j)
             kernel = self.split_kernels[j]
-            bias = self.split_biases[j] if self.use_bias else None
             if self._dropout_layer is not None and training:
                 # Each sub-layer draws its own mask, so the split's product
                 # cannot be shared: one product per sub-layer.
@@ -388,24 +410,25 @@ class SpinalDense(keras.layers.Layer):
                 z = ops.add(z, bias)
             # One split op (its gradient is one concat) rather than a slice
             # per sub-layer: at small sizes op count is what costs.
-            pieces = ops.split(z, len(sub), axis=-1) if len(sub) > 1 else [z]
-            for i, piece in zip(sub, pieces):
+            for i, piece in zip(sub, _split_last_axis(z, [w] * len(sub))):
                 pre[i] = piece
         return pre
 
     def call(self, inputs, training=None):
-        if self.splits == 1:
-            parts = [inputs]
-        else:
-            parts = ops.split(inputs, [b for _, b in self._bounds[:-1]], axis=-1)
+        parts = _split_last_axis(inputs, self.split_sizes)
         pre = self._split_products(parts, training)
+        recurrent = (
+            _split_last_axis(self.recurrent_kernel, [self.width] * (self.depth - 1))
+            if self.depth > 1
+            else []
+        )
         outputs, prev = [], None
         for i in range(self.depth):
             z = pre[i]
             if prev is not None:
                 if self._dropout_layer is not None and training:
                     prev = self._dropout_layer(prev, training=True)
-                z = z + ops.matmul(prev, self.recurrent_kernels[i - 1])
+                z = z + ops.matmul(prev, recurrent[i - 1])
             if self.batch_norm:
                 z = self._batch_norms[i](z, training=training)
             prev = self.activation(z)
@@ -441,17 +464,21 @@ class SpinalDense(keras.layers.Layer):
             raise ValueError("Build the layer before reading its weights.")
         w = self.width
         kernels = [None] * self.depth
-        biases = [None] * self.depth if self.use_bias else None
         for j in range(self.splits):
             k = ops.convert_to_numpy(self.split_kernels[j])
-            b = ops.convert_to_numpy(self.split_biases[j]) if self.use_bias else None
             for t, i in enumerate(self._sublayers_of_split(j)):
                 kernels[i] = k[:, t * w : (t + 1) * w]
-                if biases is not None:
-                    biases[i] = b[t * w : (t + 1) * w]
-        for i in range(1, self.depth):
-            rec = ops.convert_to_numpy(self.recurrent_kernels[i - 1])
-            kernels[i] = np.concatenate([kernels[i], rec], axis=0)
+        biases = None
+        if self.use_bias:
+            b = ops.convert_to_numpy(self.bias)
+            biases = [None] * self.depth
+            for position, i in enumerate(self._storage_order):
+                biases[i] = b[position * w : (position + 1) * w]
+        if self.depth > 1:
+            rec = ops.convert_to_numpy(self.recurrent_kernel)
+            for i in range(1, self.depth):
+                block = rec[:, (i - 1) * w : i * w]
+                kernels[i] = np.concatenate([kernels[i], block], axis=0)
         out = {"kernels": kernels, "biases": biases}
         if self.units:
             out["output_kernel"] = ops.convert_to_numpy(self.output_kernel)
@@ -486,19 +513,71 @@ class SpinalDense(keras.layers.Layer):
             sub = self._sublayers_of_split(j)
             size = self.split_sizes[j]
             self.split_kernels[j].assign(
-                ops.concatenate([kernels[i][:size] for i in sub], axis=1)
+                np.concatenate([kernels[i][:size] for i in sub], axis=1)
             )
-            if self.use_bias:
-                self.split_biases[j].assign(
-                    ops.concatenate([biases[i] for i in sub], axis=0)
+        if self.use_bias:
+            self.bias.assign(
+                np.concatenate([biases[i] for i in self._storage_order])
+            )
+        if self.depth > 1:
+            self.recurrent_kernel.assign(
+                np.concatenate(
+                    [
+                        kernels[i][self.split_sizes[i % self.splits] :]
+                        for i in range(1, self.depth)
+                    ],
+                    axis=1,
                 )
-        for i in range(1, self.depth):
-            size = self.split_sizes[i % self.splits]
-            self.recurrent_kernels[i - 1].assign(kernels[i][size:])
+            )
         if self.units:
             self.output_kernel.assign(weights["output_kernel"])
             if self.use_bias:
                 self.output_bias.assign(weights["output_bias"])
+
+    def load_own_variables(self, store):
+        """Load saved variables, also from files of spinalnet-keras 0.1.
+
+        Version 0.1 stored one bias per split (after each split kernel) and
+        one `(width, width)` recurrent kernel per sub-layer; those files
+        load into the present layout (one bias, one recurrent kernel).
+        """
+        legacy = self._legacy_variable_shapes()
+        if len(store.keys()) == len(legacy) != len(self.variables) and [
+            tuple(store[str(n)].shape) for n in range(len(legacy))
+        ] == legacy:
+            values = iter(np.asarray(store[str(n)]) for n in range(len(legacy)))
+            split_biases = []
+            for kernel in self.split_kernels:
+                kernel.assign(next(values))
+                if self.use_bias:
+                    split_biases.append(next(values))
+            if self.use_bias:
+                self.bias.assign(np.concatenate(split_biases))
+            if self.depth > 1:
+                self.recurrent_kernel.assign(
+                    np.concatenate([next(values) for _ in range(1, self.depth)], axis=1)
+                )
+            if self.units:
+                self.output_kernel.assign(next(values))
+                if self.use_bias:
+                    self.output_bias.assign(next(values))
+            return
+        super().load_own_variables(store)
+
+    def _legacy_variable_shapes(self):
+        """Shapes of the variables in the layout of version 0.1, in order."""
+        w, shapes = self.width, []
+        for j, size in enumerate(self.split_sizes):
+            n = len(self._sublayers_of_split(j))
+            shapes.append((size, n * w))
+            if self.use_bias:
+                shapes.append((n * w,))
+        shapes += [(w, w)] * (self.depth - 1)
+        if self.units:
+            shapes.append((self.depth * w, self.units))
+            if self.use_bias:
+                shapes.append((self.units,))
+        return shapes
 
     # -- serialization -----------------------------------------------------
 

@@ -81,7 +81,7 @@ def test_initializer_has_per_sublayer_dense_scale():
     assert np.abs(k0[:, :64]).max() <= limit_first
     assert np.abs(k0[:, :64]).max() > 0.95 * limit_first
     assert np.abs(k0[:, 64:]).max() <= limit_rest
-    rec = layer.recurrent_kernels[0].numpy()
+    rec = layer.recurrent_kernel.numpy()[:, :64]  # sub-layer 1's recurrent rows
     assert np.abs(rec).max() <= limit_rest
     assert np.abs(rec).max() > 0.9 * limit_rest
 
@@ -151,8 +151,9 @@ def test_regularizers_equal_per_sublayer_penalty():
     w = layer.get_sublayer_weights()
     kernel_sq = sum((k ** 2).sum() for k in w["kernels"]) + (w["output_kernel"] ** 2).sum()
     losses = [float(v) for v in layer.losses]
-    # 2 split + 2 recurrent + 1 output kernels, 2 split + 1 output biases, activity
-    assert len(losses) == 5 + 3 + 1
+    # one term per stored variable: 2 split + 1 recurrent + 1 output kernels,
+    # the sub-layers' bias + the output bias, and the activity
+    assert len(losses) == 4 + 2 + 1
     expected = 0.1 * kernel_sq + 0.01 * np.abs(np.concatenate(w["biases"])).sum() + 0.01 * np.abs(
         w["output_bias"]).sum() + 0.01 * float((np.asarray(y) ** 2).sum()) / 4
     np.testing.assert_allclose(sum(losses), expected, rtol=1e-4)
@@ -261,6 +262,54 @@ def test_keras_file_round_trip_in_safe_mode(tmp_path):
     x = _x(10, 30, seed=5)
     np.testing.assert_array_equal(model.predict(x, verbose=0), loaded.predict(x, verbose=0))
     assert isinstance(loaded.layers[1], SpinalDense)
+
+
+def _rewrite_layer_vars(src, dst, arrays):
+    """Copy the .keras file `src` to `dst` with the SpinalDense layer's stored
+    variables replaced by `arrays`."""
+    import io
+    import zipfile
+
+    import h5py
+
+    with zipfile.ZipFile(src) as z:
+        files = {name: z.read(name) for name in z.namelist()}
+    buffer = io.BytesIO(files["model.weights.h5"])
+    with h5py.File(buffer, "r+") as h5:
+        del h5["layers/spinal_dense/vars"]
+        group = h5.create_group("layers/spinal_dense/vars")
+        for n, array in enumerate(arrays):
+            group.create_dataset(str(n), data=array)
+    files["model.weights.h5"] = buffer.getvalue()
+    with zipfile.ZipFile(dst, "w") as z:
+        for name, data in files.items():
+            z.writestr(name, data)
+
+
+def test_files_saved_in_the_0_1_layout_still_load(tmp_path):
+    # 0.1 stored, in order: per split its kernel and bias, then one
+    # (width, width) recurrent kernel per sub-layer, then the output Dense.
+    layer = SpinalDense(3, width=4, depth=3, bias_initializer="random_normal")
+    model = keras.Sequential([keras.Input((9,)), layer])
+    x = _x(6, 9)
+    expected = model.predict(x, verbose=0)
+    model.save(tmp_path / "now.keras")
+    w, sizes = layer.get_sublayer_weights(), layer.split_sizes  # sizes [5, 4]
+    legacy = []
+    for j in range(2):
+        sub = range(j, 3, 2)
+        legacy.append(np.concatenate([w["kernels"][i][: sizes[j]] for i in sub], axis=1))
+        legacy.append(np.concatenate([w["biases"][i] for i in sub]))
+    legacy += [w["kernels"][i][sizes[i % 2]:] for i in (1, 2)]
+    legacy += [w["output_kernel"], w["output_bias"]]
+    assert [a.shape for a in legacy] == [(5, 8), (8,), (4, 4), (4,), (4, 4), (4, 4), (12, 3), (3,)]
+    _rewrite_layer_vars(tmp_path / "now.keras", tmp_path / "v0_1.keras", legacy)
+    loaded = keras.saving.load_model(tmp_path / "v0_1.keras", safe_mode=True)
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), expected, rtol=1e-6, atol=1e-7)
+    # A file in neither layout is refused, naming the counts.
+    _rewrite_layer_vars(tmp_path / "now.keras", tmp_path / "bad.keras", legacy[:-1])
+    with pytest.raises(ValueError, match="expected 6 variables"):
+        keras.saving.load_model(tmp_path / "bad.keras", safe_mode=True)
 
 
 # -- models, precision, compilation -----------------------------------------
