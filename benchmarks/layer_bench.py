@@ -5,12 +5,15 @@ All three produce `depth * width` features (ReLU) from `features` inputs.
 Each step computes the outputs and the gradients of their sum with respect
 to every weight and the input (no optimizer update), inside one
 `tf.function` (optionally `jit_compile`). Implementations are timed
-interleaved, repeat after repeat, and the medians are compared as ratios in
-the same run. The FLOP rate is against this machine's own rate on one large
-matmul, measured in the same run.
+interleaved: each repeat times all three back to back (in a rotating
+order), and the ratios are taken within each repeat, so a slow spell of
+the shared machine hits both sides of a ratio. The table gives the median
+ratio over repeats and its interquartile range. The FLOP rate is against
+this machine's own rate on one large matmul, measured in the same run.
 
     python benchmarks/layer_bench.py                 # all sizes, batch 64 and 256, jit on/off
     python benchmarks/layer_bench.py --quick         # small sizes only
+    python benchmarks/layer_bench.py --sizes 25088x4x1024 --repeats 15
 """
 
 import argparse
@@ -32,6 +35,14 @@ from spinalnet_keras import split_sizes  # noqa: E402
 
 # (features, depth, width): the paper's head sizes
 SIZES = [(320, 6, 8), (512, 4, 128), (4096, 4, 512), (25088, 4, 1024)]
+
+
+def size_arg(text):
+    try:
+        features, depth, width = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected FEATURESxDEPTHxWIDTH, got {text!r}")
+    return features, depth, width
 
 
 def spinal_mults(features, depth, width, splits=2):
@@ -71,6 +82,13 @@ def time_steps(step, x, steps):
     return (time.perf_counter() - start) / steps
 
 
+def paired_ratio(a, b):
+    """Median of a[i] / b[i] over repeats, with its interquartile range."""
+    ratios = [x / y for x, y in zip(a, b)]
+    q1, median, q3 = statistics.quantiles(ratios, n=4)
+    return f"{median:.2f} ({q1:.2f}-{q3:.2f})"
+
+
 def machine_flops(n=2048, repeats=5):
     a = tf.random.normal((n, n))
     mm = tf.function(lambda a: tf.matmul(a, a))
@@ -82,17 +100,20 @@ def machine_flops(n=2048, repeats=5):
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="the two small sizes only")
+    parser.add_argument("--sizes", nargs="+", type=size_arg,
+                        help="FEATURESxDEPTHxWIDTH, e.g. 320x6x8 (default: the paper's four)")
     parser.add_argument("--batches", type=int, nargs="+", default=[64, 256])
-    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--target-seconds", type=float, default=0.25,
                         help="time per measurement (sets the number of steps)")
     args = parser.parse_args()
-    sizes = SIZES[:2] if args.quick else SIZES
+    sizes = args.sizes or (SIZES[:2] if args.quick else SIZES)
     peak = machine_flops()
     print(f"TensorFlow {tf.__version__}, Keras {keras.__version__}, "
           f"{os.cpu_count()} CPU cores; machine matmul rate {peak / 1e9:.1f} GFLOP/s")
     print("| features -> depth x width | batch | jit | spinal ms | composed ms | dense ms "
-          "| spinal/composed | spinal/dense | mults spinal/dense | spinal GFLOP/s (% of machine) |")
+          "| spinal/composed (IQR) | spinal/dense (IQR) | mults spinal/dense "
+          "| spinal GFLOP/s (% of machine) |")
     print("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|")
     for features, depth, width in sizes:
         for batch in args.batches:
@@ -105,18 +126,20 @@ def main():
                     steps[kind](x)  # trace and compile
                 per = max(1, int(args.target_seconds / time_steps(steps["dense"], x, 2)))
                 times = {k: [] for k in steps}
-                for _ in range(args.repeats):
-                    for kind, step in steps.items():
-                        times[kind].append(time_steps(step, x, per))
+                kinds = list(steps)
+                for r in range(args.repeats):
+                    for kind in kinds[r % 3:] + kinds[:r % 3]:
+                        times[kind].append(time_steps(steps[kind], x, per))
                 med = {k: statistics.median(v) for k, v in times.items()}
+                ratio = {k: paired_ratio(times["spinal"], times[k]) for k in ("composed", "dense")}
                 sm = spinal_mults(features, depth, width)
                 dm = features * depth * width
                 # forward + backward (grads of weights and input): 3 products
                 rate = 3 * 2 * sm * batch / med["spinal"]
                 print(f"| {features} -> {depth} x {width} | {batch} | {'on' if jit else 'off'} "
                       f"| {1e3 * med['spinal']:.3f} | {1e3 * med['composed']:.3f} "
-                      f"| {1e3 * med['dense']:.3f} | {med['spinal'] / med['composed']:.2f} "
-                      f"| {med['spinal'] / med['dense']:.2f} | {sm / dm:.2f} "
+                      f"| {1e3 * med['dense']:.3f} | {ratio['composed']} "
+                      f"| {ratio['dense']} | {sm / dm:.2f} "
                       f"| {rate / 1e9:.1f} ({100 * rate / peak:.0f}%) |", flush=True)
 
 
