@@ -144,26 +144,73 @@ def test_bad_arguments():
         data.image_pipeline(None, data.DATASETS["mnist"], 4, True, normalization="z")
 
 
-def test_decoded_cache_is_written_once_and_atomically(tmp_path):
+def _digits(n=10):
     import tensorflow as tf
 
-    images = tf.data.Dataset.range(10).map(lambda i: tf.fill([2, 2, 1], tf.cast(i, tf.uint8)))
+    # image i is filled with i, label i % 3
+    return tf.data.Dataset.range(n).map(
+        lambda i: (tf.fill([2, 2, 1], tf.cast(i, tf.uint8)), i % 3))
+
+
+def test_decoded_split_is_written_once_and_atomically(tmp_path):
     path = str(tmp_path / "decoded-train-orig")
-    first = [x.numpy() for x in data.decoded_cache(images, path)]
+    for old in (".index", ".complete", ".data-00000-of-00001"):  # version 0.1's cache
+        (tmp_path / ("decoded-train-orig" + old)).write_text("")
+    (tmp_path / "decoded-test-orig.index").write_text("")  # another split's: kept
+    first = data.decode_split(_digits(), path)
     names = sorted(os.listdir(tmp_path))
-    assert "decoded-train-orig.complete" in names and "decoded-train-orig.index" in names
-    assert not [n for n in names if ".tmp-" in n]  # no temporary files left
-    # a later run reads the finished cache, not the source
-    again = [x.numpy() for x in data.decoded_cache(images.map(lambda x: x + 100), path)]
-    assert [a.tolist() for a in again] == [f.tolist() for f in first]
-    # a read-only location falls back to an in-memory cache
-    readonly = tmp_path / "ro"
-    readonly.mkdir()
-    readonly.chmod(0o500)
-    try:
-        if os.access(readonly, os.W_OK):
-            pytest.skip("running as a user who can write anywhere")
-        out = [x.numpy() for x in data.decoded_cache(images, str(readonly / "c"))]
-        assert len(out) == 10
-    finally:
-        readonly.chmod(0o700)
+    # no temporary files left, and the superseded cache of this split is gone
+    assert names == ["decoded-test-orig.index", "decoded-train-orig.images.npy",
+                     "decoded-train-orig.json", "decoded-train-orig.labels.npy"]
+    assert first.count == 10 and first.image_shape == (2, 2, 1)
+    assert first.images[:, 0, 0, 0].tolist() == list(range(10))
+    assert first.labels.tolist() == [i % 3 for i in range(10)]
+    # a later run reads the finished files, not the source
+    again = data.decode_split(_digits().map(lambda x, y: (x + 100, y)), path)
+    np.testing.assert_array_equal(again.images, first.images)
+    # a location that cannot be written (here: below a file, so even root
+    # cannot) decodes into memory instead
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    in_memory = data.decode_split(_digits(), str(blocker / "decoded"))
+    np.testing.assert_array_equal(in_memory.images, first.images)
+    # above the memory budget, the split streams from disk
+    streamed = data.decode_split(_digits(), path, in_memory_bytes=39)
+    assert streamed.images is None and streamed.path == path and streamed.count == 10
+
+
+def _epoch_labels(ds, epochs, steps):
+    batches = [b[1].numpy() for b in ds]
+    assert len(batches) == epochs * steps
+    return [np.concatenate(batches[e * steps:(e + 1) * steps]) for e in range(epochs)]
+
+
+@pytest.mark.parametrize("in_memory_bytes", [None, 0])  # held in memory, streamed
+def test_training_epochs_shuffle_every_example_from_seed_and_epoch(tmp_path, in_memory_bytes):
+    import tensorflow as tf
+
+    images = tf.data.Dataset.range(50).map(lambda i: (tf.fill([1, 1, 1], tf.cast(i, tf.uint8)), i))
+
+    def pipeline(**kwargs):
+        return data.image_pipeline(images, data.DATASETS["cifar10"], 8, True, seed=4,
+                                   normalization="none", cache_path=str(tmp_path / "d"),
+                                   in_memory_bytes=in_memory_bytes, **kwargs)
+
+    epochs = _epoch_labels(pipeline(epoch_range=(0, 3)), 3, 7)  # 50 = 6 x 8 + 2
+    for labels in epochs:
+        assert sorted(labels.tolist()) == list(range(50))  # every example once
+    assert not np.array_equal(epochs[0], epochs[1])  # each epoch its own order
+    resumed = _epoch_labels(pipeline(epoch_range=(1, 3)), 2, 7)
+    np.testing.assert_array_equal(resumed[0], epochs[1])
+    np.testing.assert_array_equal(resumed[1], epochs[2])
+    # images travel with their labels
+    x, y = next(iter(pipeline(epoch_range=(0, 1))))
+    np.testing.assert_array_equal(x.numpy()[:, 0, 0, 0], y.numpy())
+    # without an epoch range: one epoch, reshuffled on every pass
+    one = pipeline()
+    a, b = _epoch_labels(one, 1, 7)[0], _epoch_labels(one, 1, 7)[0]
+    assert sorted(a.tolist()) == list(range(50)) and not np.array_equal(a, b)
+    # evaluation keeps the split's order
+    test = data.image_pipeline(images, data.DATASETS["cifar10"], 8, False,
+                               cache_path=str(tmp_path / "d"), in_memory_bytes=in_memory_bytes)
+    assert np.concatenate([b[1] for b in test]).tolist() == list(range(50))
