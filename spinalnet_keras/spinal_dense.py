@@ -33,8 +33,9 @@ def _split_last_axis(x, sizes):
     """`x` cut along its last axis into consecutive parts of `sizes`.
 
     Equal sizes go to `ops.split` as a section count: given split points,
-    Keras's TensorFlow backend derives the sizes with about 16 shape ops per
-    call, each one traced and optimized with the training step.
+    Keras's TensorFlow backend derives the sizes with about 20 shape ops
+    (and their constants) per call, each one traced and optimized with the
+    training step.
     """
     if len(sizes) == 1:
         return [x]
@@ -101,19 +102,51 @@ class _PerSublayerInitializer:
     exactly the scale of a hand-composed network.
     """
 
-    def __init__(self, initializers_, blocks):
+    def __init__(self, initializers_, blocks, axis=-1):
         # blocks: (sub-layer index, full shape, row start, row stop),
-        # concatenated along the last axis.
+        # concatenated along `axis`.
         self.initializers = initializers_
         self.blocks = blocks
+        self.axis = axis
 
     def __call__(self, shape, dtype=None):
         parts = []
         for i, full_shape, start, stop in self.blocks:
             value = self.initializers[i](full_shape, dtype=dtype)
             parts.append(value[start:stop] if len(full_shape) == 2 else value)
-        value = parts[0] if len(parts) == 1 else ops.concatenate(parts, -1)
+        value = parts[0] if len(parts) == 1 else ops.concatenate(parts, self.axis)
         return ops.reshape(value, shape)
+
+
+class _PerBlock:
+    """A regularizer or constraint applied to each sub-layer's block of a
+    stored variable, as it acts on that sub-layer's own Dense weights: the
+    penalties add up, the constrained blocks are put back together. (Applied
+    to the stored variable whole, `MaxNorm(axis=0)` on row-stacked blocks
+    would mix sub-layers, and `OrthogonalRegularizer` would see one matrix.)
+    """
+
+    def __init__(self, fn, count, axis, constraint):
+        self.fn, self.count, self.axis, self.constraint = fn, count, axis, constraint
+
+    def __call__(self, x):
+        if self.count == 1:
+            return self.fn(x)
+        results = [self.fn(block) for block in ops.split(x, self.count, axis=self.axis)]
+        if self.constraint:
+            return ops.concatenate(results, axis=self.axis)
+        total = results[0]
+        for r in results[1:]:
+            total = ops.add(total, r)
+        return total
+
+
+def _per_block(regularizer, constraint, count, axis):
+    """`add_weight`'s regularizer and constraint arguments, per block."""
+    return {
+        "regularizer": regularizer and _PerBlock(regularizer, count, axis, False),
+        "constraint": constraint and _PerBlock(constraint, count, axis, True),
+    }
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -158,10 +191,15 @@ class SpinalDense(keras.layers.Layer):
             Kernels are drawn per sub-layer with the shape a `Dense`
             sub-layer would have, `(split_size + width, width)`.
         kernel_regularizer, bias_regularizer: Regularizers, as for `Dense`,
-            applied to every stored kernel (bias) block.
+            applied to each sub-layer's blocks (its split rows, its
+            recurrent rows, its bias) and to the output Dense, and summed.
+            Additive ones (L1, L2) equal those of the composed network.
         activity_regularizer: Regularizer on the layer's output.
         kernel_constraint, bias_constraint: Constraints, as for `Dense`,
-            applied to each stored kernel (bias) variable.
+            applied to each sub-layer's blocks separately. Elementwise ones
+            (NonNeg) act as on composed Dense kernels; a norm constraint
+            such as `MaxNorm(axis=0)` bounds a sub-layer unit's split rows
+            and its recurrent rows each.
         seed: Optional int, seed of the dropout masks.
         **kwargs: Base layer keyword arguments, such as `name` and `dtype`.
 
@@ -304,11 +342,12 @@ class SpinalDense(keras.layers.Layer):
         bias_inits = _sublayer_initializers(self.bias_initializer, self.depth)
 
         # Storage: one kernel per split, holding side by side the split's
-        # rows of every sub-layer that reads it (one GEMM per split), one
-        # bias vector and one recurrent kernel for all sub-layers, the
-        # latter side by side too (column-wise constraints such as
-        # MaxNorm(axis=0) still act per sub-layer unit). Few variables: the
-        # optimizer's update costs ops per variable, traced and run.
+        # rows of every sub-layer that reads it (one GEMM per split); one
+        # bias vector; one recurrent kernel with the sub-layers' (w, w)
+        # blocks stacked along rows, so that cutting it into blocks makes
+        # views, not copies. Few variables: the optimizer's update costs ops
+        # per variable, traced and run. Regularizers and constraints act on
+        # each sub-layer's block, as on per-sub-layer Dense weights.
         self.split_kernels = []
         for j, size in enumerate(self.split_sizes):
             sub = self._sublayers_of_split(j)
@@ -321,8 +360,9 @@ class SpinalDense(keras.layers.Layer):
                     initializer=_PerSublayerInitializer(
                         kernel_inits, [(i, full[i], 0, size) for i in sub]
                     ),
-                    regularizer=self.kernel_regularizer,
-                    constraint=self.kernel_constraint,
+                    **_per_block(
+                        self.kernel_regularizer, self.kernel_constraint, len(sub), -1
+                    ),
                 )
             )
         # Sub-layers in storage order: split by split.
@@ -337,8 +377,9 @@ class SpinalDense(keras.layers.Layer):
                 initializer=_PerSublayerInitializer(
                     bias_inits, [(i, (w,), 0, w) for i in self._storage_order]
                 ),
-                regularizer=self.bias_regularizer,
-                constraint=self.bias_constraint,
+                **_per_block(
+                    self.bias_regularizer, self.bias_constraint, self.depth, 0
+                ),
             )
         self.recurrent_kernel = None
         if self.depth > 1:
@@ -348,10 +389,11 @@ class SpinalDense(keras.layers.Layer):
                 blocks.append((i, (size + w, w), size, size + w))
             self.recurrent_kernel = self.add_weight(
                 name="recurrent_kernel",
-                shape=(w, (self.depth - 1) * w),
-                initializer=_PerSublayerInitializer(kernel_inits, blocks),
-                regularizer=self.kernel_regularizer,
-                constraint=self.kernel_constraint,
+                shape=((self.depth - 1) * w, w),
+                initializer=_PerSublayerInitializer(kernel_inits, blocks, axis=0),
+                **_per_block(
+                    self.kernel_regularizer, self.kernel_constraint, self.depth - 1, 0
+                ),
             )
         for i, bn in enumerate(self._batch_norms):
             bn.build(tuple(input_shape[:-1]) + (w,))
@@ -418,9 +460,9 @@ class SpinalDense(keras.layers.Layer):
         parts = _split_last_axis(inputs, self.split_sizes)
         pre = self._split_products(parts, training)
         recurrent = (
-            _split_last_axis(self.recurrent_kernel, [self.width] * (self.depth - 1))
-            if self.depth > 1
-            else []
+            ops.split(self.recurrent_kernel, self.depth - 1, axis=0)
+            if self.depth > 2
+            else [self.recurrent_kernel]
         )
         outputs, prev = [], None
         for i in range(self.depth):
@@ -477,7 +519,7 @@ class SpinalDense(keras.layers.Layer):
         if self.depth > 1:
             rec = ops.convert_to_numpy(self.recurrent_kernel)
             for i in range(1, self.depth):
-                block = rec[:, (i - 1) * w : i * w]
+                block = rec[(i - 1) * w : i * w]
                 kernels[i] = np.concatenate([kernels[i], block], axis=0)
         out = {"kernels": kernels, "biases": biases}
         if self.units:
@@ -526,7 +568,7 @@ class SpinalDense(keras.layers.Layer):
                         kernels[i][self.split_sizes[i % self.splits] :]
                         for i in range(1, self.depth)
                     ],
-                    axis=1,
+                    axis=0,
                 )
             )
         if self.units:
@@ -555,7 +597,7 @@ class SpinalDense(keras.layers.Layer):
                 self.bias.assign(np.concatenate(split_biases))
             if self.depth > 1:
                 self.recurrent_kernel.assign(
-                    np.concatenate([next(values) for _ in range(1, self.depth)], axis=1)
+                    np.concatenate([next(values) for _ in range(1, self.depth)], axis=0)
                 )
             if self.units:
                 self.output_kernel.assign(next(values))

@@ -81,7 +81,7 @@ def test_initializer_has_per_sublayer_dense_scale():
     assert np.abs(k0[:, :64]).max() <= limit_first
     assert np.abs(k0[:, :64]).max() > 0.95 * limit_first
     assert np.abs(k0[:, 64:]).max() <= limit_rest
-    rec = layer.recurrent_kernel.numpy()[:, :64]  # sub-layer 1's recurrent rows
+    rec = layer.recurrent_kernel.numpy()[:64]  # sub-layer 1's recurrent block
     assert np.abs(rec).max() <= limit_rest
     assert np.abs(rec).max() > 0.9 * limit_rest
 
@@ -165,6 +165,31 @@ def test_constraints_are_applied_by_the_optimizer():
     model.compile("sgd", "mse")
     model.fit(_x(16, 6), _x(16, 2) * 10, epochs=2, verbose=0)
     assert all((w.numpy() >= 0).all() for w in model.trainable_weights)
+
+
+def test_regularizers_and_constraints_act_on_each_sublayer_block():
+    # Constant weights exceed MaxNorm everywhere; applied per block, every
+    # column of every block ends at the bound exactly (applied to a whole
+    # stored variable, the row-stacked recurrent blocks would share it).
+    bound = 0.05
+    layer = SpinalDense(width=3, depth=4, kernel_initializer="ones", bias_initializer="ones",
+                        kernel_constraint=keras.constraints.MaxNorm(bound, axis=0),
+                        bias_constraint=keras.constraints.MaxNorm(bound, axis=0))
+    model = keras.Sequential([keras.Input((10,)), layer])
+    model.compile(keras.optimizers.SGD(1e-3), "mse")
+    model.fit(_x(8, 10), _x(8, 12), epochs=1, verbose=0)
+    w = layer.get_sublayer_weights()
+    for i, kernel in enumerate(w["kernels"]):
+        blocks = [kernel[:5]] + ([kernel[5:]] if i else [])  # split rows, recurrent rows
+        for block in blocks:
+            np.testing.assert_allclose(np.linalg.norm(block, axis=0), bound, rtol=1e-4)
+        np.testing.assert_allclose(np.linalg.norm(w["biases"][i]), bound, rtol=1e-4)
+    # A non-additive regularizer is summed over the sub-layers' blocks.
+    peak = SpinalDense(width=3, depth=4, kernel_regularizer=lambda k: keras.ops.max(k))
+    peak.build((None, 10))
+    w = peak.get_sublayer_weights()
+    expected = sum(k[:5].max() for k in w["kernels"]) + sum(k[5:].max() for k in w["kernels"][1:])
+    np.testing.assert_allclose(sum(float(v) for v in peak.losses), expected, rtol=1e-6)
 
 
 def test_layer_activation_such_as_leaky_relu():
