@@ -31,8 +31,9 @@ MANUAL_DIR_ENV = "SPINALNET_KERAS_MANUAL_DIR"
 DATA_DIR_ENV = "SPINALNET_KERAS_DATA_DIR"
 NORMALIZATIONS = ("paper", "unit", "none")
 # Decoded splits up to this many image bytes are held in memory and batched
-# by index (one gather per batch, no per-example work: measured 0.56 -> 0.21
-# CPU seconds per MNIST epoch); larger ones stream from disk.
+# by index (one gather per batch, no per-example work: less than half the
+# CPU time per MNIST epoch, benchmarks/RESULTS.md); larger ones stream from
+# disk.
 IN_MEMORY_BYTES = 1 << 30
 AUGMENTATIONS = ("rotate", "perspective", "crop", "flip")
 

@@ -204,8 +204,9 @@ def check_tuner_available(tuner):
     """Raise a clear error when `tuner` cannot run here.
 
     `"bayesian"` needs scikit-learn, an optional dependency: Keras imports
-    scikit-learn at start-up whenever it is installed (0.5 s of every
-    command, measured), so only the users of Bayesian search install it.
+    scikit-learn at start-up whenever it is installed (a quarter of the
+    package's import time, benchmarks/RESULTS.md), so only the users of
+    Bayesian search install it.
     """
     _validation.choice("tuner", tuner, TUNERS)
     if tuner == "bayesian":
