@@ -1,7 +1,8 @@
 """SpinalDense where you would write Dense: Sequential, functional, .keras.
 
-Trains a small dense and a small spinal classifier on scikit-learn's 8x8
-digits (shipped with scikit-learn, no download), prints their accuracy and
+Trains a small dense and a small spinal classifier on a synthetic 10-class
+problem (64 noisy features around one prototype per class; no download,
+nothing beyond the package's own dependencies), prints their accuracy and
 costs, then saves and reloads the spinal model.
 
     python examples/quickstart.py            # a few seconds
@@ -14,8 +15,6 @@ import tempfile
 
 import keras
 import numpy as np
-from sklearn.datasets import load_digits
-from sklearn.model_selection import train_test_split
 
 from spinalnet_keras import SpinalDense
 from spinalnet_keras import cost_report
@@ -25,9 +24,11 @@ parser.add_argument("--epochs", type=int, default=30)
 args = parser.parse_args()
 
 keras.utils.set_random_seed(0)
-x, y = load_digits(return_X_y=True)
-x = (x / 16.0).astype("float32")
-x_train, x_test, y_train, y_test = train_test_split(x, y, test_size=0.3, random_state=0)
+rng = np.random.default_rng(0)
+prototypes = rng.normal(size=(10, 64))
+y = rng.integers(0, 10, 2000)
+x = (prototypes[y] + 1.5 * rng.normal(size=(2000, 64))).astype("float32")
+x_train, x_test, y_train, y_test = x[:1400], x[1400:], y[:1400], y[1400:]
 
 # Sequential: the spinal head replaces Dense(32) -> Dense(10)
 spinal = keras.Sequential([
