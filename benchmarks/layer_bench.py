@@ -14,6 +14,13 @@ this machine's own rate on one large matmul, measured in the same run.
     python benchmarks/layer_bench.py                 # all sizes, batch 64 and 256, jit on/off
     python benchmarks/layer_bench.py --quick         # small sizes only
     python benchmarks/layer_bench.py --sizes 25088x4x1024 --repeats 15
+    python benchmarks/layer_bench.py --quick --chain  # plus the sequential chain alone
+
+`--chain` adds a fourth variant: only the part of SpinalDense that cannot be
+batched, the `depth - 1` dependent `width x width` products with their
+additions and activations (its input stands for the sub-layers'
+pre-activations), forward and backward. Its time against the whole Dense
+step is a floor for spinal/dense on this machine whatever the rest costs.
 """
 
 import argparse
@@ -50,7 +57,34 @@ def spinal_mults(features, depth, width, splits=2):
     return sum((sizes[i % splits] + (width if i else 0)) * width for i in range(depth))
 
 
+class SequentialChain(keras.layers.Layer):
+    """SpinalDense's dependent products alone: sub-layer i adds
+    `previous output @ recurrent block i` to its pre-activation (the input's
+    i-th `width` features) and applies ReLU; the layer's ops, without the
+    input-split products and the bias."""
+
+    def __init__(self, depth, width, **kwargs):
+        super().__init__(**kwargs)
+        self.depth, self.width = depth, width
+
+    def build(self, input_shape):
+        self.recurrent_kernel = self.add_weight(
+            shape=((self.depth - 1) * self.width, self.width), initializer="glorot_uniform")
+
+    def call(self, pre):
+        pre = keras.ops.split(pre, self.depth, axis=-1)
+        blocks = keras.ops.split(self.recurrent_kernel, self.depth - 1, axis=0)
+        outputs = [keras.ops.relu(pre[0])]
+        for i in range(1, self.depth):
+            z = pre[i] + keras.ops.matmul(outputs[-1], blocks[i - 1])
+            outputs.append(keras.ops.relu(z))
+        return keras.ops.concatenate(outputs, -1)
+
+
 def build(kind, features, depth, width):
+    if kind == "chain":
+        inputs = keras.Input((depth * width,))
+        return keras.Model(inputs, SequentialChain(depth, width)(inputs))
     inputs = keras.Input((features,))
     if kind == "spinal":
         outputs = SpinalDense(width=width, depth=depth)(inputs)
@@ -104,6 +138,8 @@ def main():
                         help="FEATURESxDEPTHxWIDTH, e.g. 320x6x8 (default: the paper's four)")
     parser.add_argument("--batches", type=int, nargs="+", default=[64, 256])
     parser.add_argument("--repeats", type=int, default=9)
+    parser.add_argument("--chain", action="store_true",
+                        help="also time the sequential chain alone (see above)")
     parser.add_argument("--target-seconds", type=float, default=0.25,
                         help="time per measurement (sets the number of steps)")
     args = parser.parse_args()
@@ -113,23 +149,28 @@ def main():
           f"{os.cpu_count()} CPU cores; machine matmul rate {peak / 1e9:.1f} GFLOP/s")
     print("| features -> depth x width | batch | jit | spinal ms | composed ms | dense ms "
           "| spinal/composed (IQR) | spinal/dense (IQR) | mults spinal/dense "
-          "| spinal GFLOP/s (% of machine) |")
-    print("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|")
+          "| spinal GFLOP/s (% of machine) |" + (" chain ms | chain/dense (IQR) |" if args.chain else ""))
+    print("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|" + ("---:|---:|" if args.chain else ""))
+    kinds = ["spinal", "composed", "dense"] + (["chain"] if args.chain else [])
     for features, depth, width in sizes:
         for batch in args.batches:
             for jit in (False, True):
                 keras.utils.set_random_seed(0)
                 x = tf.random.normal((batch, features))
+                inputs = {k: x for k in kinds}
+                if args.chain:
+                    inputs["chain"] = tf.random.normal((batch, depth * width))
                 steps = {}
-                for kind in ("spinal", "composed", "dense"):
+                for kind in kinds:
                     steps[kind] = make_step(build(kind, features, depth, width), jit)
-                    steps[kind](x)  # trace and compile
-                per = max(1, int(args.target_seconds / time_steps(steps["dense"], x, 2)))
+                    steps[kind](inputs[kind])  # trace and compile
+                per = max(1, int(args.target_seconds
+                                 / time_steps(steps["dense"], inputs["dense"], 2)))
                 times = {k: [] for k in steps}
-                kinds = list(steps)
+                n = len(kinds)
                 for r in range(args.repeats):
-                    for kind in kinds[r % 3:] + kinds[:r % 3]:
-                        times[kind].append(time_steps(steps[kind], x, per))
+                    for kind in kinds[r % n:] + kinds[:r % n]:
+                        times[kind].append(time_steps(steps[kind], inputs[kind], per))
                 med = {k: statistics.median(v) for k, v in times.items()}
                 ratio = {k: paired_ratio(times["spinal"], times[k]) for k in ("composed", "dense")}
                 sm = spinal_mults(features, depth, width)
@@ -140,7 +181,9 @@ def main():
                       f"| {1e3 * med['spinal']:.3f} | {1e3 * med['composed']:.3f} "
                       f"| {1e3 * med['dense']:.3f} | {ratio['composed']} "
                       f"| {ratio['dense']} | {sm / dm:.2f} "
-                      f"| {rate / 1e9:.1f} ({100 * rate / peak:.0f}%) |", flush=True)
+                      f"| {rate / 1e9:.1f} ({100 * rate / peak:.0f}%) |"
+                      + (f" {1e3 * med['chain']:.3f} | {paired_ratio(times['chain'], times['dense'])} |"
+                         if args.chain else ""), flush=True)
 
 
 if __name__ == "__main__":

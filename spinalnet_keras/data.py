@@ -273,6 +273,13 @@ def _over_epochs(one_epoch, seed, epoch_range):
     return epochs[0]
 
 
+# The pipeline's functions are straight-line TensorFlow (their only
+# branches test Python values), so tf.data need not run them through
+# AutoGraph, which costs about 0.25 s of every process
+# (benchmarks/RESULTS.md).
+_plain = tf.autograph.experimental.do_not_convert
+
+
 @dataclasses.dataclass(frozen=True)
 class DecodedSplit:
     """A split decoded to uint8 images and integer labels.
@@ -394,7 +401,7 @@ def _streamed_examples(split):
         images_file, record_bytes=math.prod(split.image_shape), header_bytes=header_bytes
     )
     images = records.map(
-        lambda r: tf.reshape(tf.io.decode_raw(r, tf.uint8), split.image_shape),
+        _plain(lambda r: tf.reshape(tf.io.decode_raw(r, tf.uint8), split.image_shape)),
         num_parallel_calls=tf.data.AUTOTUNE,
     )
     labels = tf.data.Dataset.from_tensor_slices(np.load(labels_file))
@@ -434,7 +441,7 @@ def _epoch_orders(count, seed, epoch_range, batch_size=None):
         keys = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).take(1)
     else:
         keys = tf.data.Dataset.range(*epoch_range)
-    return keys.flat_map(one_epoch)
+    return keys.flat_map(_plain(one_epoch))
 
 
 def _validate_augment(augment):
@@ -502,7 +509,7 @@ def image_pipeline(
             image = tf.image.resize(image, image_size)
             return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8), label
 
-        ds = ds.map(resize, num_parallel_calls=tf.data.AUTOTUNE)
+        ds = ds.map(_plain(resize), num_parallel_calls=tf.data.AUTOTUNE)
     split = decode_split(ds, cache_path, in_memory_bytes)
     crop = training and "crop" in augment
     parallel = tf.data.AUTOTUNE
@@ -510,15 +517,15 @@ def image_pipeline(
         images, labels = tf.constant(split.images), tf.constant(split.labels)
         if not training:
             out = tf.data.Dataset.range(0, split.count, batch_size).map(
-                lambda i: (images[i : i + batch_size], labels[i : i + batch_size])
+                _plain(lambda i: (images[i : i + batch_size], labels[i : i + batch_size]))
             )
         elif crop:  # per example, with stateless seeds (epoch key, position)
             out = _epoch_orders(split.count, seed, epoch_range).map(
-                lambda i, s: cropped(images[i], labels[i], s), num_parallel_calls=parallel
+                _plain(lambda i, s: cropped(images[i], labels[i], s)), num_parallel_calls=parallel
             ).batch(batch_size)
         else:
             out = _epoch_orders(split.count, seed, epoch_range, batch_size).map(
-                lambda i: (tf.gather(images, i), tf.gather(labels, i)),
+                _plain(lambda i: (tf.gather(images, i), tf.gather(labels, i))),
                 num_parallel_calls=parallel,
             )
     else:
@@ -530,10 +537,10 @@ def image_pipeline(
             )
             if crop:  # stateless seeds (epoch seed, position)
                 crop_seeds = tf.data.Dataset.range(2**62).map(
-                    lambda i: tf.stack([tf.cast(epoch_seed, tf.int64), i])
+                    _plain(lambda i: tf.stack([tf.cast(epoch_seed, tf.int64), i]))
                 )
                 out = tf.data.Dataset.zip((out, crop_seeds)).map(
-                    lambda xy, s: cropped(xy[0], xy[1], s), num_parallel_calls=parallel
+                    _plain(lambda xy, s: cropped(xy[0], xy[1], s)), num_parallel_calls=parallel
                 )
             return out.batch(batch_size)
 
@@ -542,7 +549,7 @@ def image_pipeline(
             if training
             else examples.batch(batch_size)
         )
-    out = out.map(to_float, num_parallel_calls=parallel)
+    out = out.map(_plain(to_float), num_parallel_calls=parallel)
     augmenter = _augmenter(augment, rotation_degrees, seed) if training else None
     if augmenter is not None:
         out = out.map(

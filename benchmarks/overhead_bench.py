@@ -1,0 +1,279 @@
+"""The fixed costs around a short training run, each measured as an A/B pair.
+
+Every experiment runs two variants, A (without a measure) and B (with it),
+each in a fresh Python process, alternating A, B, A, B, ... and reports the
+median of each and the median of the per-pair ratios B / A with their
+interquartile range. The figures are those quoted in benchmarks/RESULTS.md
+and in the code that made these costs smaller.
+
+    python benchmarks/overhead_bench.py                  # every experiment, 7 pairs
+    python benchmarks/overhead_bench.py --only head_trace pipeline --pairs 9
+    # the same measurement on another checkout of the package, e.g. the one
+    # before a change: git worktree add /tmp/before <commit>
+    python benchmarks/overhead_bench.py --only head_trace --pythonpath /tmp/before
+
+Experiments:
+  import         import the package's train path; B without scikit-learn
+                 (Keras imports it at start-up whenever it is installed)
+  first_call     fit's first compiled call (67 steps of the MNIST CNN);
+                 B builds the optimizer and metric variables first
+                 (training.build_training_state)
+  teardown       a whole `spinalnet-keras train` process (the MNIST CNN, one
+                 epoch of 6,400 examples); A ends through main() and the
+                 interpreter's teardown, B through the console entry point run()
+  steps          one MNIST epoch (fit time) at 14 and at 67 steps per
+                 execution (the divisors of 938 nearest to 32)
+  pipeline       CPU seconds to draw the second MNIST epoch of batches (the
+                 first, with the pipeline's start-up, under "other"): A a
+                 per-example pipeline with a 10,000-image shuffle buffer (the
+                 design of version 0.1), B the package's (in memory, one
+                 gather per batch)
+  autograph      load_task for MNIST and the first batch of each split;
+                 A lets tf.data run the pipeline's functions through AutoGraph,
+                 B skips it (the package's default)
+  head_trace     a 320-feature model with the MNIST spinal head (6 x 8)
+                 against the dense head (50): graph ops in the traced
+                 training step, trainable variables, and the first compiled
+                 call (67 steps); B is the spinal head, A the dense one
+"""
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+DEFAULT_DATA = os.path.join(HERE, "..", "..", "shared", "data")
+
+_PRELUDE = """
+import json, os, sys, time
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+DATA_DIR = sys.argv[1]
+def report(**values):
+    print("RESULT " + json.dumps(values))
+"""
+
+_IMPORT = """
+{block}
+t = time.perf_counter()
+import spinalnet_keras.cli, spinalnet_keras.training
+report(seconds=time.perf_counter() - t)
+"""
+
+_MNIST_MODEL = """
+from spinalnet_keras.training import (TrainConfig, build_model, build_training_state,
+                                      compile_model, load_config_task)
+config = TrainConfig(model="mnist_cnn", head="spinal", width=8, depth=6, dataset="mnist",
+                     data_dir=DATA_DIR, epochs=1, verbose=0, steps_per_execution={steps})
+task = load_config_task(config, initial_epoch=0)
+model = compile_model(build_model(config, task), config, task, {steps})
+"""
+
+_FIRST_CALL = _MNIST_MODEL + """
+if {build}:
+    build_training_state(model, task.train)
+t = time.perf_counter()
+model.fit(task.train, steps_per_epoch=67, epochs=1, verbose=0)
+report(seconds=time.perf_counter() - t)
+"""
+
+_TEARDOWN = """
+import subprocess
+cmd = [sys.executable, "-c", {code!r}, "train", "--model", "mnist_cnn", "--dataset", "mnist",
+       "--data-dir", DATA_DIR, "--epochs", "1", "--train-examples", "6400",
+       "--test-examples", "1000", "--verbose", "0",
+       "--output-dir", os.path.join(DATA_DIR, "..", "teardown-" + str(time.time_ns()))]
+t = time.perf_counter()
+subprocess.run(cmd, check=True, capture_output=True)
+report(seconds=time.perf_counter() - t)
+"""
+_EXIT_MAIN = "import sys; from spinalnet_keras.cli import main; sys.argv[0] = 'x'; sys.exit(main(sys.argv[1:]))"
+_EXIT_RUN = "import sys; from spinalnet_keras.cli import run; sys.argv[0] = 'x'; run()"
+
+_STEPS = _MNIST_MODEL + """
+build_training_state(model, task.train)
+t = time.perf_counter()
+model.fit(task.train, steps_per_epoch=task.steps_per_epoch, epochs=1, verbose=0)
+report(seconds=time.perf_counter() - t)
+"""
+
+_PIPELINE = """
+import resource
+import tensorflow as tf
+from spinalnet_keras.data import load_task
+task = load_task("mnist", batch_size=64, seed=0, data_dir=DATA_DIR, epochs=2)
+if {per_example}:
+    # Version 0.1's design: the decoded training split in a tf.data cache
+    # on disk, a 10,000-image shuffle buffer, batches, float conversion.
+    import tensorflow_datasets as tfds
+    builder = tfds.builder("mnist", data_dir=DATA_DIR)
+    cached = builder.as_dataset(split="train", as_supervised=True).cache(
+        os.path.join(DATA_DIR, "per-example-cache"))
+    for _ in cached:  # write the cache, untimed
+        pass
+    def to_float(x, y):
+        return (tf.cast(x, tf.float32) / 255.0 - 0.1307) / 0.3081, tf.cast(y, tf.int32)
+    def epoch(seed):
+        return cached.shuffle(10_000, seed=seed).batch(64)
+    ds = (epoch(0).concatenate(epoch(1))
+          .map(to_float, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE))
+else:
+    ds = task.train
+def cpu():
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+it, spent = iter(ds), []
+for _ in range(2):
+    c, t = cpu(), time.perf_counter()
+    for _ in range(task.steps_per_epoch):
+        next(it)
+    spent.append((cpu() - c, time.perf_counter() - t))
+report(seconds=spent[1][0], wall=spent[1][1], first_epoch_cpu=spent[0][0])
+"""
+
+_HEAD_TRACE = """
+import numpy as np
+import tensorflow as tf
+import keras
+from spinalnet_keras import SpinalDense
+inputs = keras.Input((320,))
+if {spinal}:
+    x = SpinalDense(10, width=8, depth=6)(inputs)
+else:
+    x = keras.layers.Dense(10)(keras.layers.Dense(50, activation="relu")(inputs))
+model = keras.Model(inputs, keras.layers.Activation("softmax")(x))
+model.compile(keras.optimizers.SGD(0.01, momentum=0.5), "sparse_categorical_crossentropy",
+              metrics=["accuracy"], steps_per_execution=67)
+rng = np.random.default_rng(0)
+ds = tf.data.Dataset.from_tensor_slices(
+    (rng.random((64 * 67, 320), dtype="float32"), rng.integers(0, 10, 64 * 67))).batch(64)
+model._symbolic_build(data_batch=ds.element_spec)
+ops = len(tf.function(model.train_step).get_concrete_function(ds.element_spec).graph
+          .get_operations())
+model.make_train_function()
+it = iter(ds)
+t = time.perf_counter()
+model.train_function(it)
+report(seconds=time.perf_counter() - t, ops=ops, variables=len(model.trainable_variables))
+"""
+
+_AUTOGRAPH = """
+import spinalnet_keras.data as data
+if {convert}:
+    data._plain = lambda fn: fn  # tf.data converts the functions with AutoGraph
+t = time.perf_counter()
+task = data.load_task("mnist", batch_size=64, seed=0, data_dir=DATA_DIR, epochs=1)
+next(iter(task.train)); next(iter(task.test))
+report(seconds=time.perf_counter() - t)
+"""
+
+# name: (what is measured, (label A, snippet A), (label B, snippet B))
+EXPERIMENTS = {
+    "import": (
+        "import of the train path, s",
+        ("with scikit-learn installed", _IMPORT.format(block="")),
+        ("scikit-learn absent", _IMPORT.format(block="sys.modules['sklearn'] = None")),
+    ),
+    "first_call": (
+        "fit of 67 MNIST steps (first compiled call), s",
+        ("variables built in the trace", _FIRST_CALL.format(steps=67, build=False)),
+        ("build_training_state first", _FIRST_CALL.format(steps=67, build=True)),
+    ),
+    "teardown": (
+        "whole `train` process (MNIST CNN, 6,400 examples), s",
+        ("main() and interpreter teardown", _TEARDOWN.format(code=_EXIT_MAIN)),
+        ("run(): flush, atexit, os._exit", _TEARDOWN.format(code=_EXIT_RUN)),
+    ),
+    "steps": (
+        "fit of one MNIST epoch (938 steps), s",
+        ("14 steps per execution", _STEPS.format(steps=14)),
+        ("67 steps per execution", _STEPS.format(steps=67)),
+    ),
+    "pipeline": (
+        "CPU seconds to draw an MNIST epoch of batches (the second)",
+        ("per example, shuffle buffer 10,000", _PIPELINE.format(per_example=True)),
+        ("in memory, one gather per batch", _PIPELINE.format(per_example=False)),
+    ),
+    "autograph": (
+        "MNIST pipelines built and first batches drawn, s",
+        ("functions through AutoGraph", _AUTOGRAPH.format(convert=True)),
+        ("AutoGraph skipped", _AUTOGRAPH.format(convert=False)),
+    ),
+    "head_trace": (
+        "first compiled call (67 steps), 320 features -> head, s",
+        ("dense head 320-50-10", _HEAD_TRACE.format(spinal=False)),
+        ("spinal head 6 x 8", _HEAD_TRACE.format(spinal=True)),
+    ),
+}
+
+
+def run_snippet(code, data_dir, pythonpath):
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    if pythonpath:
+        env["PYTHONPATH"] = os.pathsep.join([pythonpath, env.get("PYTHONPATH", "")])
+    proc = subprocess.run([sys.executable, "-c", _PRELUDE + code, data_dir],
+                          capture_output=True, text=True, env=env, cwd=data_dir)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    if proc.returncode or not lines:
+        raise SystemExit(f"snippet failed:\n{proc.stderr[-3000:]}")
+    return json.loads(lines[-1][len("RESULT "):])
+
+
+def spread(values):
+    q1, median, q3 = statistics.quantiles(values, n=4)
+    return f"{median:.2f} ({q1:.2f}-{q3:.2f})"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", nargs="+", choices=list(EXPERIMENTS))
+    parser.add_argument("--pairs", type=int, default=7)
+    parser.add_argument("--manual-dir", default=DEFAULT_DATA,
+                        help="folder holding mnist/ with the four IDX files")
+    parser.add_argument("--pythonpath", help="measure the package found here instead")
+    args = parser.parse_args()
+    if args.pairs < 2:
+        parser.error("--pairs must be at least 2")
+    work = tempfile.mkdtemp(prefix="overhead_bench_")
+    try:
+        data_dir = os.path.join(work, "tfds")
+        os.makedirs(data_dir)
+        # The tfds copy and the decoded split, once and untimed.
+        manual = os.path.abspath(args.manual_dir)
+        run_snippet("from spinalnet_keras.data import load_task\n"
+                    f"load_task('mnist', data_dir=DATA_DIR, manual_dir={manual!r})\n"
+                    "load_task('mnist', data_dir=DATA_DIR, train_examples=6400, test_examples=1000)\n"
+                    "report(ok=1)", data_dir, args.pythonpath)
+        import importlib.util
+
+        print(f"{args.pairs} alternating pairs of fresh processes, {os.cpu_count()} cores; "
+              f"scikit-learn {'installed' if importlib.util.find_spec('sklearn') else 'not installed'}"
+              f"{'; package from ' + args.pythonpath if args.pythonpath else ''}\n")
+        print("| experiment | measure | A | B | A median | B median | B / A (IQR) | other |")
+        print("|---|---|---|---|---:|---:|---:|---|")
+        for name in args.only or EXPERIMENTS:
+            measure, (label_a, code_a), (label_b, code_b) = EXPERIMENTS[name]
+            a, b = [], []
+            for _ in range(args.pairs):
+                a.append(run_snippet(code_a, data_dir, args.pythonpath))
+                b.append(run_snippet(code_b, data_dir, args.pythonpath))
+            sa = [r["seconds"] for r in a]
+            sb = [r["seconds"] for r in b]
+            other = "; ".join(
+                f"{key} {statistics.median(r[key] for r in a):g} / "
+                f"{statistics.median(r[key] for r in b):g}"
+                for key in a[0] if key != "seconds"
+            )
+            print(f"| {name} | {measure} | {label_a} | {label_b} | {statistics.median(sa):.3f} "
+                  f"| {statistics.median(sb):.3f} | {spread([y / x for x, y in zip(sa, sb)])} "
+                  f"| {other} |", flush=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
