@@ -21,6 +21,9 @@ EXAMPLES = [
     ("serve_saved_model.py", ["--output-dir", "exp"],
      ["saved_model  mnist/1", "served probabilities: (2, 10)",
       "spinalnet_keras imported by the client: False"]),
+    ("fast_fit.py", ["--examples", "3840", "--epochs", "2"],
+     ["60 steps per epoch, 30 steps per execution", "training step traced 1 time(s)",
+      "epoch 2: loss"]),
     ("train_and_compare.py", ["--epochs", "2", "--seeds", "0"],
      ["one spinal run: test mse", "| spinal 6 x 50 |"]),
 ]
