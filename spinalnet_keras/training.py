@@ -233,8 +233,9 @@ def steps_per_execution_for(requested, steps_per_epoch):
     longer line up with the data's epochs and a resumed run is not exact
     (measured); a divisor keeps every epoch on its own batches. Nearest on a
     log scale, because the largest divisor below `requested` can be far off:
-    MNIST's 938 steps (2 x 7 x 67) would turn 32 into 14; 67 measured
-    faster (benchmarks/RESULTS.md).
+    MNIST's 938 steps (2 x 7 x 67) would turn 32 into 14, less than half of
+    what was asked, where 67 is nearer. (On 2 CPU cores 14 and 67 train an
+    MNIST epoch equally fast within the noise, benchmarks/RESULTS.md.)
     """
     if not steps_per_epoch:
         return requested
@@ -264,8 +265,8 @@ def build_training_state(model, data):
     and the metrics' state while tracing the first training step, and a
     `tf.function` that creates variables on its first call is traced a
     second time (tensorflow/tensorflow#48851). Building them first, as Keras
-    itself does under a strategy, saves that second trace: about a third
-    of fit's first compiled call in the paper's MNIST recipe
+    itself does under a strategy, saves that second trace: a quarter to
+    a third of fit's first compiled call in the paper's MNIST recipe
     (`benchmarks/RESULTS.md`).
 
     Args:

@@ -204,7 +204,7 @@ def check_tuner_available(tuner):
     """Raise a clear error when `tuner` cannot run here.
 
     `"bayesian"` needs scikit-learn, an optional dependency: Keras imports
-    scikit-learn at start-up whenever it is installed (a quarter of the
+    scikit-learn at start-up whenever it is installed (a fifth of the
     package's import time, benchmarks/RESULTS.md), so only the users of
     Bayesian search install it.
     """
