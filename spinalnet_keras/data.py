@@ -20,6 +20,7 @@ import math
 import os
 import socket
 import urllib.parse
+import warnings
 
 import keras
 import numpy as np
@@ -308,17 +309,25 @@ def _decode_to_memory(ds):
     return np.concatenate(images), np.concatenate(labels)
 
 
+def _save_npy(name, array):
+    # np.save appends ".npy" to a file name that lacks it (the temporary
+    # names do); an open file is written as it is.
+    with open(name, "wb") as f:
+        np.save(f, array)
+
+
 def _write_decoded(ds, path):
     """Decode `ds` into the .npy files of `path`: under temporary names,
     renamed when complete, the metadata last, so a partial cache is never
     read. The images go to disk batch by batch (constant memory)."""
     images_file, labels_file, meta_file = _npy_files(path)
     tmp = f".tmp-{os.getpid()}"
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     count = int(ds.cardinality())
     shape = tuple(ds.element_spec[0].shape)
     if count < 0:  # unknown length: decode first, then write
         decoded, labels = _decode_to_memory(ds)
-        np.save(images_file + tmp, decoded)
+        _save_npy(images_file + tmp, decoded)
         count = len(labels)
     else:
         decoded = np.lib.format.open_memmap(
@@ -333,9 +342,7 @@ def _write_decoded(ds, path):
         del decoded
         if done != count:
             raise RuntimeError(f"Decoded {done} examples where {count} were announced.")
-    # np.save appends ".npy" to names that lack it: save to an open file.
-    with open(labels_file + tmp, "wb") as f:
-        np.save(f, labels)
+    _save_npy(labels_file + tmp, labels)
     # Two processes racing here write identical bytes; each rename is atomic.
     os.replace(images_file + tmp, images_file)
     os.replace(labels_file + tmp, labels_file)
@@ -374,7 +381,15 @@ def decode_split(ds, path=None, in_memory_bytes=None):
     if path and not os.path.exists(meta_file):
         try:
             _write_decoded(ds, path)
-        except OSError:
+        except OSError as e:
+            for name in glob.glob(glob.escape(path) + ".*.tmp-%d" % os.getpid()):
+                os.remove(name)
+            warnings.warn(
+                f"Could not write the decoded split to {path!r} ({e}); decoding "
+                "it in memory for this run. Pass a writable data directory to "
+                "keep it for later runs.",
+                stacklevel=2,
+            )
             path = None
     if not path:
         images, labels = _decode_to_memory(ds)

@@ -1,3 +1,4 @@
+import glob
 import os
 
 import numpy as np
@@ -101,6 +102,10 @@ def test_other_datasets_with_tfds_mock_data(monkeypatch, tmp_path):
             x, y = next(iter(task.train))
         assert task.input_shape == shape and task.num_outputs == classes
         assert x.shape == (5,) + shape and x.dtype == "float32"
+        # the decoded splits are kept, their folder made where tfds has none
+        written = sorted(os.path.basename(p) for p in glob.glob(
+            str(tmp_path / name / "*" / "decoded-*.json")))
+        assert written == ["decoded-test-orig.json", "decoded-train-orig.json"], name
     with tfds.testing.mock_data(num_examples=6, data_dir=str(tmp_path)):
         with pytest.raises(ValueError, match="images of varying size; pass image_size"):
             load_task("caltech101", data_dir=str(tmp_path))
@@ -172,11 +177,23 @@ def test_decoded_split_is_written_once_and_atomically(tmp_path):
     # cannot) decodes into memory instead
     blocker = tmp_path / "a-file"
     blocker.write_text("")
-    in_memory = data.decode_split(_digits(), str(blocker / "decoded"))
+    with pytest.warns(UserWarning, match="Could not write the decoded split"):
+        in_memory = data.decode_split(_digits(), str(blocker / "decoded"))
     np.testing.assert_array_equal(in_memory.images, first.images)
     # above the memory budget, the split streams from disk
     streamed = data.decode_split(_digits(), path, in_memory_bytes=39)
     assert streamed.images is None and streamed.path == path and streamed.count == 10
+    # a split of unknown length (filtered) is written to disk as well
+    unknown = _digits().filter(lambda x, y: True)
+    assert int(unknown.cardinality()) < 0
+    filtered_path = str(tmp_path / "filtered" / "decoded-train-orig")
+    os.makedirs(os.path.dirname(filtered_path))
+    filtered = data.decode_split(unknown, filtered_path, in_memory_bytes=39)
+    assert filtered.path == filtered_path and filtered.count == 10
+    assert sorted(os.listdir(tmp_path / "filtered")) == [
+        "decoded-train-orig.images.npy", "decoded-train-orig.json",
+        "decoded-train-orig.labels.npy"]
+    np.testing.assert_array_equal(np.load(filtered_path + ".images.npy"), first.images)
 
 
 def _epoch_labels(ds, epochs, steps):
