@@ -431,10 +431,11 @@ def run():
     After TensorFlow has run, the interpreter's teardown (freeing modules
     and TensorFlow's runtime) takes 0.6 s to a second on 2 CPU cores
     (benchmarks/RESULTS.md) and does nothing a finished command needs: its
-    files are closed by then. So the output is flushed and the atexit handlers run (logging's shutdown among
-    them), then the process ends without that teardown. A multi-worker run
-    (TF_CONFIG set) exits normally: TensorFlow's coordination service waits
-    for its peers during shutdown.
+    files are closed by then. So the output is flushed and the atexit
+    handlers run (logging's shutdown among them), then the process ends
+    without that teardown. A multi-worker run (TF_CONFIG set) exits
+    normally: TensorFlow's coordination service waits for its peers during
+    shutdown.
     """
     code = main()
     if os.environ.get("TF_CONFIG") or not hasattr(atexit, "_run_exitfuncs"):
