@@ -363,8 +363,9 @@ def decode_split(ds, path=None, in_memory_bytes=None):
     With `path`, the arrays are written once, atomically, to
     `<path>.images.npy` and `<path>.labels.npy` (then `<path>.json`), and
     later calls, in any process, read those files instead of decoding the
-    dataset's PNG/JPEG files again. Without `path`, or where it cannot be
-    written (a read-only data directory), they are decoded into memory.
+    dataset's PNG/JPEG files again. Without `path`, they are decoded into
+    memory; where it cannot be written (a read-only data directory), too,
+    after a `UserWarning` that names the path and the reason.
 
     Args:
         ds: a `tf.data.Dataset` of `(uint8 image, integer label)` pairs with
