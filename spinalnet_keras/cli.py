@@ -268,7 +268,7 @@ def _tune(args):
     import json
 
     from spinalnet_keras.export import export_model
-    from spinalnet_keras.training import is_backbone, load_config_task
+    from spinalnet_keras.training import is_backbone, load_config_task, steps_per_execution_for
     from spinalnet_keras.tuning import SearchSpace, SpinalHyperModel, format_trial_table
     from spinalnet_keras.tuning import check_tuner_available, chosen_splits, make_tuner
     from spinalnet_keras.tuning import trial_table
@@ -294,7 +294,9 @@ def _tune(args):
         metrics=() if regression else ("accuracy",),
         backbone_options=dict(weights=args.weights, freeze_backbone=args.freeze_backbone,
                               pooling=args.pooling) if is_backbone(config.model) else None,
-        momentum=args.momentum, steps_per_execution=args.steps_per_execution,
+        momentum=args.momentum,
+        steps_per_execution=steps_per_execution_for(args.steps_per_execution,
+                                                    task.steps_per_epoch),
     )
     objective = args.objective or ("val_loss" if regression else "val_accuracy")
     tuner = make_tuner(

@@ -183,12 +183,20 @@ class SpinalHyperModel(kt.HyperModel):
         optimizer = _OPTIMIZER_CLASSES[self.optimizer](learning_rate=lr, **extra)
         model.compile(optimizer=optimizer, loss=self.loss, metrics=self.metrics,
                       steps_per_execution=self.steps_per_execution)
+        # keras-tuner's get_best_models reloads a trial's checkpoint, which
+        # holds the optimizer's state; an optimizer without its variables yet
+        # skips that state with a warning, and the reloaded best model would
+        # go on training from a fresh optimizer.
+        optimizer.build(model.trainable_variables)
         return model
 
     def fit(self, hp, model, *args, callbacks=None, **kwargs):
         data = args[0] if args else kwargs.get("x")
         if hasattr(data, "element_spec"):  # a tf.data pipeline
             build_training_state(model, data)
+            # The pipeline shuffles; fit's default shuffle=True would only
+            # warn that it ignores itself.
+            kwargs.setdefault("shuffle", False)
         # A NaN loss fails the trial (recorded), instead of scoring it.
         return model.fit(*args, callbacks=[*(callbacks or []), _FailOnNaN()], **kwargs)
 
