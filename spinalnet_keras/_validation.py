@@ -18,6 +18,23 @@ def positive_int(name, value, allow_none=False):
     return int(value)
 
 
+def shape(name, value, form):
+    """Return `value` as a tuple of positive ints of the length of `form`
+    (e.g. `("height", "width", "channels")`), else raise."""
+    try:
+        dims = tuple(value)
+    except TypeError:
+        dims = None
+    if dims is None or len(dims) != len(form) or any(
+        isinstance(d, bool) or not isinstance(d, numbers.Integral) or d <= 0 for d in dims
+    ):
+        raise ValueError(
+            f"`{name}` must be a tuple ({', '.join(form)}{',' if len(form) == 1 else ''}) "
+            f"of positive integers. Received: {name}={value!r}"
+        )
+    return tuple(int(d) for d in dims)
+
+
 def rate(name, value):
     """Return `value` as a float in [0, 1), else raise."""
     if (
@@ -29,6 +46,15 @@ def rate(name, value):
             f"`{name}` must be a number in [0, 1). Received: {name}={value!r}"
         )
     return float(value)
+
+
+def seed(name, value):
+    """Return `value` if it is None or an integer (Keras's seeds), else raise."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral)):
+        raise ValueError(
+            f"`{name}` must be an integer or None. Received: {name}={value!r}"
+        )
+    return None if value is None else int(value)
 
 
 def boolean(name, value):

@@ -22,6 +22,7 @@ from spinalnet_keras.heads import build_head
 from spinalnet_keras.spinal_dense import PACKAGE
 
 POOLINGS = ("flatten", "avg", "max")
+IMAGE_DIMS = ("height", "width", "channels")
 
 # keras.applications preprocessing modes (keras/src/applications/
 # imagenet_utils.py): "caffe" = RGB->BGR then subtract the ImageNet mean,
@@ -54,6 +55,16 @@ class ImagePreprocessing(keras.layers.Layer):
     def __init__(self, mode, **kwargs):
         super().__init__(**kwargs)
         self.mode = _validation.choice("mode", mode, PREPROCESSING_MODES)
+
+    def build(self, input_shape):
+        # The ImageNet means and the RGB->BGR flip are per colour channel.
+        channels = input_shape[-1]
+        if self.mode in ("caffe", "torch") and channels is not None and channels != 3:
+            raise ValueError(
+                f"ImagePreprocessing(mode={self.mode!r}) takes RGB images with 3 "
+                f"channels. Received: input_shape={tuple(input_shape)}"
+            )
+        super().build(input_shape)
 
     def call(self, inputs):
         x = ops.cast(inputs, self.compute_dtype)
@@ -143,6 +154,7 @@ def make_backbone(name, input_shape, weights=None):
         RuntimeError: `"imagenet"` with no network and no cached file.
     """
     key, fn = _lookup(name)
+    input_shape = _validation.shape("input_shape", input_shape, IMAGE_DIMS)
     if weights not in (None, "imagenet"):
         path = os.fspath(weights)
         if not os.path.isfile(path):
@@ -152,7 +164,7 @@ def make_backbone(name, input_shape, weights=None):
             )
         weights = path
     try:
-        return fn(include_top=False, weights=weights, input_shape=tuple(input_shape))
+        return fn(include_top=False, weights=weights, input_shape=input_shape)
     except Exception as e:  # keras.applications raises a bare Exception offline
         if weights == "imagenet" and "fetch failure" in str(e).lower():
             raise RuntimeError(
@@ -219,7 +231,16 @@ def backbone_model(
     else:
         _validation.choice("head", head, ("dense", "spinal"))
         head_spec = Head(head).replace(**head_options)
-    input_shape = tuple(input_shape)
+    input_shape = _validation.shape("input_shape", input_shape, IMAGE_DIMS)
+    mode = preprocessing_mode(key)
+    if include_preprocessing and mode in ("caffe", "torch") and input_shape[-1] != 3:
+        raise ValueError(
+            f"{key}'s preprocessing ({mode!r}) is defined for RGB images: with "
+            "include_preprocessing=True `input_shape` must end in 3 channels. "
+            f"Received: input_shape={input_shape}. Repeat grayscale images to "
+            "3 channels, or pass include_preprocessing=False and preprocess "
+            "them yourself."
+        )
     base = make_backbone(key, input_shape, weights)
     # A stable handle whatever keras.applications calls it
     # ("mobilenetv2_1.00_224", ...): model.get_layer("backbone").
@@ -229,7 +250,7 @@ def backbone_model(
     inputs = keras.Input(input_shape, name="images")
     x = inputs
     if include_preprocessing:
-        x = ImagePreprocessing(preprocessing_mode(key), name="preprocessing")(x)
+        x = ImagePreprocessing(mode, name="preprocessing")(x)
     # training=False keeps a frozen backbone's BatchNorm in inference mode,
     # the usual fine-tuning practice; a trainable backbone trains normally.
     x = base(x, training=False) if freeze_backbone else base(x)

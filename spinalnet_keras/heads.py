@@ -11,8 +11,14 @@ import keras
 
 from spinalnet_keras import _validation
 from spinalnet_keras.spinal_dense import SpinalDense
+from spinalnet_keras.spinal_dense import _get_activation
 
 HEAD_KINDS = ("dense", "spinal")
+# Fields that only one kind of head reads, with their defaults.
+_DEFAULTS = {
+    "spinal": {"width": 20, "depth": 4, "splits": 2},
+    "dense": {"hidden_units": (512,), "input_dropout": 0.0},
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -22,14 +28,16 @@ class Head:
     Args:
         kind: `"spinal"` (a `SpinalDense` block) or `"dense"` (the paper's
             baseline: a stack of `Dense` layers).
-        width: spinal sub-layer width (spinal only).
-        depth: number of spinal sub-layers (spinal only).
-        splits: number of input splits (spinal only).
-        hidden_units: sizes of the hidden `Dense` layers (dense only).
+        width: spinal sub-layer width (spinal only; default 20).
+        depth: number of spinal sub-layers (spinal only; default 4).
+        splits: number of input splits (spinal only; default 2).
+        hidden_units: sizes of the hidden `Dense` layers (dense only;
+            default `(512,)`). A field of the other kind raises a
+            ValueError instead of being ignored.
         dropout: dropout rate before each spinal sub-layer (spinal), or
             before each hidden Dense after the first (dense).
         input_dropout: dropout rate before the first hidden Dense (dense
-            only; the spinal `dropout` already acts there).
+            only, default 0; the spinal `dropout` already acts there).
         output_dropout: dropout rate before the output Dense.
         batch_norm: BatchNormalization after each hidden Dense / spinal
             sub-layer, before its activation.
@@ -42,12 +50,12 @@ class Head:
     """
 
     kind: str = "spinal"
-    width: int = 20
-    depth: int = 4
-    splits: int = 2
-    hidden_units: tuple = (512,)
+    width: int = None
+    depth: int = None
+    splits: int = None
+    hidden_units: tuple = None
     dropout: float = 0.0
-    input_dropout: float = 0.0
+    input_dropout: float = None
     output_dropout: float = 0.0
     batch_norm: bool = False
     activation: object = "relu"
@@ -56,14 +64,39 @@ class Head:
 
     def __post_init__(self):
         _validation.choice("head", self.kind, HEAD_KINDS)
+        # Fields of the other kind would be ignored: refuse them, and give
+        # this kind's fields their defaults.
+        other = "dense" if self.kind == "spinal" else "spinal"
+        given = {f: getattr(self, f) for f in _DEFAULTS[other] if getattr(self, f) is not None}
+        if given:
+            received = ", ".join(f"{k}={v!r}" for k, v in given.items())
+            raise ValueError(
+                f"{', '.join(f'`{k}`' for k in given)}: {other} heads only; this head "
+                f"is {self.kind!r}. Received: {received}"
+            )
+        for field, default in _DEFAULTS[self.kind].items():
+            if getattr(self, field) is None:
+                object.__setattr__(self, field, default)
+        if self.kind == "dense":
+            self._check_dense()
+        else:
+            self._check_spinal()
+        for name in ("dropout", "output_dropout"):
+            _validation.rate(name, getattr(self, name))
+        _validation.boolean("batch_norm", self.batch_norm)
+        _get_activation("activation", self.activation)  # fail here, not at build
+
+    def _check_spinal(self):
         _validation.positive_int("width", self.width)
         _validation.positive_int("depth", self.depth)
         _validation.positive_int("splits", self.splits)
-        if self.kind == "spinal" and self.splits > self.depth:
+        if self.splits > self.depth:
             raise ValueError(
                 "`splits` must be between 1 and `depth`. Received: "
                 f"splits={self.splits!r}, depth={self.depth!r}"
             )
+
+    def _check_dense(self):
         units = self.hidden_units
         if isinstance(units, int) and not isinstance(units, bool):
             units = (units,)
@@ -75,9 +108,7 @@ class Head:
         for u in units:
             _validation.positive_int("hidden_units", u)
         object.__setattr__(self, "hidden_units", tuple(int(u) for u in units))
-        for name in ("dropout", "input_dropout", "output_dropout"):
-            _validation.rate(name, getattr(self, name))
-        _validation.boolean("batch_norm", self.batch_norm)
+        _validation.rate("input_dropout", self.input_dropout)
 
     def replace(self, **changes):
         """A copy with `changes`; unknown fields raise a clear error."""
@@ -110,7 +141,7 @@ def build_head(
     Args:
         features: symbolic tensor of shape `(batch, features)`.
         num_outputs: classes (or regression outputs).
-        head: a `Head`.
+        head: a `Head`, or `"spinal"` / `"dense"` for one with defaults.
         output_activation: activation of the last Dense (`"softmax"`, or
             None for logits / regression). Computed in float32 so that mixed
             precision keeps probabilities exact.
@@ -120,6 +151,12 @@ def build_head(
         The output tensor of shape `(batch, num_outputs)`.
     """
     num_outputs = _validation.positive_int("num_classes", num_outputs)
+    if isinstance(head, str):
+        head = Head(head)
+    elif not isinstance(head, Head):
+        raise TypeError(
+            f"`head` must be a Head or one of {list(HEAD_KINDS)}. Received: head={head!r}"
+        )
     x = features
     if head.kind == "spinal":
         fold_output = not head.output_dropout

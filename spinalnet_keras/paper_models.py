@@ -205,7 +205,11 @@ def paper_model(
         base = spec.spinal_head if head == "spinal" else spec.dense_head
         head_spec = base.replace(**head_options)
     head_spec = _resolve_activation(head_spec)
-    input_shape = tuple(input_shape or spec.input_shape)
+    if input_shape is None:
+        input_shape = spec.input_shape
+    else:
+        dims = ("height", "width", "channels") if len(spec.input_shape) == 3 else ("features",)
+        input_shape = _validation.shape("input_shape", input_shape, dims)
     num_classes = spec.num_outputs if num_classes is None else num_classes
     if output_activation == "default":
         output_activation = spec.output_activation

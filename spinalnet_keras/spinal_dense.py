@@ -25,6 +25,13 @@ def split_sizes(features, splits):
     >>> split_sizes(321, 2)
     [161, 160]
     """
+    features = _validation.positive_int("features", features)
+    splits = _validation.positive_int("splits", splits)
+    if splits > features:
+        raise ValueError(
+            "`splits` must be between 1 and the number of features "
+            f"({features}). Received: splits={splits}"
+        )
     base, extra = divmod(features, splits)
     return [base + 1 if j < extra else base for j in range(splits)]
 
@@ -281,14 +288,14 @@ class SpinalDense(keras.layers.Layer):
         self.bias_regularizer = regularizers.get(bias_regularizer)
         self.kernel_constraint = constraints.get(kernel_constraint)
         self.bias_constraint = constraints.get(bias_constraint)
-        self.seed = seed
+        self.seed = _validation.seed("seed", seed)
         self.input_spec = keras.layers.InputSpec(min_ndim=2)
         self.supports_masking = False
 
         # Sub-layers get this layer's dtype policy, or mixed precision breaks.
         self._dropout_layer = (
             keras.layers.Dropout(
-                self.dropout, seed=seed, dtype=self.dtype_policy
+                self.dropout, seed=self.seed, dtype=self.dtype_policy
             )
             if self.dropout
             else None

@@ -32,6 +32,7 @@ from spinalnet_keras.backbones import available_backbones
 from spinalnet_keras.backbones import backbone_model
 from spinalnet_keras.costs import cost_report
 from spinalnet_keras.data import load_task
+from spinalnet_keras.heads import Head
 from spinalnet_keras.paper_models import PAPER_MODELS
 from spinalnet_keras.paper_models import paper_model
 
@@ -79,6 +80,8 @@ class TrainConfig:
     def __post_init__(self):
         self.model = resolve_model_name(self.model)
         _validation.choice("head", self.head, ("dense", "spinal"))
+        if self.head == "dense":  # before any data is loaded
+            Head("dense", **{k: getattr(self, k) for k in ("width", "depth", "splits")})
         _validation.choice("optimizer", self.optimizer, OPTIMIZERS)
         _validation.positive_int("epochs", self.epochs)
         _validation.positive_int("batch_size", self.batch_size)

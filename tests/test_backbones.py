@@ -1,3 +1,4 @@
+import re
 import urllib.error
 
 import keras
@@ -71,6 +72,25 @@ def test_bad_options():
             backbone_model("VGG16", (32, 32, 3), 3, **kwargs)
     with pytest.raises(ValueError, match="num_classes=0"):
         backbone_model("VGG16", (32, 32, 3), 0)
+    for shape in [(32, 32), (32, 32, 3.5), (32, 0, 3), "abc", None]:
+        with pytest.raises(ValueError, match=re.escape(f"input_shape={shape!r}")):
+            backbone_model("VGG16", shape, 3)
+    with pytest.raises(ValueError, match=re.escape("input_shape=(32, 32)")):
+        make_backbone("VGG16", (32, 32))
+
+
+def test_grayscale_needs_rgb_preprocessing_off():
+    # VGG's caffe preprocessing subtracts a mean per colour channel: one
+    # channel would have become three and broken the call.
+    with pytest.raises(ValueError, match=r"must end in 3 channels.*include_preprocessing=False"):
+        backbone_model("VGG16", (32, 32, 1), 3)
+    with pytest.raises(ValueError, match=r"3 channels. Received: input_shape=\(1, 4, 4, 1\)"):
+        ImagePreprocessing("caffe")(np.zeros((1, 4, 4, 1)))
+    model = backbone_model("VGG16", (32, 32, 1), 3, include_preprocessing=False, width=2, depth=2)
+    assert model.predict(np.zeros((2, 32, 32, 1)), verbose=0).shape == (2, 3)
+    # MobileNetV2 scales to [-1, 1], which any channel count allows
+    model = backbone_model("MobileNetV2", (32, 32, 1), 3, width=2, depth=2)
+    assert model.predict(np.zeros((2, 32, 32, 1)), verbose=0).shape == (2, 3)
 
 
 def test_imagenet_offline_error_says_where_weights_go(tmp_path, monkeypatch):

@@ -162,6 +162,21 @@ def test_model_dataset_mismatch_is_a_clear_error(tmp_path, capsys):
     assert "is a regression task; use model='regression'" in capsys.readouterr().err
 
 
+def test_spinal_option_on_a_dense_head_is_refused_before_loading_data(tmp_path, capsys,
+                                                                      monkeypatch):
+    import spinalnet_keras.training as training
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("data loaded before the options were checked")
+
+    monkeypatch.setattr(training, "load_task", no_data)
+    code = main(["train", "--model", "mnist_cnn", "--dataset", "mnist", "--head", "dense",
+                 "--width", "8", "--output-dir", str(tmp_path / "x"), "--verbose", "0"])
+    assert code == 2
+    assert "`width`: spinal heads only; this head is 'dense'. Received: width=8" in (
+        capsys.readouterr().err)
+
+
 def test_console_script_and_module_entry_points():
     exe = os.path.join(os.path.dirname(sys.executable), "spinalnet-keras")
     for cmd in ([exe, "--help"], [sys.executable, "-m", "spinalnet_keras", "train", "--help"]):

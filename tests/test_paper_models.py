@@ -4,6 +4,7 @@ import pytest
 
 from spinalnet_keras import Head
 from spinalnet_keras import SpinalDense
+from spinalnet_keras import build_head
 from spinalnet_keras import cost_report
 from spinalnet_keras import paper_model
 
@@ -90,6 +91,36 @@ def test_head_options_and_errors():
         paper_model("vgg5", width=0)
     with pytest.raises(ValueError, match=r"num_classes=0"):
         paper_model("vgg5", num_classes=0)
+    with pytest.raises(ValueError, match=r"\(height, width, channels\).*input_shape=\(28, 28\)"):
+        paper_model("mnist_cnn", input_shape=(28, 28))
+    with pytest.raises(ValueError, match=r"\(features,\).*input_shape=\(8, 1\)"):
+        paper_model("regression", input_shape=(8, 1))
+    assert paper_model("regression", input_shape=[4]).input_shape == (None, 4)
+    # an option of the other kind of head is refused, not ignored
+    with pytest.raises(ValueError, match=r"`width`: spinal heads only; this head is 'dense'"):
+        paper_model("mnist_cnn", head="dense", width=10)
+    with pytest.raises(ValueError, match=r"`hidden_units`: dense heads only.*hidden_units=\(64,\)"):
+        paper_model("mnist_cnn", head="spinal", hidden_units=(64,))
+    assert (Head().width, Head().depth, Head().splits) == (20, 4, 2)
+    with pytest.raises(ValueError, match="activation='swishy'"):
+        Head("dense", activation="swishy")
+    assert (Head("dense").hidden_units, Head("dense").input_dropout) == ((512,), 0.0)
+
+
+def test_build_head_on_a_feature_tensor():
+    features = keras.Input((16,))
+    # spinal 4 x 20 on 2 splits of 8: 8*20+20, then 3 x ((8+20)*20+20), output 80*3+3;
+    # dense (7,): 16*7+7, output 7*3+3
+    for head, params in [("spinal", 180 + 3 * 580 + 243), (Head("dense", hidden_units=(7,)), 143)]:
+        model = keras.Model(features, build_head(features, 3, head))
+        assert model.output_shape == (None, 3)
+        assert model.count_params() == params
+        probs = model.predict(np.ones((2, 16)), verbose=0)
+        np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)  # softmax
+    with pytest.raises(ValueError, match="head='wide'"):
+        build_head(features, 3, "wide")
+    with pytest.raises(TypeError, match="Received: head=5"):
+        build_head(features, 3, 5)
 
 
 def test_paper_counts_match_cost_report():

@@ -52,6 +52,10 @@ def test_every_feature_is_used_with_odd_sizes():
     assert split_sizes(321, 2) == [161, 160]
     assert split_sizes(10, 3) == [4, 3, 3]
     assert sum(split_sizes(1001, 7)) == 1001
+    for args, match in [((3, 5), r"\(3\). Received: splits=5"), ((3, 0), "splits=0"),
+                        ((0, 1), "features=0")]:
+        with pytest.raises(ValueError, match=match):
+            split_sizes(*args)
     # tanh: no dead units that could hide the feature by chance
     layer = SpinalDense(4, width=3, depth=2, activation="tanh")
     x = _x(2, 321)
@@ -225,6 +229,9 @@ def test_layer_activation_such_as_leaky_relu():
         (dict(width=4, depth=2, batch_norm="yes"), "batch_norm='yes'"),
         (dict(width=4, depth=2, activation="no_such_fn"), "no_such_fn"),
         (dict(width=4, depth=2, batch_norm_momentum=1.5), "batch_norm_momentum=1.5"),
+        (dict(width=4, depth=2, seed="x"), "seed='x'"),  # unused without dropout
+        (dict(width=4, depth=2, dropout=0.1, seed=1.5), "seed=1.5"),
+        (dict(width=4, depth=2, seed=True), "seed=True"),
     ],
 )
 def test_bad_arguments_name_the_value(kwargs, match):
