@@ -194,8 +194,8 @@ class SpinalHyperModel(kt.HyperModel):
         data = args[0] if args else kwargs.get("x")
         if hasattr(data, "element_spec"):  # a tf.data pipeline
             build_training_state(model, data)
-            # The pipeline shuffles; fit's default shuffle=True would only
-            # warn that it ignores itself.
+            # Keras ignores `shuffle` for a tf.data pipeline (the pipeline
+            # shuffles, or not); fit's default True would only warn so.
             kwargs.setdefault("shuffle", False)
         # A NaN loss fails the trial (recorded), instead of scoring it.
         return model.fit(*args, callbacks=[*(callbacks or []), _FailOnNaN()], **kwargs)
