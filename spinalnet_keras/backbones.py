@@ -22,7 +22,6 @@ from spinalnet_keras.heads import build_head
 from spinalnet_keras.spinal_dense import PACKAGE
 
 POOLINGS = ("flatten", "avg", "max")
-IMAGE_DIMS = ("height", "width", "channels")
 
 # keras.applications preprocessing modes (keras/src/applications/
 # imagenet_utils.py): "caffe" = RGB->BGR then subtract the ImageNet mean,
@@ -61,8 +60,11 @@ class ImagePreprocessing(keras.layers.Layer):
         channels = input_shape[-1]
         if self.mode in ("caffe", "torch") and channels is not None and channels != 3:
             raise ValueError(
-                f"ImagePreprocessing(mode={self.mode!r}) takes RGB images with 3 "
-                f"channels. Received: input_shape={tuple(input_shape)}"
+                f"ImagePreprocessing(mode={self.mode!r}) is defined for RGB images: "
+                "the input must end in 3 channels. Received: input_shape="
+                f"{tuple(input_shape)}. Repeat grayscale images to 3 channels, or "
+                "(backbone_model) pass include_preprocessing=False and "
+                "preprocess them yourself."
             )
         super().build(input_shape)
 
@@ -154,7 +156,7 @@ def make_backbone(name, input_shape, weights=None):
         RuntimeError: `"imagenet"` with no network and no cached file.
     """
     key, fn = _lookup(name)
-    input_shape = _validation.shape("input_shape", input_shape, IMAGE_DIMS)
+    input_shape = _validation.shape("input_shape", input_shape, _validation.IMAGE_DIMS)
     if weights not in (None, "imagenet"):
         path = os.fspath(weights)
         if not os.path.isfile(path):
@@ -231,26 +233,18 @@ def backbone_model(
     else:
         _validation.choice("head", head, ("dense", "spinal"))
         head_spec = Head(head).replace(**head_options)
-    input_shape = _validation.shape("input_shape", input_shape, IMAGE_DIMS)
-    mode = preprocessing_mode(key)
-    if include_preprocessing and mode in ("caffe", "torch") and input_shape[-1] != 3:
-        raise ValueError(
-            f"{key}'s preprocessing ({mode!r}) is defined for RGB images: with "
-            "include_preprocessing=True `input_shape` must end in 3 channels. "
-            f"Received: input_shape={input_shape}. Repeat grayscale images to "
-            "3 channels, or pass include_preprocessing=False and preprocess "
-            "them yourself."
-        )
+    input_shape = _validation.shape("input_shape", input_shape, _validation.IMAGE_DIMS)
+    inputs = keras.Input(input_shape, name="images")
+    x = inputs
+    if include_preprocessing:
+        # Before the backbone is built: a channel count the preprocessing
+        # cannot take fails at once.
+        x = ImagePreprocessing(preprocessing_mode(key), name="preprocessing")(x)
     base = make_backbone(key, input_shape, weights)
     # A stable handle whatever keras.applications calls it
     # ("mobilenetv2_1.00_224", ...): model.get_layer("backbone").
     base.name = "backbone"
     base.trainable = not freeze_backbone
-
-    inputs = keras.Input(input_shape, name="images")
-    x = inputs
-    if include_preprocessing:
-        x = ImagePreprocessing(mode, name="preprocessing")(x)
     # training=False keeps a frozen backbone's BatchNorm in inference mode,
     # the usual fine-tuning practice; a trainable backbone trains normally.
     x = base(x, training=False) if freeze_backbone else base(x)
