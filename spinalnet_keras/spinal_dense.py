@@ -29,7 +29,7 @@ def split_sizes(features, splits):
     splits = _validation.positive_int("splits", splits)
     if splits > features:
         raise ValueError(
-            "`splits` must be between 1 and the number of features "
+            "`splits` must be between 1 and the number of input features "
             f"({features}). Received: splits={splits}"
         )
     base, extra = divmod(features, splits)
@@ -337,13 +337,8 @@ class SpinalDense(keras.layers.Layer):
                 "build time (it is cut into splits). Received input_shape="
                 f"{tuple(input_shape)}"
             )
-        if self.splits > features:
-            raise ValueError(
-                "`splits` must be between 1 and the number of input features "
-                f"({features}). Received: splits={self.splits}"
-            )
         self.input_dim = int(features)
-        self.split_sizes = split_sizes(self.input_dim, self.splits)
+        self.split_sizes = split_sizes(self.input_dim, self.splits)  # checks splits
         w = self.width
         kernel_inits = _sublayer_initializers(self.kernel_initializer, self.depth)
         bias_inits = _sublayer_initializers(self.bias_initializer, self.depth)
