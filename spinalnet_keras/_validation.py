@@ -2,16 +2,19 @@
 
 import numbers
 
+IMAGE_DIMS = ("height", "width", "channels")
+
+
+def _is_int(value):
+    # bool is an Integral, but True is no size or seed
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
 
 def positive_int(name, value, allow_none=False):
     """Return `value` as an int if it is a positive integer, else raise."""
     if value is None and allow_none:
         return None
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, numbers.Integral)
-        or value <= 0
-    ):
+    if not _is_int(value) or value <= 0:
         raise ValueError(
             f"`{name}` must be a positive integer. Received: {name}={value!r}"
         )
@@ -25,9 +28,7 @@ def shape(name, value, form):
         dims = tuple(value)
     except TypeError:
         dims = None
-    if dims is None or len(dims) != len(form) or any(
-        isinstance(d, bool) or not isinstance(d, numbers.Integral) or d <= 0 for d in dims
-    ):
+    if dims is None or len(dims) != len(form) or not all(_is_int(d) and d > 0 for d in dims):
         raise ValueError(
             f"`{name}` must be a tuple ({', '.join(form)}{',' if len(form) == 1 else ''}) "
             f"of positive integers. Received: {name}={value!r}"
@@ -50,7 +51,7 @@ def rate(name, value):
 
 def seed(name, value):
     """Return `value` if it is None or an integer (Keras's seeds), else raise."""
-    if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral)):
+    if value is not None and not _is_int(value):
         raise ValueError(
             f"`{name}` must be an integer or None. Received: {name}={value!r}"
         )

@@ -208,7 +208,7 @@ def paper_model(
     if input_shape is None:
         input_shape = spec.input_shape
     else:
-        dims = ("height", "width", "channels") if len(spec.input_shape) == 3 else ("features",)
+        dims = _validation.IMAGE_DIMS if len(spec.input_shape) == 3 else ("features",)
         input_shape = _validation.shape("input_shape", input_shape, dims)
     num_classes = spec.num_outputs if num_classes is None else num_classes
     if output_activation == "default":
