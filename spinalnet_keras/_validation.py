@@ -38,13 +38,31 @@ def shape(name, value, form):
 
 def rate(name, value):
     """Return `value` as a float in [0, 1), else raise."""
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, numbers.Real)
-        or not 0.0 <= float(value) < 1.0
-    ):
+    if not _is_real(value) or not 0.0 <= float(value) < 1.0:
         raise ValueError(
             f"`{name}` must be a number in [0, 1). Received: {name}={value!r}"
+        )
+    return float(value)
+
+
+def _is_real(value):
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def unit_interval(name, value):
+    """Return `value` as a float in [0, 1] (e.g. a momentum), else raise."""
+    if not _is_real(value) or not 0.0 <= float(value) <= 1.0:
+        raise ValueError(
+            f"`{name}` must be a number in [0, 1]. Received: {name}={value!r}"
+        )
+    return float(value)
+
+
+def positive_number(name, value):
+    """Return `value` as a float if it is a finite number > 0, else raise."""
+    if not _is_real(value) or not 0.0 < float(value) < float("inf"):
+        raise ValueError(
+            f"`{name}` must be a positive number. Received: {name}={value!r}"
         )
     return float(value)
 

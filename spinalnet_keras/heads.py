@@ -84,6 +84,8 @@ class Head:
         for name in ("dropout", "output_dropout"):
             _validation.rate(name, getattr(self, name))
         _validation.boolean("batch_norm", self.batch_norm)
+        _validation.unit_interval("batch_norm_momentum", self.batch_norm_momentum)
+        _validation.positive_number("batch_norm_epsilon", self.batch_norm_epsilon)
         _get_activation("activation", self.activation)  # fail here, not at build
 
     def _check_spinal(self):

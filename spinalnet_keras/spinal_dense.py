@@ -269,18 +269,12 @@ class SpinalDense(keras.layers.Layer):
         )
         self.dropout = _validation.rate("dropout", dropout)
         self.batch_norm = _validation.boolean("batch_norm", batch_norm)
-        self.batch_norm_momentum = float(batch_norm_momentum)
-        self.batch_norm_epsilon = float(batch_norm_epsilon)
-        if not 0.0 <= self.batch_norm_momentum <= 1.0:
-            raise ValueError(
-                "`batch_norm_momentum` must be in [0, 1]. Received: "
-                f"batch_norm_momentum={batch_norm_momentum!r}"
-            )
-        if self.batch_norm_epsilon <= 0:
-            raise ValueError(
-                "`batch_norm_epsilon` must be positive. Received: "
-                f"batch_norm_epsilon={batch_norm_epsilon!r}"
-            )
+        self.batch_norm_momentum = _validation.unit_interval(
+            "batch_norm_momentum", batch_norm_momentum
+        )
+        self.batch_norm_epsilon = _validation.positive_number(
+            "batch_norm_epsilon", batch_norm_epsilon
+        )
         self.use_bias = _validation.boolean("use_bias", use_bias)
         self.kernel_initializer = initializers.get(kernel_initializer)
         self.bias_initializer = initializers.get(bias_initializer)

@@ -105,6 +105,11 @@ def test_head_options_and_errors():
     with pytest.raises(ValueError, match="activation='swishy'"):
         Head("dense", activation="swishy")
     assert (Head("dense").hidden_units, Head("dense").input_dropout) == ((512,), 0.0)
+    # the dense head's BatchNormalization would take these without a word
+    with pytest.raises(ValueError, match=r"\[0, 1\].*batch_norm_momentum=5"):
+        paper_model("vgg5", head="dense", batch_norm_momentum=5)
+    with pytest.raises(ValueError, match=r"positive number.*batch_norm_epsilon=-1e-05"):
+        Head("dense", batch_norm=True, batch_norm_epsilon=-1e-5)
 
 
 def test_build_head_on_a_feature_tensor():

@@ -229,6 +229,9 @@ def test_layer_activation_such_as_leaky_relu():
         (dict(width=4, depth=2, batch_norm="yes"), "batch_norm='yes'"),
         (dict(width=4, depth=2, activation="no_such_fn"), "no_such_fn"),
         (dict(width=4, depth=2, batch_norm_momentum=1.5), "batch_norm_momentum=1.5"),
+        (dict(width=4, depth=2, batch_norm_momentum="0.9"), "batch_norm_momentum='0.9'"),
+        (dict(width=4, depth=2, batch_norm_epsilon=0), "batch_norm_epsilon=0"),
+        (dict(width=4, depth=2, batch_norm_epsilon=None), "batch_norm_epsilon=None"),
         (dict(width=4, depth=2, seed="x"), "seed='x'"),  # unused without dropout
         (dict(width=4, depth=2, dropout=0.1, seed=1.5), "seed=1.5"),
         (dict(width=4, depth=2, seed=True), "seed=True"),
