@@ -18,9 +18,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from spinalnet_keras import build_training_state
 from spinalnet_keras import paper_model
-from spinalnet_keras.training import build_training_state
-from spinalnet_keras.training import steps_per_execution_for
+from spinalnet_keras import steps_per_execution_for
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--examples", type=int, default=60_000)

@@ -18,9 +18,9 @@ import textwrap
 import numpy as np
 
 from spinalnet_keras import export_model
+from spinalnet_keras import format_report
 from spinalnet_keras import load_model_file
 from spinalnet_keras import paper_model
-from spinalnet_keras.export import format_report
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--model-file", help="a .keras file (default: a fresh mnist_cnn)")

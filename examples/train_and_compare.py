@@ -7,9 +7,9 @@
 
 import argparse
 
-from spinalnet_keras.training import TrainConfig
-from spinalnet_keras.training import compare
-from spinalnet_keras.training import train
+from spinalnet_keras import TrainConfig
+from spinalnet_keras import compare
+from spinalnet_keras import train
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--model", default="regression")

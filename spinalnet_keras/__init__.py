@@ -1,4 +1,13 @@
-"""SpinalNet (Kabir et al., arXiv 2007.03347) for Keras 3."""
+"""SpinalNet (Kabir et al., arXiv 2007.03347) for Keras 3.
+
+The layers, heads, models and cost accounting import with Keras alone. The
+training, tuning and tf.distribute API (`train`, `SpinalHyperModel`,
+`get_strategy`, ...) is also importable from here, but its modules load on
+first use: they need TensorFlow and keras-tuner, which a user of the layer
+alone (on any Keras backend) should not pay for at import.
+"""
+
+import importlib
 
 from spinalnet_keras.backbones import ImagePreprocessing
 from spinalnet_keras.backbones import available_backbones
@@ -9,7 +18,9 @@ from spinalnet_keras.costs import LayerCost
 from spinalnet_keras.costs import cost_report
 from spinalnet_keras.export import ExportError
 from spinalnet_keras.export import export_model
+from spinalnet_keras.export import format_report
 from spinalnet_keras.export import load_model_file
+from spinalnet_keras.export import with_input_normalization
 from spinalnet_keras.heads import Head
 from spinalnet_keras.heads import build_head
 from spinalnet_keras.paper_models import PAPER_MODELS
@@ -21,6 +32,37 @@ from spinalnet_keras.spinalize import spinalize
 
 __version__ = "0.2.0"
 
+# name -> module that defines it, imported on first access (PEP 562)
+_LAZY = {
+    "TrainConfig": "training",
+    "build_training_state": "training",
+    "compare": "training",
+    "steps_per_execution_for": "training",
+    "train": "training",
+    "load_task": "data",
+    "get_strategy": "distribute",
+    "multi_worker_fit": "distribute",
+    "SearchSpace": "tuning",
+    "SpinalHyperModel": "tuning",
+    "format_trial_table": "tuning",
+    "make_tuner": "tuning",
+    "trial_table": "tuning",
+}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        module = importlib.import_module(f"spinalnet_keras.{_LAZY[name]}")
+        value = getattr(module, name)
+        globals()[name] = value  # later lookups skip this function
+        return value
+    raise AttributeError(f"module 'spinalnet_keras' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))
+
+
 __all__ = [
     "CostReport",
     "ExportError",
@@ -28,16 +70,31 @@ __all__ = [
     "ImagePreprocessing",
     "LayerCost",
     "PAPER_MODELS",
+    "SearchSpace",
     "SpinalDense",
+    "SpinalHyperModel",
+    "TrainConfig",
     "available_backbones",
     "backbone_model",
     "build_head",
+    "build_training_state",
+    "compare",
     "cost_report",
     "export_model",
+    "format_report",
+    "format_trial_table",
+    "get_strategy",
     "hidden_dense_layers",
     "load_model_file",
+    "load_task",
     "make_backbone",
+    "make_tuner",
+    "multi_worker_fit",
     "paper_model",
     "spinalize",
     "split_sizes",
+    "steps_per_execution_for",
+    "train",
+    "trial_table",
+    "with_input_normalization",
 ]

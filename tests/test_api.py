@@ -1,0 +1,60 @@
+"""The public API: everything users need is importable from `spinalnet_keras`."""
+
+import glob
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+import spinalnet_keras
+from conftest import REPO
+
+
+def test_every_public_name_resolves_to_the_package_object():
+    from spinalnet_keras import training, tuning, distribute, data
+
+    for name in spinalnet_keras.__all__:
+        value = getattr(spinalnet_keras, name)
+        assert getattr(value, "__module__", "spinalnet_keras").startswith("spinalnet_keras"), name
+    assert spinalnet_keras.train is training.train
+    assert spinalnet_keras.TrainConfig is training.TrainConfig
+    assert spinalnet_keras.SpinalHyperModel is tuning.SpinalHyperModel
+    assert spinalnet_keras.get_strategy is distribute.get_strategy
+    assert spinalnet_keras.load_task is data.load_task
+    assert set(spinalnet_keras.__all__) <= set(dir(spinalnet_keras))
+    assert len(spinalnet_keras.__all__) == len(set(spinalnet_keras.__all__))
+
+
+def test_unknown_attribute_is_an_attribute_error():
+    with pytest.raises(AttributeError, match="has no attribute 'SpinalConv'"):
+        spinalnet_keras.SpinalConv  # noqa: B018
+    assert not hasattr(spinalnet_keras, "SpinalConv")
+
+
+def test_layer_users_do_not_load_the_training_stack():
+    # A fresh interpreter: this test process has imported everything already.
+    heavy = ["keras_tuner", "tensorflow_datasets", "spinalnet_keras.training",
+             "spinalnet_keras.tuning", "spinalnet_keras.distribute", "spinalnet_keras.data"]
+    code = (
+        "import sys, spinalnet_keras\n"
+        f"print(sorted(m for m in {heavy!r} if m in sys.modules))\n"
+        "from spinalnet_keras import SpinalHyperModel\n"
+        "print('keras_tuner' in sys.modules, SpinalHyperModel.__module__)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.splitlines()[-2:] == ["[]", "True spinalnet_keras.tuning"]
+
+
+def test_examples_and_readme_import_only_the_package():
+    files = glob.glob(os.path.join(REPO, "examples", "*.py")) + [os.path.join(REPO, "README.md")]
+    deep = {}
+    for path in files:
+        with open(path) as f:
+            found = re.findall(r"(?:from|import) spinalnet_keras\.\w+", f.read())
+        if found:
+            deep[os.path.basename(path)] = found
+    assert deep == {}
