@@ -28,6 +28,7 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 
 import keras
 import numpy as np
@@ -81,6 +82,34 @@ def get_strategy(name="auto"):
     if len(gpus) == 1:
         return tf.distribute.OneDeviceStrategy(gpus[0].name)
     return tf.distribute.get_strategy()
+
+
+def supported_steps_per_execution(requested, strategy=None):
+    """`requested`, or 1 where Keras cannot run several steps per execution.
+
+    Keras 3's TensorFlow trainer runs `steps_per_execution > 1` as a while
+    loop with a conditional around `strategy.run`. Under a
+    `MirroredStrategy` with more than one replica the compiled step fails
+    ("You must feed a value for placeholder tensor", keras-team/keras#19246;
+    seen with Keras 3.15.1 and TensorFlow 2.21, in `fit`). One step per
+    execution works, so that is what such a strategy gets, with a warning.
+
+    Args:
+        requested: the steps per execution asked for.
+        strategy: default: the strategy of the current scope.
+    """
+    requested = _validation.positive_int("steps_per_execution", requested)
+    strategy = strategy or tf.distribute.get_strategy()
+    replicas = strategy.num_replicas_in_sync
+    if requested > 1 and isinstance(strategy, tf.distribute.MirroredStrategy) and replicas > 1:
+        warnings.warn(
+            f"steps_per_execution={requested} becomes 1 under MirroredStrategy with "
+            f"{replicas} replicas: Keras 3's multi-step loop fails there "
+            "(keras-team/keras#19246).",
+            stacklevel=2,
+        )
+        return 1
+    return requested
 
 
 def set_virtual_cpus(count):

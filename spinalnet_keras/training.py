@@ -247,6 +247,11 @@ def steps_per_execution_for(requested, steps_per_epoch):
 
 
 def compile_model(model, config, task, steps_per_execution=None):
+    """Compile for `task` as `config` says, in the current strategy's scope
+    (where several steps per execution fail, one is used; see
+    `distribute.supported_steps_per_execution`)."""
+    from spinalnet_keras.distribute import supported_steps_per_execution
+
     if task.kind == "regression":
         loss, metrics = "mse", []
     else:
@@ -255,7 +260,9 @@ def compile_model(model, config, task, steps_per_execution=None):
         optimizer=make_optimizer(config),
         loss=loss,
         metrics=metrics,
-        steps_per_execution=steps_per_execution or config.steps_per_execution,
+        steps_per_execution=supported_steps_per_execution(
+            steps_per_execution or config.steps_per_execution
+        ),
         jit_compile={"auto": "auto", "on": True, "off": False}[config.jit_compile],
     )
     return model
@@ -410,6 +417,7 @@ def train(config, strategy=None, task=None, callbacks=None):
     with scope:
         model = compile_model(build_model(config, task), config, task, per_execution)
         build_training_state(model, task.train)
+    per_execution = model.steps_per_execution  # what the strategy allows
 
     history_path = os.path.join(out, "history.csv")
     previous = read_history(history_path)

@@ -27,6 +27,7 @@ import keras_tuner as kt
 from spinalnet_keras import _validation
 from spinalnet_keras.backbones import backbone_model
 from spinalnet_keras.costs import cost_report
+from spinalnet_keras.distribute import supported_steps_per_execution
 from spinalnet_keras.paper_models import PAPER_MODELS
 from spinalnet_keras.paper_models import paper_model
 from spinalnet_keras.spinal_dense import SpinalDense
@@ -181,8 +182,10 @@ class SpinalHyperModel(kt.HyperModel):
         model = self._build_with_head(**head)
         extra = {"momentum": self.momentum} if self.optimizer == "sgd" else {}
         optimizer = _OPTIMIZER_CLASSES[self.optimizer](learning_rate=lr, **extra)
+        # keras-tuner builds inside the search's distribution strategy
         model.compile(optimizer=optimizer, loss=self.loss, metrics=self.metrics,
-                      steps_per_execution=self.steps_per_execution)
+                      steps_per_execution=supported_steps_per_execution(
+                          self.steps_per_execution))
         # keras-tuner's get_best_models reloads a trial's checkpoint, which
         # holds the optimizer's state; an optimizer without its variables yet
         # skips that state with a warning, and the reloaded best model would

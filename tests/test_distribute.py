@@ -94,6 +94,29 @@ def test_mirrored_fit_matches_single_device(tmp_path):
     assert single["loss"][-1] < single["loss"][0]
 
 
+def test_train_under_mirrored_runs_one_step_per_execution(tmp_path):
+    # Keras's multi-step loop fails under a 2-replica MirroredStrategy
+    # (keras-team/keras#19246); train and the tuner's models fall back to one
+    # step per execution, say so, and learn what a single device learns.
+    mirrored = _job("train_mirrored", tmp_path / "mirrored.json")
+    single = _job("train_single", tmp_path / "single.json")
+    assert (mirrored["replicas"], single["replicas"]) == (2, 1)
+    assert (mirrored["steps_per_execution"], mirrored["tuner_steps_per_execution"]) == (1, 1)
+    assert (single["steps_per_execution"], single["tuner_steps_per_execution"]) == (16, 4)
+    assert len(mirrored["warnings"]) == 2 and single["warnings"] == []
+    assert "steps_per_execution=16 becomes 1 under MirroredStrategy with 2 replicas" \
+        in " ".join(mirrored["warnings"])
+    np.testing.assert_allclose(mirrored["final"], single["final"], rtol=1e-4)
+
+
+def test_supported_steps_per_execution_in_process():
+    one_replica = tf.distribute.MirroredStrategy(["/cpu:0"])
+    assert distribute.supported_steps_per_execution(8) == 8  # default strategy
+    assert distribute.supported_steps_per_execution(8, one_replica) == 8
+    with pytest.raises(ValueError, match="steps_per_execution=0"):
+        distribute.supported_steps_per_execution(0)
+
+
 def test_custom_loop_matches_fit(tmp_path):
     single = _job("single", tmp_path / "single.json")
     loop = _job("loop_mirrored", tmp_path / "loop.json")

@@ -12,7 +12,8 @@ import tensorflow as tf  # noqa: E402
 
 from spinalnet_keras import distribute  # noqa: E402
 
-if mode in ("mirrored", "single", "loop_mirrored", "loop_single"):
+if mode in ("mirrored", "single", "loop_mirrored", "loop_single", "train_mirrored",
+            "train_single"):
     distribute.set_virtual_cpus(2)
 if mode == "worker":
     # Before any tensor exists: collectives are configured at TF start-up.
@@ -46,6 +47,30 @@ if mode in ("mirrored", "single"):
     result = {"loss": hist, "replicas": strategy.num_replicas_in_sync,
               "mirrored": type(variable.value).__name__,
               "weights": distribute.weights_digest(model).tolist()}
+elif mode in ("train_mirrored", "train_single"):
+    # The package's train (Keras fit) with its default steps per execution,
+    # and a tuner's model built under the same strategy.
+    import warnings
+
+    import keras_tuner as kt
+
+    from spinalnet_keras import SearchSpace, SpinalHyperModel, TrainConfig, train
+
+    strategy = distribute.get_strategy("mirrored" if mode == "train_mirrored" else "default")
+    config = TrainConfig(model="regression", dataset="table1/sum", epochs=2, optimizer="adam",
+                         output_dir=out + "_run", verbose=0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run = train(config, strategy=strategy)
+        hypermodel = SpinalHyperModel("regression", (8,), 1, loss="mse", metrics=(),
+                                      space=SearchSpace(widths=(4,), depths=(2,), splits=(1,)),
+                                      steps_per_execution=4)
+        with strategy.scope():
+            tuned = hypermodel.build(kt.HyperParameters())
+    result = {"final": run["final"], "steps_per_execution": run["steps_per_execution"],
+              "tuner_steps_per_execution": tuned.steps_per_execution,
+              "replicas": strategy.num_replicas_in_sync,
+              "warnings": [str(w.message) for w in caught if "steps_per_execution" in str(w.message)]}
 elif mode in ("loop_mirrored", "loop_single"):
     strategy = distribute.get_strategy("mirrored" if mode == "loop_mirrored" else "default")
     model, hist = distribute.multi_worker_fit(build, ds, 3, 32, os.path.join(out + "_ckpt"),
