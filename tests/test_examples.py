@@ -26,6 +26,13 @@ EXAMPLES = [
       "epoch 2: loss"]),
     ("train_and_compare.py", ["--epochs", "2", "--seeds", "0"],
      ["one spinal run: test mse", "| spinal 6 x 50 |"]),
+    ("tune_spinal_head.py", ["--max-trials", "2", "--epochs", "1", "--examples", "256"],
+     ["| trial | status | width | depth | splits | score | params | multiplications |",
+      "| 0 | COMPLETED |", "| 1 | COMPLETED |", "best head: width",
+      "saved runs/tune_example/best.keras (optimizer steps so far: 4)"]),
+    ("distributed_training.py", ["--epochs", "2"],
+     ["MirroredStrategy: 2 replica(s), global batch 64, 32 per replica",
+      "test mse after 2 epochs:"]),
 ]
 
 
