@@ -21,6 +21,25 @@ def positive_int(name, value, allow_none=False):
     return int(value)
 
 
+def non_negative_int(name, value):
+    """Return `value` as an int if it is an integer >= 0, else raise."""
+    if not _is_int(value) or value < 0:
+        raise ValueError(
+            f"`{name}` must be an integer >= 0. Received: {name}={value!r}"
+        )
+    return int(value)
+
+
+def values(name, value, check):
+    """Return the tuple of `value`'s items, each passed through
+    `check(name, item)`; `value` must be a non-empty list or tuple."""
+    if not isinstance(value, (list, tuple)) or not value:
+        raise ValueError(
+            f"`{name}` must be a non-empty list or tuple. Received: {name}={value!r}"
+        )
+    return tuple(check(name, v) for v in value)
+
+
 def shape(name, value, form):
     """Return `value` as a tuple of positive ints of the length of `form`
     (e.g. `("height", "width", "channels")`), else raise."""
@@ -76,7 +95,9 @@ def seed(name, value):
     return None if value is None else int(value)
 
 
-def boolean(name, value):
+def boolean(name, value, allow_none=False):
+    if value is None and allow_none:
+        return None
     if not isinstance(value, bool):
         raise ValueError(
             f"`{name}` must be True or False. Received: {name}={value!r}"

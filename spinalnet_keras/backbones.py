@@ -142,6 +142,21 @@ def _keras_cache_dir():
     return os.path.join(base, "models")
 
 
+def check_weights(weights):
+    """Return `weights` (None, `"imagenet"` or a weights file path as a str)
+    or raise naming it."""
+    if weights in (None, "imagenet"):
+        return weights
+    path = os.fspath(weights) if isinstance(weights, (str, os.PathLike)) else None
+    if path is None or not os.path.isfile(path):
+        raise ValueError(
+            "`weights` must be None, 'imagenet' or the path of an existing "
+            f"weights file. Received: weights={weights!r}"
+            + (" (no such file)" if path is not None else "")
+        )
+    return path
+
+
 def make_backbone(name, input_shape, weights=None):
     """A `keras.applications` backbone without its top.
 
@@ -157,14 +172,7 @@ def make_backbone(name, input_shape, weights=None):
     """
     key, fn = _lookup(name)
     input_shape = _validation.shape("input_shape", input_shape, _validation.IMAGE_DIMS)
-    if weights not in (None, "imagenet"):
-        path = os.fspath(weights)
-        if not os.path.isfile(path):
-            raise ValueError(
-                f"`weights` must be None, 'imagenet' or the path of an existing "
-                f"weights file. Received: weights={weights!r} (no such file)"
-            )
-        weights = path
+    weights = check_weights(weights)
     try:
         return fn(include_top=False, weights=weights, input_shape=input_shape)
     except Exception as e:  # keras.applications raises a bare Exception offline

@@ -632,7 +632,24 @@ def load_task(
                 f"initial_epoch={initial_epoch!r}"
             )
         epoch_range = (initial_epoch, epochs)
+    seed = _validation.non_negative_int("seed", seed)
+    _validation.choice("normalization", normalization, NORMALIZATIONS)
+    augment = _validate_augment(augment)
+    _validation.positive_number("rotation_degrees", rotation_degrees)
+    if image_size is not None:
+        image_size = _validation.shape("image_size", image_size, ("height", "width"))
+    if channels not in (None, 1, 3):
+        raise ValueError(f"`channels` must be None, 1 or 3. Received: channels={channels!r}")
     if name in REGRESSION_DATASETS:
+        images_only = {"image_size": image_size, "channels": channels, "augment": augment}
+        given = {k: v for k, v in images_only.items() if v}
+        if given or normalization != "paper":
+            given.update({"normalization": normalization} if normalization != "paper" else {})
+            raise ValueError(
+                f"{', '.join(given)}: image datasets only; {name!r} is the paper's "
+                f"regression data. Received: "
+                + ", ".join(f"{k}={v!r}" for k, v in given.items())
+            )
         target = name.split("/", 1)[1]
         x, y = regression_data(target, num_samples=train_examples or 1000, seed=seed)
         xt, yt = regression_data(
@@ -653,11 +670,15 @@ def load_task(
         raise ValueError(
             f"Unknown dataset {name!r}. Available: {dataset_names()}"
         )
-    if image_size is not None:
-        image_size = tuple(_validation.positive_int("image_size", s) for s in image_size)
     builder = prepare(name, data_dir=data_dir, manual_dir=manual_dir)
     spec = DATASETS[name]
     info = builder.info
+    native_channels = info.features["image"].shape[-1]
+    if channels == 1 and native_channels != 1:
+        raise ValueError(
+            f"channels=1, but {name!r} has {native_channels}-channel images; "
+            "`channels` converts grayscale to RGB (3), not back."
+        )
     if image_size is None and None in info.features["image"].shape:
         raise ValueError(
             f"Dataset {name!r} has images of varying size; pass image_size "

@@ -78,28 +78,56 @@ class TrainConfig:
     verbose: int = 1
 
     def __post_init__(self):
+        # Everything is checked here, before any data is loaded or any
+        # directory written.
+        from spinalnet_keras.backbones import POOLINGS, check_weights
+        from spinalnet_keras.data import AUGMENTATIONS, REGRESSION_DATASETS, dataset_names
+
         self.model = resolve_model_name(self.model)
         _validation.choice("head", self.head, ("dense", "spinal"))
-        if self.head == "dense":  # before any data is loaded
+        for name in ("width", "depth", "splits"):
+            _validation.positive_int(name, getattr(self, name), allow_none=True)
+        if self.dropout is not None:
+            _validation.rate("dropout", self.dropout)
+        _validation.boolean("batch_norm", self.batch_norm, allow_none=True)
+        if self.head == "dense":
             Head("dense", **{k: getattr(self, k) for k in ("width", "depth", "splits")})
+        if self.dataset not in dataset_names():
+            raise ValueError(
+                f"Unknown dataset {self.dataset!r}. Available: {dataset_names()}"
+            )
         _validation.choice("optimizer", self.optimizer, OPTIMIZERS)
         _validation.positive_int("epochs", self.epochs)
         _validation.positive_int("batch_size", self.batch_size)
         _validation.positive_int("steps_per_execution", self.steps_per_execution)
         _validation.choice("jit_compile", self.jit_compile, ("auto", "on", "off"))
-        if not (isinstance(self.learning_rate, (int, float)) and self.learning_rate > 0):
+        _validation.positive_number("learning_rate", self.learning_rate)
+        _validation.rate("momentum", self.momentum)
+        _validation.non_negative_int("seed", self.seed)
+        _validation.boolean("deterministic", self.deterministic)
+        _validation.choice("verbose", self.verbose, (0, 1, 2))
+        for name in ("train_examples", "test_examples"):
+            _validation.positive_int(name, getattr(self, name), allow_none=True)
+        if not isinstance(self.output_dir, (str, os.PathLike)):
             raise ValueError(
-                "`learning_rate` must be a positive number. Received: "
-                f"learning_rate={self.learning_rate!r}"
+                f"`output_dir` must be a path. Received: output_dir={self.output_dir!r}"
             )
-        if not 0 <= self.momentum < 1:
+        if isinstance(self.augment, str):  # "rotate,flip", as on the command line
+            self.augment = tuple(a for a in self.augment.split(",") if a)
+        self.augment = tuple(
+            _validation.choice("augment", a, AUGMENTATIONS) for a in self.augment or ()
+        )
+        if self.image_size is not None:
+            self.image_size = _validation.shape("image_size", self.image_size, ("height", "width"))
+        _check_pairing(self.model, self.dataset, self.dataset in REGRESSION_DATASETS)
+        if self.dataset in REGRESSION_DATASETS and (self.augment or self.image_size):
             raise ValueError(
-                f"`momentum` must be in [0, 1). Received: momentum={self.momentum!r}"
+                "augment and image_size apply to image datasets only; "
+                f"{self.dataset!r} is the paper's regression data. Received: "
+                f"augment={self.augment!r}, image_size={self.image_size!r}"
             )
-        if not isinstance(self.seed, int) or self.seed < 0:
-            raise ValueError(
-                f"`seed` must be a non-negative integer. Received: seed={self.seed!r}"
-            )
+        _validation.boolean("freeze_backbone", self.freeze_backbone)
+        _validation.choice("pooling", self.pooling, POOLINGS)
         if not is_backbone(self.model) and (
             self.weights is not None or self.freeze_backbone or self.pooling != "avg"
         ):
@@ -109,9 +137,7 @@ class TrainConfig:
                 f"Received: weights={self.weights!r}, freeze_backbone="
                 f"{self.freeze_backbone!r}, pooling={self.pooling!r}"
             )
-        self.augment = tuple(self.augment or ())
-        if self.image_size is not None:
-            self.image_size = tuple(self.image_size)
+        self.weights = check_weights(self.weights)
 
     def head_options(self):
         return {
@@ -174,19 +200,22 @@ def _backed_up_epoch(backup_dir):
         return 0
 
 
+def _check_pairing(model, dataset, regression):
+    if model == "regression" and not regression:
+        raise ValueError(
+            f"Model 'regression' needs a regression dataset "
+            f"(table1/...); received dataset={dataset!r}"
+        )
+    if model != "regression" and regression:
+        raise ValueError(
+            f"Dataset {dataset!r} is a regression task; use model='regression'."
+        )
+
+
 def build_model(config, task):
     """The model of `config` for `task` (uncompiled)."""
     options = config.head_options()
-    if config.model == "regression" and task.kind != "regression":
-        raise ValueError(
-            f"Model 'regression' needs a regression dataset "
-            f"(table1/...); received dataset={config.dataset!r}"
-        )
-    if config.model != "regression" and task.kind == "regression":
-        raise ValueError(
-            f"Dataset {config.dataset!r} is a regression task; use "
-            "model='regression'."
-        )
+    _check_pairing(config.model, task.name, task.kind == "regression")
     if is_backbone(config.model):
         return backbone_model(
             config.model,

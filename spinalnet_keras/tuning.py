@@ -67,23 +67,22 @@ class SearchSpace:
 
     def __post_init__(self):
         for name in ("widths", "depths", "splits"):
-            values = tuple(getattr(self, name))
-            if not values:
-                raise ValueError(f"`{name}` must list at least one value.")
-            for v in values:
-                _validation.positive_int(name, v)
-            object.__setattr__(self, name, tuple(sorted(set(int(v) for v in values))))
+            values = _validation.values(name, getattr(self, name), _validation.positive_int)
+            object.__setattr__(self, name, tuple(sorted(set(values))))
         if self.dropouts is not None:
-            object.__setattr__(self, "dropouts", tuple(
-                _validation.rate("dropouts", d) for d in self.dropouts))
+            object.__setattr__(self, "dropouts", _validation.values(
+                "dropouts", self.dropouts, _validation.rate))
         _validation.boolean("batch_norm", self.batch_norm)
         if self.learning_rates is not None:
-            low, high = self.learning_rates
-            if not 0 < low < high:
+            pair = self.learning_rates
+            if (not isinstance(pair, (list, tuple)) or len(pair) != 2
+                    or not all(_validation._is_real(v) for v in pair)
+                    or not 0 < pair[0] < pair[1]):
                 raise ValueError(
                     "`learning_rates` must be (low, high) with 0 < low < high. "
-                    f"Received: learning_rates={self.learning_rates!r}"
+                    f"Received: learning_rates={pair!r}"
                 )
+            object.__setattr__(self, "learning_rates", tuple(float(v) for v in pair))
         if min(self.splits) > max(self.depths):
             raise ValueError(
                 f"No split count in {self.splits} fits a depth in {self.depths}: "
@@ -125,15 +124,28 @@ class SpinalHyperModel(kt.HyperModel):
         from spinalnet_keras.training import OPTIMIZERS, resolve_model_name
 
         self.model = resolve_model_name(model)
-        self.input_shape = tuple(input_shape)
+        if not isinstance(input_shape, (list, tuple)):
+            raise ValueError(
+                "`input_shape` must be a tuple of positive integers. "
+                f"Received: input_shape={input_shape!r}"
+            )
+        self.input_shape = tuple(input_shape)  # its length: the builder checks
         self.num_classes = _validation.positive_int("num_classes", num_classes)
+        if space is not None and not isinstance(space, SearchSpace):
+            raise TypeError(f"`space` must be a SearchSpace. Received: space={space!r}")
         self.space = space or SearchSpace()
         self.optimizer = _validation.choice("optimizer", optimizer, OPTIMIZERS)
-        self.learning_rate = learning_rate
+        self.learning_rate = _validation.positive_number("learning_rate", learning_rate)
         self.loss = loss
         self.metrics = list(metrics)
+        if backbone_options and model in PAPER_MODELS:
+            raise ValueError(
+                f"`backbone_options` apply to keras.applications backbones only; "
+                f"{model!r} is one of the paper's networks. Received: "
+                f"backbone_options={backbone_options!r}"
+            )
         self.backbone_options = dict(backbone_options or {})
-        self.momentum = momentum
+        self.momentum = _validation.rate("momentum", momentum)
         self.steps_per_execution = _validation.positive_int(
             "steps_per_execution", steps_per_execution)
         self.features = self._feature_count()
@@ -249,6 +261,10 @@ def make_tuner(hypermodel, tuner="random", objective="val_accuracy", max_trials=
     """
     check_tuner_available(tuner)
     _validation.positive_int("max_trials", max_trials)
+    _validation.positive_int("executions_per_trial", executions_per_trial)
+    _validation.positive_int("max_consecutive_failed_trials", max_consecutive_failed_trials)
+    _validation.seed("seed", seed)
+    _validation.boolean("overwrite", overwrite)
     common = dict(objective=objective, directory=directory, project_name=project_name,
                   seed=seed, executions_per_trial=executions_per_trial,
                   max_consecutive_failed_trials=max_consecutive_failed_trials,

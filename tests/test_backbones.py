@@ -66,6 +66,7 @@ def test_bad_options():
         (dict(head="wide"), "head='wide'"),
         (dict(widht=3), r"Unknown head option\(s\) \['widht'\]"),
         (dict(weights="/no/such/file.weights.h5"), "no such file"),
+        (dict(weights=5), r"weights=5$"),
         (dict(freeze_backbone="yes"), "freeze_backbone='yes'"),
     ]:
         with pytest.raises(ValueError, match=match):

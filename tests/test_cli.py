@@ -155,6 +155,44 @@ def test_bad_arguments_are_refused(argv, message, capsys):
     assert message in capsys.readouterr().err
 
 
+_REGRESSION = dict(model="regression", dataset="table1/sum")
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(seed=True), "seed=True"),
+    (dict(seed=-1), "seed=-1"),
+    (dict(momentum="0.9"), "momentum='0.9'"),
+    (dict(learning_rate=float("inf")), "learning_rate=inf"),
+    (dict(learning_rate=True), "learning_rate=True"),
+    (dict(verbose=3), r"one of \[0, 1, 2\]. Received: verbose=3"),
+    (dict(train_examples=0), "train_examples=0"),
+    (dict(width=0), "width=0"),
+    (dict(dropout=1.0), "dropout=1.0"),
+    (dict(batch_norm="yes"), "batch_norm='yes'"),
+    (dict(deterministic=1), "deterministic=1"),
+    (dict(output_dir=None), "output_dir=None"),
+    (dict(dataset="mnist3"), "Unknown dataset 'mnist3'"),
+    (dict(model="mnist_cnn", dataset="table1/sum"), "is a regression task"),
+    (dict(model="regression", dataset="mnist"), "needs a regression dataset"),
+    (dict(model="mnist_cnn", dataset="mnist", augment=("blur",)), "augment='blur'"),
+    (dict(model="mnist_cnn", dataset="mnist", image_size=(0, 32)), r"image_size=\(0, 32\)"),
+    (dict(augment=("flip",)), r"image datasets only.*augment=\('flip',\)"),
+    (dict(model="ResNet50", dataset="mnist", pooling="mean"), "pooling='mean'"),
+    (dict(model="ResNet50", dataset="mnist", freeze_backbone="no"), "freeze_backbone='no'"),
+    (dict(model="ResNet50", dataset="mnist", weights="nope.h5"), "weights='nope.h5' .no such"),
+])
+def test_train_config_checks_every_field(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        TrainConfig(**{**_REGRESSION, **kwargs})
+
+
+def test_train_config_normalises_what_it_accepts():
+    config = TrainConfig(model="resnet50", dataset="mnist", augment="rotate,flip",
+                         image_size=[64, 48])
+    assert (config.model, config.augment, config.image_size) == (
+        "ResNet50", ("rotate", "flip"), (64, 48))
+
+
 def test_model_dataset_mismatch_is_a_clear_error(tmp_path, capsys):
     code = main(["train", "--model", "vgg5", "--dataset", "table1/sum", "--output-dir",
                  str(tmp_path / "x"), "--verbose", "0"])

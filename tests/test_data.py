@@ -147,6 +147,20 @@ def test_bad_arguments():
         data.image_pipeline(None, data.DATASETS["mnist"], 4, True, augment=("blur",))
     with pytest.raises(ValueError, match="normalization='z'"):
         data.image_pipeline(None, data.DATASETS["mnist"], 4, True, normalization="z")
+    for kwargs, match in [
+        (dict(normalization="z"), "normalization='z'"),
+        (dict(augment=("blur",)), "augment='blur'"),
+        (dict(channels=2), "channels=2"),
+        (dict(image_size=(32,)), r"image_size=\(32,\)"),
+        (dict(seed=-1), "seed=-1"),
+        (dict(rotation_degrees=0), "rotation_degrees=0"),
+        # options for images are refused on the regression data, not ignored
+        (dict(augment=("flip",)), r"augment: image datasets only.*augment=\('flip',\)"),
+        (dict(channels=3, normalization="none"),
+         r"channels, normalization: image datasets only.*channels=3, normalization='none'"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            load_task("table1/sum", **kwargs)
 
 
 def _digits(n=10):

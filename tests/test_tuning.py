@@ -69,15 +69,44 @@ def test_impossible_combinations_are_never_built(tmp_path):
 
 
 @pytest.mark.parametrize("kwargs,match", [
-    (dict(widths=()), "`widths` must list at least one value"),
+    (dict(widths=()), r"`widths` must be a non-empty list or tuple. Received: widths=\(\)"),
     (dict(depths=(0,)), "depths=0"),
     (dict(splits=(5,), depths=(2, 4)), "splits must be <= depth"),
     (dict(dropouts=(1.5,)), "dropouts=1.5"),
     (dict(learning_rates=(0.1, 0.01)), "0 < low < high"),
+    (dict(learning_rates=(0.1,)), r"0 < low < high. Received: learning_rates=\(0.1,\)"),
+    (dict(widths=8), "non-empty list or tuple. Received: widths=8"),
+    (dict(dropouts=0.2), "dropouts=0.2"),
+    (dict(splits=(1, True)), "splits=True"),
 ])
 def test_bad_search_spaces(kwargs, match):
     with pytest.raises(ValueError, match=match):
         SearchSpace(**kwargs)
+
+
+def test_bad_hypermodel_and_tuner_arguments(tmp_path):
+    for kwargs, match in [
+        (dict(learning_rate=0), "learning_rate=0"),
+        (dict(momentum=1.5), "momentum=1.5"),
+        (dict(backbone_options={"weights": None}), "`backbone_options` apply to keras.applications"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            SpinalHyperModel("regression", (8,), 1, **kwargs)
+    with pytest.raises(ValueError, match="input_shape=8"):
+        SpinalHyperModel("regression", 8, 1)
+    with pytest.raises(TypeError, match=r"space=\{'widths'"):
+        SpinalHyperModel("regression", (8,), 1, space={"widths": (4,)})
+    hm = _hypermodel()
+    for kwargs, match in [
+        (dict(seed="a"), "seed='a'"),
+        (dict(executions_per_trial=0), "executions_per_trial=0"),
+        (dict(max_consecutive_failed_trials=0), "max_consecutive_failed_trials=0"),
+        (dict(overwrite="yes"), "overwrite='yes'"),
+        (dict(max_trials=0), "max_trials=0"),
+        (dict(tuner="grid"), "tuner='grid'"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            make_tuner(hm, directory=tmp_path, **kwargs)
 
 
 def test_tiny_random_search_and_best_model(tmp_path):
