@@ -86,6 +86,15 @@ def positive_number(name, value):
     return float(value)
 
 
+def non_negative_number(name, value):
+    """Return `value` as a float if it is a finite number >= 0, else raise."""
+    if not _is_real(value) or not 0.0 <= float(value) < float("inf"):
+        raise ValueError(
+            f"`{name}` must be a number >= 0. Received: {name}={value!r}"
+        )
+    return float(value)
+
+
 def seed(name, value):
     """Return `value` if it is None or an integer (Keras's seeds), else raise."""
     if value is not None and not _is_int(value):

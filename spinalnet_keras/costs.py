@@ -251,9 +251,9 @@ def cost_report(model_or_layer, input_shape=None):
     Args:
         model_or_layer: a built Sequential or functional `keras.Model`
             (nested models are expanded), or a single layer.
-        input_shape: for a single layer, its input shape including the batch
-            axis, e.g. `(None, 320)`. Builds the layer if needed. Not used
-            for models.
+        input_shape: for a single layer (and only then), its input shape
+            including the batch axis, e.g. `(None, 320)`. Builds the layer
+            if needed; a built layer must accept it.
 
     Returns:
         A `CostReport`; `print(report)` shows a Markdown table, and
@@ -266,6 +266,12 @@ def cost_report(model_or_layer, input_shape=None):
     8480
     """
     if isinstance(model_or_layer, keras.Model):
+        if input_shape is not None:
+            raise ValueError(
+                "`input_shape` is for a single layer; a model's input shape is "
+                f"its own. Received: input_shape={input_shape!r} for model "
+                f"'{model_or_layer.name}'"
+            )
         if not model_or_layer.built:
             raise ValueError(
                 f"Model '{model_or_layer.name}' is not built: give it an "
@@ -286,5 +292,16 @@ def cost_report(model_or_layer, input_shape=None):
     input_shape = tuple(input_shape)
     if not layer.built:
         layer.build(input_shape)
+    # A built layer's weights fix some input dimensions (its input_spec, as
+    # Dense and SpinalDense set it); counting for another shape would give
+    # the numbers of the shape it was built for.
+    specs = layer.input_spec if isinstance(layer.input_spec, list) else [layer.input_spec]
+    fixed = (specs[0].axes or {}) if len(specs) == 1 and specs[0] is not None else {}
+    for axis, dim in fixed.items():
+        if -len(input_shape) <= axis < len(input_shape) and input_shape[axis] not in (None, dim):
+            raise ValueError(
+                f"Layer '{layer.name}' was built for inputs with {dim} on axis "
+                f"{axis}. Received: input_shape={input_shape!r}"
+            )
     out_shape = tuple(layer.compute_output_shape(input_shape))
     return CostReport((_layer_cost(layer, input_shape, out_shape),))

@@ -67,8 +67,22 @@ def with_input_normalization(model, mean, std, name=None):
     """A model that takes raw images in [0, 255] and applies
     `(x / 255 - mean) / std` (the training pipeline's normalisation) before
     `model`, as one `Rescaling` layer."""
-    mean = np.asarray(mean, dtype="float32")
-    std = np.asarray(std, dtype="float32")
+    channels = model.input_shape[-1]
+    stats = {}
+    for key, value in (("mean", mean), ("std", std)):
+        try:
+            array = np.asarray(value, dtype="float32").reshape(-1)
+        except (TypeError, ValueError):
+            array = None
+        if array is None or array.size not in (1, channels) or not np.all(np.isfinite(array)):
+            raise ValueError(
+                f"`{key}` must be one number or one per channel ({channels}). "
+                f"Received: {key}={value!r}"
+            )
+        stats[key] = array
+    mean, std = stats["mean"], stats["std"]
+    if np.any(std <= 0):
+        raise ValueError(f"`std` must be positive. Received: std={std.tolist()!r}")
     inputs = keras.Input(model.input_shape[1:], name="images")
     x = keras.layers.Rescaling(
         scale=(1.0 / (255.0 * std)).tolist(), offset=(-mean / std).tolist(),
@@ -169,12 +183,24 @@ def export_model(
     """
     if not isinstance(model, keras.Model):
         model = load_model_file(model)
-    formats = tuple(formats)
-    if not formats:
-        raise ValueError("`formats` must name at least one of " + ", ".join(FORMATS))
-    for f in formats:
-        _validation.choice("formats", f, FORMATS)
+    if len(model.inputs) != 1 or len(model.outputs) != 1:
+        raise ValueError(
+            "export_model takes a model with one input and one output (the "
+            "serving signature's). Received: model "
+            f"'{model.name}' with {len(model.inputs)} inputs and {len(model.outputs)} outputs"
+        )
+    if isinstance(formats, str):  # "saved_model,onnx", as on the command line
+        formats = [f for f in formats.split(",") if f]
+    if not isinstance(formats, (list, tuple)) or not formats:
+        raise ValueError(
+            f"`formats` must name at least one of {', '.join(FORMATS)}. "
+            f"Received: formats={formats!r}"
+        )
+    formats = tuple(_validation.choice("formats", f, FORMATS) for f in formats)
     version = _validation.positive_int("version", version)
+    _validation.boolean("overwrite", overwrite)
+    _validation.boolean("verify", verify)
+    tolerance = _validation.non_negative_number("tolerance", tolerance)
     name = name or model.name
     if not name or os.sep in name or name.startswith("."):
         raise ValueError(f"`name` must be a plain file name. Received: name={name!r}")
@@ -190,6 +216,14 @@ def export_model(
             shape = (4,) + tuple(model.input_shape[1:])
             sample = np.random.default_rng(0).uniform(0, 255, shape).astype("float32")
         sample = np.asarray(sample, dtype="float32")
+        wanted = tuple(model.input_shape[1:])
+        if sample.ndim != len(wanted) + 1 or any(
+            w is not None and w != d for w, d in zip(wanted, sample.shape[1:])
+        ):
+            raise ValueError(
+                f"`sample` must be a batch of the model's inputs, shape (batch, "
+                f"{', '.join(map(str, wanted))}). Received: shape {sample.shape}"
+            )
         expected = np.asarray(model.predict(sample, verbose=0), dtype="float32")
 
     parent = os.path.dirname(output_dir)

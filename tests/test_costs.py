@@ -29,6 +29,18 @@ def test_single_layer_needs_input_shape():
         cost_report(SpinalDense(10, width=8, depth=6))
     with pytest.raises(TypeError, match="expects a keras.Model"):
         cost_report("dense")
+    # a built layer is counted for the shape it was built for, or refused
+    layer = SpinalDense(10, width=8, depth=6)
+    layer.build((None, 320))
+    with pytest.raises(ValueError, match=r"built for inputs with 320.*input_shape=\(None, 100\)"):
+        cost_report(layer, input_shape=(None, 100))
+    dense = keras.layers.Dense(5)
+    dense.build((None, 7))
+    assert cost_report(dense, input_shape=(None, 7)).multiplications == 35
+    with pytest.raises(ValueError, match=r"input_shape=\(None, 3\)"):
+        cost_report(dense, input_shape=(None, 3))
+    with pytest.raises(ValueError, match="`input_shape` is for a single layer"):
+        cost_report(_fc(SpinalDense(10, width=8, depth=6)), input_shape=(None, 320))
 
 
 def test_rank_3_positions_and_convolutions():

@@ -10,6 +10,7 @@ from spinalnet_keras import backbone_model
 from spinalnet_keras import export_model
 from spinalnet_keras import load_model_file
 from spinalnet_keras import paper_model
+from spinalnet_keras import with_input_normalization
 from spinalnet_keras import export as export_module
 from spinalnet_keras.cli import main
 
@@ -109,6 +110,32 @@ def test_bad_inputs(tmp_path):
         export_model(model, tmp_path / "x", formats=("tflite",))
     with pytest.raises(ValueError, match="name='../up'"):
         export_model(model, tmp_path / "x", name="../up")
+    for kwargs, match in [
+        (dict(formats=()), r"at least one of .*Received: formats=\(\)"),
+        (dict(formats="keras,zip"), "formats='zip'"),
+        (dict(tolerance=-1e-4), "tolerance=-0.0001"),
+        (dict(verify="no"), "verify='no'"),
+        (dict(overwrite=1), "overwrite=1"),
+        (dict(sample=np.zeros((2, 5))), r"shape \(batch, 8\). Received: shape \(2, 5\)"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            export_model(model, tmp_path / "x", **kwargs)
+    two = keras.Input((4,)), keras.Input((4,))
+    joined = keras.Model(two, keras.layers.Dense(2)(keras.layers.Concatenate()(list(two))))
+    with pytest.raises(ValueError, match="one input and one output.*2 inputs and 1 outputs"):
+        export_model(joined, tmp_path / "x")
+    assert not (tmp_path / "x").exists()
+    # formats as on the command line
+    report = export_model(model, tmp_path / "k", formats="keras", name="r")
+    assert list(report["formats"]) == ["keras"] and (tmp_path / "k" / "r.keras").is_file()
+    images = paper_model("mnist_cnn")
+    for kwargs, match in [
+        (dict(mean=(0.5, 0.5), std=1), r"one number or one per channel \(1\). Received: mean=\(0.5, 0.5\)"),
+        (dict(mean=0.1, std=0), r"`std` must be positive"),
+        (dict(mean="a", std=1), "mean='a'"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            with_input_normalization(images, **kwargs)
 
 
 def test_cli_export_with_raw_input(tmp_path, capsys):
