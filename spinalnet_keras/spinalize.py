@@ -21,6 +21,12 @@ def _is_graph_model(model):
     return isinstance(model, keras.Sequential) or hasattr(model, "_nodes_by_depth")
 
 
+_INHERITED = (
+    "kernel_initializer", "bias_initializer", "kernel_regularizer",
+    "bias_regularizer", "activity_regularizer", "kernel_constraint", "bias_constraint",
+)
+
+
 def hidden_dense_layers(model):
     """Names of the `Dense` layers of `model` whose outputs feed other
     layers (not a model output)."""
@@ -49,8 +55,9 @@ def spinalize(model, layers=None, width=None, depth=4, splits=2, **spinal_option
 
     Returns:
         A new model of the same class. Converted layers are `SpinalDense`
-        with the Dense layer's `units`, `use_bias` and, as
-        `output_activation`, its activation; they start from fresh
+        with the Dense layer's `units`, `use_bias`, initializers,
+        regularizers and constraints (unless `spinal_options` set them) and,
+        as `output_activation`, its activation; they start from fresh
         weights. All other layers keep their weights. The input model is
         not changed. Call `compile` on the result.
 
@@ -84,6 +91,11 @@ def spinalize(model, layers=None, width=None, depth=4, splits=2, **spinal_option
     else:
         if isinstance(layers, (str, keras.layers.Layer)):
             layers = [layers]
+        if not layers:
+            raise ValueError(
+                f"`layers` names no layer. Received: layers={layers!r}; hidden "
+                f"Dense layers: {hidden}"
+            )
         selected = []
         names = {layer.name: layer for layer in model.layers}
         for item in layers:
@@ -105,11 +117,20 @@ def spinalize(model, layers=None, width=None, depth=4, splits=2, **spinal_option
                 )
             selected.append(name)
     selected = set(selected)
+    for name in selected:
+        if model.get_layer(name).get_config().get("lora_rank"):
+            raise ValueError(
+                f"Dense layer {name!r} has LoRA enabled; its low-rank update "
+                "has no SpinalDense counterpart. Convert it before enabling LoRA."
+            )
 
     def clone(layer):
         if layer.name not in selected:
             return layer.__class__.from_config(layer.get_config())
         cfg = layer.get_config()
+        # What the Dense layer regularised or constrained stays so, unless
+        # the caller says otherwise.
+        inherited = {k: cfg[k] for k in _INHERITED if cfg.get(k) is not None}
         return SpinalDense(
             cfg["units"],
             width=width or math.ceil(cfg["units"] / depth),
@@ -119,7 +140,7 @@ def spinalize(model, layers=None, width=None, depth=4, splits=2, **spinal_option
             use_bias=cfg["use_bias"],
             name=layer.name,
             dtype=layer.dtype_policy,
-            **spinal_options,
+            **{**inherited, **spinal_options},
         )
 
     new = keras.models.clone_model(model, clone_function=clone)

@@ -50,6 +50,27 @@ def test_functional_selection_keeps_untouched_layers_and_outputs():
     assert np.isfinite(new.train_on_batch(x, np.zeros((3, 2))))
 
 
+def test_regularizers_initializers_and_constraints_carry_over():
+    model = keras.Sequential([
+        keras.Input((10,)),
+        keras.layers.Dense(8, activation="relu", name="h", kernel_regularizer=keras.regularizers.L2(0.5),
+                           bias_initializer=keras.initializers.Constant(0.25),
+                           kernel_constraint=keras.constraints.NonNeg()),
+        keras.layers.Dense(2, name="out")])
+    layer = spinalize(model, depth=2).get_layer("h")
+    assert isinstance(layer.kernel_regularizer, keras.regularizers.L2)
+    assert layer.kernel_regularizer.l2 == pytest.approx(0.5)
+    assert isinstance(layer.kernel_constraint, keras.constraints.NonNeg)
+    bias = [w for w in layer.weights if w.path.endswith("bias")]
+    assert bias and all(np.allclose(w.numpy(), 0.25) for w in bias)
+    # the penalty is in the converted model's losses (one per kernel block)
+    losses = spinalize(model, depth=2).losses
+    assert losses and all(float(v) > 0 for v in losses)
+    # the caller's options win
+    plain = spinalize(model, depth=2, kernel_regularizer=None)
+    assert plain.get_layer("h").kernel_regularizer is None and plain.losses == []
+
+
 def test_errors():
     model = keras.Sequential([keras.Input((5,)), keras.layers.Dense(4, name="h"),
                               keras.layers.ReLU(name="r"), keras.layers.Dense(1, name="out")])
@@ -61,6 +82,11 @@ def test_errors():
         spinalize(model, layers=["r"])
     with pytest.raises(ValueError, match="depth=0"):
         spinalize(model, depth=0)
+    with pytest.raises(ValueError, match=r"`layers` names no layer. Received: layers=\[\]"):
+        spinalize(model, layers=[])
+    model.get_layer("h").enable_lora(2)
+    with pytest.raises(ValueError, match="'h' has LoRA enabled"):
+        spinalize(model)
     only_output = keras.Sequential([keras.Input((5,)), keras.layers.Dense(1)])
     with pytest.raises(ValueError, match="no hidden Dense layer"):
         spinalize(only_output)
