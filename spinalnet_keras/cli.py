@@ -242,6 +242,8 @@ def _export(args):
     from spinalnet_keras.export import export_model, format_report, load_model_file
     from spinalnet_keras.export import with_input_normalization
 
+    if args.dataset is not None and not args.raw_input:
+        raise ValueError("--dataset is used with --raw-input only; add --raw-input or drop it.")
     model = load_model_file(args.model_file)
     if args.raw_input:
         if any(isinstance(l, ImagePreprocessing) for l in model.layers):

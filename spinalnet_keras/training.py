@@ -740,7 +740,15 @@ def compare(config, seeds, datasets=None, strategy=None):
     seeds = list(seeds)
     if not seeds:
         raise ValueError("`seeds` must name at least one seed.")
+    for seed in seeds:
+        _validation.non_negative_int("seeds", seed)
     datasets = list(datasets or [config.dataset])
+    # A repeated seed would be the same run counted twice in the mean.
+    for name, values in (("seeds", seeds), ("datasets", datasets)):
+        if len(set(values)) != len(values):
+            raise ValueError(f"`{name}` must be distinct. Received: {name}={values!r}")
+    for dataset in datasets:  # every run's config is valid before the first one
+        dataclasses.replace(config, dataset=dataset)
     tables = {}
     for dataset in datasets:
         results = []

@@ -193,6 +193,19 @@ def test_train_config_normalises_what_it_accepts():
         "ResNet50", ("rotate", "flip"), (64, 48))
 
 
+def test_compare_refuses_repeated_seeds_and_datasets(tmp_path):
+    from spinalnet_keras.training import compare
+
+    config = TrainConfig(**_REGRESSION, epochs=1, output_dir=str(tmp_path / "c"), verbose=0)
+    with pytest.raises(ValueError, match=r"`seeds` must be distinct. Received: seeds=\[0, 1, 0\]"):
+        compare(config, seeds=[0, 1, 0])
+    with pytest.raises(ValueError, match="`datasets` must be distinct"):
+        compare(config, seeds=[0], datasets=["table1/sum", "table1/sum"])
+    with pytest.raises(ValueError, match="Unknown dataset 'table1/cube'"):
+        compare(config, seeds=[0], datasets=["table1/sum", "table1/cube"])
+    assert not (tmp_path / "c").exists()  # nothing trained
+
+
 def test_model_dataset_mismatch_is_a_clear_error(tmp_path, capsys):
     code = main(["train", "--model", "vgg5", "--dataset", "table1/sum", "--output-dir",
                  str(tmp_path / "x"), "--verbose", "0"])

@@ -158,6 +158,9 @@ def test_cli_export_with_raw_input(tmp_path, capsys):
     assert "No model file" in capsys.readouterr().err
     assert main(["export", str(path), "--output-dir", str(tmp_path / "o2"), "--raw-input"]) == 2
     assert "--raw-input needs the image --dataset" in capsys.readouterr().err
+    assert main(["export", str(path), "--output-dir", str(tmp_path / "o3"), "--dataset",
+                 "mnist"]) == 2
+    assert "--dataset is used with --raw-input only" in capsys.readouterr().err
 
 
 def test_export_without_verification(tmp_path):

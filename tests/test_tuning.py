@@ -104,6 +104,9 @@ def test_bad_hypermodel_and_tuner_arguments(tmp_path):
         (dict(overwrite="yes"), "overwrite='yes'"),
         (dict(max_trials=0), "max_trials=0"),
         (dict(tuner="grid"), "tuner='grid'"),
+        # the regression hypermodel logs loss only: refused before any trial
+        (dict(objective="val_accuracy"), r"\['loss', 'val_loss'\]. Received: objective='val_accuracy'"),
+        (dict(objective="val_loss", project_name="../up"), "project_name='../up'"),
     ]:
         with pytest.raises(ValueError, match=match):
             make_tuner(hm, directory=tmp_path, **kwargs)
@@ -146,7 +149,8 @@ def test_bayesian_without_scikit_learn_is_a_clear_error(monkeypatch, tmp_path, c
     monkeypatch.setitem(sys.modules, "sklearn", None)
     with pytest.raises(ImportError, match=r"pip install 'spinalnet-keras\[bayesian\]'"):
         make_tuner(_hypermodel(), "bayesian", directory=tmp_path)
-    make_tuner(_hypermodel(), "random", directory=tmp_path)  # the others need nothing more
+    make_tuner(_hypermodel(), "random", objective="val_loss",
+               directory=tmp_path)  # the others need nothing more
     code = main(["tune", "--tuner", "bayesian", "--model", "regression",
                  "--dataset", "table1/sum", "--output-dir", str(tmp_path / "cli")])
     assert code == 2
