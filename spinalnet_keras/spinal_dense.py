@@ -218,6 +218,11 @@ class SpinalDense(keras.layers.Layer):
         `(batch_size, ..., units)`, or `(batch_size, ..., depth * width)`
         when `units` is None.
 
+    Masking:
+        A mask over the leading axes (e.g. from `Embedding(mask_zero=True)`)
+        passes through, as for `Dense`; with `batch_norm`, masked positions
+        are left out of the batch statistics.
+
     Example:
 
     >>> model = keras.Sequential([
@@ -284,7 +289,9 @@ class SpinalDense(keras.layers.Layer):
         self.bias_constraint = constraints.get(bias_constraint)
         self.seed = _validation.seed("seed", seed)
         self.input_spec = keras.layers.InputSpec(min_ndim=2)
-        self.supports_masking = False
+        # Like Dense, the layer acts on each position's last axis alone, so a
+        # sequence mask passes through (and keeps padding out of BatchNorm).
+        self.supports_masking = True
 
         # Sub-layers get this layer's dtype policy, or mixed precision breaks.
         self._dropout_layer = (
@@ -452,7 +459,7 @@ class SpinalDense(keras.layers.Layer):
                 pre[i] = piece
         return pre
 
-    def call(self, inputs, training=None):
+    def call(self, inputs, training=None, mask=None):
         parts = _split_last_axis(inputs, self.split_sizes)
         pre = self._split_products(parts, training)
         recurrent = (
@@ -468,7 +475,7 @@ class SpinalDense(keras.layers.Layer):
                     prev = self._dropout_layer(prev, training=True)
                 z = z + ops.matmul(prev, recurrent[i - 1])
             if self.batch_norm:
-                z = self._batch_norms[i](z, training=training)
+                z = self._batch_norms[i](z, training=training, mask=mask)
             prev = self.activation(z)
             outputs.append(prev)
         y = outputs[0] if self.depth == 1 else ops.concatenate(outputs, -1)

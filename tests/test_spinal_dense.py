@@ -1,3 +1,5 @@
+import warnings
+
 import keras
 import numpy as np
 import pytest
@@ -246,6 +248,33 @@ def test_more_splits_than_features():
     layer = SpinalDense(width=4, depth=6, splits=5)
     with pytest.raises(ValueError, match=r"number of input features \(3\).*splits=5"):
         layer.build((None, 3))
+
+
+def test_sequence_mask_passes_through_like_dense():
+    tokens = np.array([[3, 5, 0, 0], [2, 0, 0, 0]])
+    inputs = keras.Input((4,), dtype="int32")
+    hidden = SpinalDense(width=3, depth=2)(keras.layers.Embedding(10, 8, mask_zero=True)(inputs))
+    pooled = keras.layers.GlobalAveragePooling1D()(hidden)
+    model, per_position = keras.Model(inputs, pooled), keras.Model(inputs, hidden)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # Keras warns when a layer destroys a mask
+        y, h = model.predict(tokens, verbose=0), per_position.predict(tokens, verbose=0)
+    np.testing.assert_allclose(y[0], h[0, :2].mean(0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(y[1], h[1, 0], rtol=1e-5, atol=1e-6)
+
+
+def test_batch_norm_leaves_masked_positions_out():
+    layer = SpinalDense(4, width=3, depth=3, batch_norm=True)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2, 5, 6)).astype("float32")
+    mask = np.array([[1, 1, 1, 0, 0], [1, 1, 0, 0, 0]], dtype=bool)
+    padded = np.where(mask[..., None], x, 100 * rng.normal(size=x.shape)).astype("float32")
+    a = keras.ops.convert_to_numpy(layer(x, mask=mask, training=True))
+    b = keras.ops.convert_to_numpy(layer(padded, mask=mask, training=True))
+    np.testing.assert_allclose(a[mask], b[mask], rtol=1e-4, atol=1e-5)
+    # without the mask the padding would move the statistics
+    c = keras.ops.convert_to_numpy(layer(padded, training=True))
+    assert not np.allclose(a[mask], c[mask], atol=1e-2)
 
 
 def test_unknown_last_axis_and_low_rank():
