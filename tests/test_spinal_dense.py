@@ -277,6 +277,18 @@ def test_batch_norm_leaves_masked_positions_out():
     assert not np.allclose(a[mask], c[mask], atol=1e-2)
 
 
+def test_quantize_leaves_the_layer_in_float_with_a_warning():
+    # README says so: no quantize mode of its own; the Dense beside it is quantized.
+    model = keras.Sequential([keras.Input((16,)), keras.layers.Dense(8),
+                              SpinalDense(4, width=3, depth=2)])
+    with pytest.warns(UserWarning, match="SpinalDense does not have a `quantize` method"):
+        model.quantize("int8")
+    dense, spinal = model.layers
+    assert dense.quantization_mode == "int8"
+    assert getattr(spinal, "quantization_mode", None) is None
+    assert all(w.dtype == "float32" for w in spinal.weights)
+
+
 def test_unknown_last_axis_and_low_rank():
     with pytest.raises(ValueError, match="must be known at build time"):
         SpinalDense(width=4, depth=2).build((None, None))
