@@ -10,6 +10,10 @@ def _is_int(value):
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
+def _is_real(value):
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
 def positive_int(name, value, allow_none=False):
     """Return `value` as an int if it is a positive integer, else raise."""
     if value is None and allow_none:
@@ -62,10 +66,6 @@ def rate(name, value):
             f"`{name}` must be a number in [0, 1). Received: {name}={value!r}"
         )
     return float(value)
-
-
-def _is_real(value):
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 def unit_interval(name, value):
