@@ -10,7 +10,8 @@ def _is_int(value):
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
-def _is_real(value):
+def is_real(value):
+    """A real number that is not a bool."""
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
@@ -61,7 +62,7 @@ def shape(name, value, form):
 
 def rate(name, value):
     """Return `value` as a float in [0, 1), else raise."""
-    if not _is_real(value) or not 0.0 <= float(value) < 1.0:
+    if not is_real(value) or not 0.0 <= float(value) < 1.0:
         raise ValueError(
             f"`{name}` must be a number in [0, 1). Received: {name}={value!r}"
         )
@@ -70,7 +71,7 @@ def rate(name, value):
 
 def unit_interval(name, value):
     """Return `value` as a float in [0, 1] (e.g. a momentum), else raise."""
-    if not _is_real(value) or not 0.0 <= float(value) <= 1.0:
+    if not is_real(value) or not 0.0 <= float(value) <= 1.0:
         raise ValueError(
             f"`{name}` must be a number in [0, 1]. Received: {name}={value!r}"
         )
@@ -79,7 +80,7 @@ def unit_interval(name, value):
 
 def positive_number(name, value):
     """Return `value` as a float if it is a finite number > 0, else raise."""
-    if not _is_real(value) or not 0.0 < float(value) < float("inf"):
+    if not is_real(value) or not 0.0 < float(value) < float("inf"):
         raise ValueError(
             f"`{name}` must be a positive number. Received: {name}={value!r}"
         )
@@ -88,7 +89,7 @@ def positive_number(name, value):
 
 def non_negative_number(name, value):
     """Return `value` as a float if it is a finite number >= 0, else raise."""
-    if not _is_real(value) or not 0.0 <= float(value) < float("inf"):
+    if not is_real(value) or not 0.0 <= float(value) < float("inf"):
         raise ValueError(
             f"`{name}` must be a number >= 0. Received: {name}={value!r}"
         )

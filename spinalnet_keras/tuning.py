@@ -77,7 +77,7 @@ class SearchSpace:
         if self.learning_rates is not None:
             pair = self.learning_rates
             if (not isinstance(pair, (list, tuple)) or len(pair) != 2
-                    or not all(_validation._is_real(v) for v in pair)
+                    or not all(_validation.is_real(v) for v in pair)
                     or not 0 < pair[0] < pair[1]):
                 raise ValueError(
                     "`learning_rates` must be (low, high) with 0 < low < high. "
