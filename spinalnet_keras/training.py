@@ -403,6 +403,43 @@ def summarize_history(rows, kind, epochs_of_interest=(100, 200)):
     }
 
 
+# Fields that change how a run is executed or shown, not what it computes:
+# a run may be resumed with other values.
+_EXECUTION_FIELDS = ("output_dir", "data_dir", "manual_dir", "verbose",
+                     "steps_per_execution", "jit_compile", "deterministic")
+
+
+def _check_same_run(out, config):
+    """Refuse to resume or report, in `out`, a run of another config."""
+    path = os.path.join(out, "config.json")
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        stored = json.load(f)
+    current = json.loads(config.to_json())
+    differ = {k: (stored[k], current[k]) for k in stored
+              if k in current and k not in _EXECUTION_FIELDS and stored[k] != current[k]}
+    if differ:
+        raise ValueError(
+            f"{out} holds a run of another configuration ("
+            + ", ".join(f"{k}: {a!r} there, {b!r} here" for k, (a, b) in differ.items())
+            + "). Use another output directory, or delete that one to start afresh."
+        )
+
+
+def _check_task(config, task):
+    if task.name != config.dataset:
+        raise ValueError(
+            f"`task` is {task.name!r} but config.dataset is {config.dataset!r}."
+        )
+    if task.steps_per_epoch != math.ceil(task.train_size / config.batch_size):
+        raise ValueError(
+            f"`task` was loaded with another batch size than config.batch_size="
+            f"{config.batch_size} ({task.steps_per_epoch} steps for "
+            f"{task.train_size} examples)."
+        )
+
+
 def train(config, strategy=None, task=None, callbacks=None):
     """Train one model as `config` says; resumable; returns `result.json`'s dict.
 
@@ -410,11 +447,19 @@ def train(config, strategy=None, task=None, callbacks=None):
         config: a `TrainConfig`.
         strategy: optional `tf.distribute.Strategy`; the model is built,
             compiled and restored inside its scope.
-        task: optional pre-loaded `Task` (its batch size must be
-            `config.batch_size`).
+        task: optional pre-loaded `Task` of `config.dataset`, loaded with
+            `config.batch_size`.
         callbacks: extra Keras callbacks, run after the package's own.
+
+    Raises:
+        ValueError: `config.output_dir` holds a run of another configuration
+            (fields that only change how it runs, such as `verbose` or
+            `steps_per_execution`, may differ), or `task` does not match.
     """
     out = os.path.abspath(config.output_dir)
+    if task is not None:
+        _check_task(config, task)
+    _check_same_run(out, config)
     os.makedirs(out, exist_ok=True)
     result_path = os.path.join(out, "result.json")
     if os.path.exists(result_path):

@@ -1,4 +1,5 @@
 import csv
+import dataclasses
 import json
 import os
 import subprocess
@@ -82,6 +83,28 @@ def test_interrupted_train_resumes_where_it_stopped(tmp_path):
     # a complete run is not trained again
     again = _CountEpochs()
     assert train(config, callbacks=[again])["epochs"] == 5 and again.epochs == []
+
+
+def test_a_folder_holds_one_configuration(tmp_path):
+    from spinalnet_keras.data import load_task
+
+    config = TrainConfig(model="regression", dataset="table1/sum", epochs=1, optimizer="adam",
+                         output_dir=str(tmp_path / "r"), verbose=0)
+    first = train(config)
+    # how the run is shown or executed may change; the stored result comes back
+    again = train(dataclasses.replace(config, verbose=2, steps_per_execution=4))
+    assert again == first
+    # what it computes may not: neither reported as done nor resumed
+    with pytest.raises(ValueError, match=r"another configuration \(width: None there, 10 here, "
+                                         r"epochs: 1 there, 2 here\)"):
+        train(dataclasses.replace(config, epochs=2, width=10))
+    task = load_task("table1/sum", batch_size=32)
+    with pytest.raises(ValueError, match="another batch size than config.batch_size=64"):
+        train(dataclasses.replace(config, output_dir=str(tmp_path / "t")), task=task)
+    with pytest.raises(ValueError, match="`task` is 'table1/sum' but config.dataset is 'table1/prod'"):
+        train(dataclasses.replace(config, dataset="table1/prod", output_dir=str(tmp_path / "t")),
+              task=task)
+    assert not (tmp_path / "t").exists()
 
 
 def test_resume_is_exact_with_several_steps_per_execution(tmp_path):
