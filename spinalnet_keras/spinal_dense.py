@@ -541,7 +541,16 @@ class SpinalDense(keras.layers.Layer):
         if not self.built:
             raise ValueError("Build the layer before setting its weights.")
         w = self.width
-        kernels, biases = weights["kernels"], weights.get("biases")
+        # Everything is checked before anything is assigned, so a bad dict
+        # leaves the layer as it was.
+        keys = {"kernels", "biases"} | ({"output_kernel", "output_bias"} if self.units else set())
+        if not isinstance(weights, dict) or set(weights) != keys:
+            given = sorted(weights) if isinstance(weights, dict) else type(weights).__name__
+            raise ValueError(
+                f"`weights` must be a dict with the keys {sorted(keys)}, as "
+                f"get_sublayer_weights() returns. Received: {given}"
+            )
+        kernels = [np.asarray(k) for k in weights["kernels"]]
         if len(kernels) != self.depth:
             raise ValueError(
                 f"Expected {self.depth} sub-layer kernels, received {len(kernels)}"
@@ -554,6 +563,27 @@ class SpinalDense(keras.layers.Layer):
                     f"Sub-layer kernel {i} must have shape {expected}. "
                     f"Received shape {tuple(k.shape)}"
                 )
+        shapes = {"biases": [(w,)] * self.depth}
+        if self.units:
+            shapes["output_kernel"] = (self.depth * w, self.units)
+            shapes["output_bias"] = (self.units,)
+        for key in ("biases", "output_bias"):
+            if key in shapes and not self.use_bias and weights[key] is not None:
+                raise ValueError(f"`{key}` must be None: this layer has use_bias=False.")
+        received = {
+            "biases": None if weights["biases"] is None
+            else [tuple(np.shape(b)) for b in weights["biases"]],
+            **{k: tuple(np.shape(weights[k])) if weights[k] is not None else None
+               for k in ("output_kernel", "output_bias") if k in shapes},
+        }
+        for key, shape in shapes.items():
+            if key in ("biases", "output_bias") and not self.use_bias:
+                continue
+            if received[key] != shape:
+                wanted = (f"be {self.depth} arrays of shape {(w,)}" if key == "biases"
+                          else f"have shape {shape}")
+                raise ValueError(f"`{key}` must {wanted}. Received: {received[key]}")
+        biases = weights["biases"]
         for j in range(self.splits):
             sub = self._sublayers_of_split(j)
             size = self.split_sizes[j]

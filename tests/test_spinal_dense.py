@@ -305,6 +305,25 @@ def test_set_sublayer_weights_checks_shapes():
     w["kernels"][1] = np.zeros((3, 4))
     with pytest.raises(ValueError, match=r"kernel 1 must have shape \(9, 4\)"):
         layer.set_sublayer_weights(w)
+    good = layer.get_sublayer_weights()
+    before = [v.numpy().copy() for v in layer.weights]
+    for bad, match in [
+        ({"kernels": good["kernels"]}, r"keys \['biases', 'kernels'\].*Received: \['kernels'\]"),
+        ({**good, "output_kernel": None}, r"Received: \['biases', 'kernels', 'output_kernel'\]"),
+        ({**good, "biases": good["biases"][:1]}, r"`biases` must be 2 arrays of shape \(4,\). Received: \[\(4,\)\]"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            layer.set_sublayer_weights(bad)
+    for v, old in zip(layer.weights, before):  # nothing half-assigned
+        np.testing.assert_array_equal(v.numpy(), old)
+    headed = SpinalDense(3, width=2, depth=2, use_bias=False)
+    headed.build((None, 4))
+    weights = headed.get_sublayer_weights()
+    with pytest.raises(ValueError, match=r"`output_kernel` must have shape \(4, 3\)"):
+        headed.set_sublayer_weights({**weights, "output_kernel": np.zeros((3, 4))})
+    with pytest.raises(ValueError, match="`biases` must be None: this layer has use_bias=False"):
+        headed.set_sublayer_weights({**weights, "biases": [np.zeros(2)] * 2})
+    headed.set_sublayer_weights(weights)  # its own weights go back in
 
 
 # -- serialization -----------------------------------------------------------
