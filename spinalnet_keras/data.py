@@ -124,6 +124,7 @@ def regression_data(target, num_samples=1000, seed=0, noise=0.2):
     targets = _regression_targets()
     _validation.choice("target", target, tuple(targets))
     num_samples = _validation.positive_int("num_samples", num_samples)
+    noise = _validation.non_negative_number("noise", noise)
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((num_samples, 8))
     y = targets[target](x) + noise * rng.random(num_samples)

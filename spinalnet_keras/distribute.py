@@ -166,9 +166,19 @@ def multi_worker_fit(
         classifiers) to one value per epoch of this session, reduced over
         all workers.
     """
-    strategy = strategy or tf.distribute.MultiWorkerMirroredStrategy()
+    if not callable(build_and_compile):
+        raise TypeError(
+            "`build_and_compile` must be a function returning a compiled model. "
+            f"Received: {build_and_compile!r}"
+        )
+    if not isinstance(dataset, tf.data.Dataset):
+        raise TypeError(f"`dataset` must be a tf.data.Dataset. Received: {type(dataset).__name__}")
     epochs = _validation.positive_int("epochs", epochs)
     global_batch_size = _validation.positive_int("global_batch_size", global_batch_size)
+    steps_per_epoch = _validation.positive_int("steps_per_epoch", steps_per_epoch, allow_none=True)
+    # Made before any tensor: collectives are configured at start-up.
+    strategy = strategy or tf.distribute.MultiWorkerMirroredStrategy()
+    _check_global_batch(dataset, global_batch_size)
     _, index, is_chief, _ = worker_info()
     with strategy.scope():
         model = build_and_compile()
@@ -252,6 +262,20 @@ def multi_worker_fit(
     if not is_chief:
         shutil.rmtree(write_dir, ignore_errors=True)
     return model, history
+
+
+def _check_global_batch(dataset, global_batch_size):
+    # The loss is averaged over `global_batch_size`; batches of another size
+    # would scale every gradient by the wrong factor, without an error.
+    size = int(tf.shape(tf.nest.flatten(next(iter(dataset)))[0])[0])
+    # A smaller first batch is the whole data when there is one batch (or
+    # when tf.data cannot tell how many there are).
+    one_batch = int(dataset.cardinality()) in (1, int(tf.data.UNKNOWN_CARDINALITY))
+    if size > global_batch_size or (size < global_batch_size and not one_batch):
+        raise ValueError(
+            f"`dataset` yields batches of {size}, but global_batch_size="
+            f"{global_batch_size}; batch the dataset with the global batch size."
+        )
 
 
 def weights_digest(model):

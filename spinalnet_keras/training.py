@@ -269,8 +269,10 @@ def steps_per_execution_for(requested, steps_per_epoch):
     what was asked, where 67 is nearer. (On 2 CPU cores 14 and 67 train an
     MNIST epoch equally fast within the noise, benchmarks/RESULTS.md.)
     """
-    if not steps_per_epoch:
+    requested = _validation.positive_int("steps_per_execution", requested)
+    if steps_per_epoch is None:
         return requested
+    steps_per_epoch = _validation.positive_int("steps_per_epoch", steps_per_epoch)
     divisors = [d for d in range(1, steps_per_epoch + 1) if steps_per_epoch % d == 0]
     return min(divisors, key=lambda d: abs(math.log(d / requested)))
 
@@ -313,6 +315,11 @@ def build_training_state(model, data):
         data: the `tf.data.Dataset` of `(inputs, targets)` batches that
             `fit` will read, or its `element_spec`.
     """
+    if getattr(model, "optimizer", None) is None:
+        raise ValueError(
+            f"Compile model '{model.name}' before build_training_state: its "
+            "optimizer and metrics are what it builds."
+        )
     spec = getattr(data, "element_spec", data)
     # Keras's own pre-trace build; a Keras without it keeps its deferral.
     build = getattr(model, "_symbolic_build", None)

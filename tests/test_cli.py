@@ -116,6 +116,9 @@ def test_resume_is_exact_with_several_steps_per_execution(tmp_path):
     assert steps_per_execution_for(4, 16) == 4 and steps_per_execution_for(4, 8 * 9) == 4
     assert steps_per_execution_for(6, 16) == 8 and steps_per_execution_for(3, 8) == 4
     assert steps_per_execution_for(32, None) == 32
+    for args, match in [((0, 10), "steps_per_execution=0"), ((4, 0), "steps_per_epoch=0")]:
+        with pytest.raises(ValueError, match=match):
+            steps_per_execution_for(*args)
     # (op determinism is process-wide and cannot be switched off again, so
     # this test relies on these CPU ops being deterministic; the SIGKILL
     # test in test_distribute.py runs --deterministic in its own process)
@@ -313,6 +316,12 @@ def test_build_training_state_gives_one_trace_of_the_training_step():
     model.train_step = counting_step
     model.fit(ds, epochs=2, verbose=0, shuffle=False)
     assert len(traces) == 1
+
+
+def test_build_training_state_needs_a_compiled_model():
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    with pytest.raises(ValueError, match="Compile model 'sequential.*' before build_training_state"):
+        build_training_state(model, None)
 
 
 def test_train_builds_the_training_state_before_fit(tmp_path):

@@ -14,6 +14,11 @@ from spinalnet_keras.data import regression_data
 MNIST_TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
 
 
+def test_regression_data_refuses_negative_noise():
+    with pytest.raises(ValueError, match="noise=-0.2"):
+        data.regression_data("sum", noise=-0.2)
+
+
 def test_regression_data_follows_the_paper():
     x, y = regression_data("prod", seed=3)
     assert x.shape == (1000, 8) and y.shape == (1000, 1)

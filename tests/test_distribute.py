@@ -117,6 +117,31 @@ def test_supported_steps_per_execution_in_process():
         distribute.supported_steps_per_execution(0)
 
 
+def test_multi_worker_fit_checks_its_arguments(tmp_path):
+    def build():
+        model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+        model.compile("sgd", "sparse_categorical_crossentropy")
+        return model
+
+    data = tf.data.Dataset.from_tensor_slices((np.zeros((8, 4), "float32"), np.zeros(8, "int32")))
+    default = tf.distribute.get_strategy()
+    for args, kwargs, error, match in [
+        ((5, data.batch(4), 1, 4), {}, TypeError, "`build_and_compile` must be a function"),
+        ((build, [1, 2], 1, 4), {}, TypeError, "must be a tf.data.Dataset. Received: list"),
+        ((build, data.batch(4), 1, 4), dict(steps_per_epoch=0), ValueError, "steps_per_epoch=0"),
+        # batches of 4 averaged as if of 8 would halve every gradient
+        ((build, data.batch(4), 1, 8), {}, ValueError, "batches of 4, but global_batch_size=8"),
+        ((build, data.batch(8), 1, 4), {}, ValueError, "batches of 8, but global_batch_size=4"),
+    ]:
+        with pytest.raises(error, match=match):
+            distribute.multi_worker_fit(*args, str(tmp_path / "ckpt"), strategy=default,
+                                        verbose=0, **kwargs)
+    # one batch smaller than the global batch is all the data: accepted
+    _, history = distribute.multi_worker_fit(build, data.batch(16), 1, 16, str(tmp_path / "one"),
+                                             strategy=default, verbose=0)
+    assert len(history["loss"]) == 1
+
+
 def test_custom_loop_matches_fit(tmp_path):
     single = _job("single", tmp_path / "single.json")
     loop = _job("loop_mirrored", tmp_path / "loop.json")
