@@ -37,10 +37,10 @@ def non_negative_int(name, value):
 
 def values(name, value, check):
     """Return the tuple of `value`'s items, each passed through
-    `check(name, item)`; `value` must be a non-empty list or tuple."""
-    if not isinstance(value, (list, tuple)) or not value:
+    `check(name, item)`; `value` must be a non-empty list, tuple or range."""
+    if not isinstance(value, (list, tuple, range)) or not value:
         raise ValueError(
-            f"`{name}` must be a non-empty list or tuple. Received: {name}={value!r}"
+            f"`{name}` must be a non-empty list, tuple or range. Received: {name}={value!r}"
         )
     return tuple(check(name, v) for v in value)
 

@@ -434,6 +434,24 @@ def _check_same_run(out, config):
         )
 
 
+def _check_strategy(strategy):
+    import tensorflow as tf
+
+    if strategy is not None and not isinstance(strategy, tf.distribute.Strategy):
+        raise TypeError(
+            "`strategy` must be a tf.distribute.Strategy or None, e.g. "
+            f"get_strategy('mirrored'). Received: strategy={strategy!r}"
+        )
+
+
+def _check_callback(name, callback):
+    if not isinstance(callback, keras.callbacks.Callback):
+        raise TypeError(
+            f"`{name}` must be a list of keras.callbacks.Callback. Received: {callback!r}"
+        )
+    return callback
+
+
 def _check_task(config, task):
     if task.name != config.dataset:
         raise ValueError(
@@ -463,6 +481,11 @@ def train(config, strategy=None, task=None, callbacks=None):
             (fields that only change how it runs, such as `verbose` or
             `steps_per_execution`, may differ), or `task` does not match.
     """
+    if not isinstance(config, TrainConfig):
+        raise TypeError(f"`config` must be a TrainConfig. Received: {type(config).__name__}")
+    _check_strategy(strategy)
+    callbacks = list(_validation.values("callbacks", callbacks, _check_callback)
+                     if callbacks else ())
     out = os.path.abspath(config.output_dir)
     if task is not None:
         _check_task(config, task)
@@ -789,12 +812,11 @@ def compare(config, seeds, datasets=None, strategy=None):
         are resumed or skipped when complete. The table is also written as
         `comparison<_options>.md/.csv/.png` in `output_dir`.
     """
-    seeds = list(seeds)
-    if not seeds:
-        raise ValueError("`seeds` must name at least one seed.")
-    for seed in seeds:
-        _validation.non_negative_int("seeds", seed)
+    seeds = list(_validation.values("seeds", seeds, _validation.non_negative_int))
+    if isinstance(datasets, str):
+        datasets = [datasets]
     datasets = list(datasets or [config.dataset])
+    _check_strategy(strategy)
     # A repeated seed would be the same run counted twice in the mean.
     for name, values in (("seeds", seeds), ("datasets", datasets)):
         if len(set(values)) != len(values):

@@ -229,7 +229,24 @@ def test_compare_refuses_repeated_seeds_and_datasets(tmp_path):
         compare(config, seeds=[0], datasets=["table1/sum", "table1/sum"])
     with pytest.raises(ValueError, match="Unknown dataset 'table1/cube'"):
         compare(config, seeds=[0], datasets=["table1/sum", "table1/cube"])
+    with pytest.raises(ValueError, match="non-empty list, tuple or range. Received: seeds=0"):
+        compare(config, seeds=0)
+    with pytest.raises(TypeError, match="get_strategy.*Received: strategy='mirrored'"):
+        compare(config, seeds=range(2), strategy="mirrored")
     assert not (tmp_path / "c").exists()  # nothing trained
+
+
+def test_train_checks_config_strategy_and_callbacks_before_writing(tmp_path):
+    config = TrainConfig(**_REGRESSION, epochs=1, output_dir=str(tmp_path / "t"), verbose=0)
+    with pytest.raises(TypeError, match="`config` must be a TrainConfig. Received: dict"):
+        train({"model": "regression"})
+    with pytest.raises(TypeError, match="Received: strategy='mirrored'"):
+        train(config, strategy="mirrored")
+    with pytest.raises(ValueError, match="`callbacks` must be a non-empty list"):
+        train(config, callbacks=keras.callbacks.History())
+    with pytest.raises(TypeError, match="list of keras.callbacks.Callback. Received: 'csv'"):
+        train(config, callbacks=["csv"])
+    assert not (tmp_path / "t").exists()
 
 
 def test_model_dataset_mismatch_is_a_clear_error(tmp_path, capsys):

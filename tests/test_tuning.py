@@ -69,13 +69,13 @@ def test_impossible_combinations_are_never_built(tmp_path):
 
 
 @pytest.mark.parametrize("kwargs,match", [
-    (dict(widths=()), r"`widths` must be a non-empty list or tuple. Received: widths=\(\)"),
+    (dict(widths=()), r"`widths` must be a non-empty list, tuple or range. Received: widths=\(\)"),
     (dict(depths=(0,)), "depths=0"),
     (dict(splits=(5,), depths=(2, 4)), "splits must be <= depth"),
     (dict(dropouts=(1.5,)), "dropouts=1.5"),
     (dict(learning_rates=(0.1, 0.01)), "0 < low < high"),
     (dict(learning_rates=(0.1,)), r"0 < low < high. Received: learning_rates=\(0.1,\)"),
-    (dict(widths=8), "non-empty list or tuple. Received: widths=8"),
+    (dict(widths=8), "non-empty list, tuple or range. Received: widths=8"),
     (dict(dropouts=0.2), "dropouts=0.2"),
     (dict(splits=(1, True)), "splits=True"),
 ])
