@@ -1,6 +1,7 @@
 """Argument checks shared by the package; errors quote the received value."""
 
 import numbers
+import os
 
 IMAGE_DIMS = ("height", "width", "channels")
 
@@ -111,6 +112,17 @@ def boolean(name, value, allow_none=False):
     if not isinstance(value, bool):
         raise ValueError(
             f"`{name}` must be True or False. Received: {name}={value!r}"
+        )
+    return value
+
+
+def plain_name(name, value):
+    """Return `value` if it names one file or folder (no path separator, not
+    hidden, not empty), else raise."""
+    if (not isinstance(value, str) or not value or value.startswith(".")
+            or "/" in value or os.sep in value):
+        raise ValueError(
+            f"`{name}` must be a plain file or folder name. Received: {name}={value!r}"
         )
     return value
 

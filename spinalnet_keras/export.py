@@ -201,9 +201,7 @@ def export_model(
     _validation.boolean("overwrite", overwrite)
     _validation.boolean("verify", verify)
     tolerance = _validation.non_negative_number("tolerance", tolerance)
-    name = name or model.name
-    if not name or os.sep in name or name.startswith("."):
-        raise ValueError(f"`name` must be a plain file name. Received: name={name!r}")
+    name = _validation.plain_name("name", name or model.name)
     output_dir = os.path.abspath(os.fspath(output_dir))
     if os.path.exists(output_dir) and not overwrite:
         raise FileExistsError(

@@ -20,7 +20,6 @@ chief and on workers with `KERASTUNER_TUNER_ID` (`chief`, `tuner0`, ...),
 
 import dataclasses
 import math
-import os
 
 import keras
 import keras_tuner as kt
@@ -266,11 +265,7 @@ def make_tuner(hypermodel, tuner="random", objective="val_accuracy", max_trials=
     _validation.positive_int("max_consecutive_failed_trials", max_consecutive_failed_trials)
     _validation.seed("seed", seed)
     _validation.boolean("overwrite", overwrite)
-    if not project_name or not isinstance(project_name, str) or "/" in project_name \
-            or os.sep in project_name or project_name.startswith("."):
-        raise ValueError(
-            f"`project_name` must be a plain folder name. Received: project_name={project_name!r}"
-        )
+    _validation.plain_name("project_name", project_name)
     if isinstance(objective, str) and isinstance(hypermodel, SpinalHyperModel):
         # A misspelt objective would fail only after the first trial trained.
         logged = ["loss"] + [m if isinstance(m, str) else m.name for m in hypermodel.metrics]
