@@ -462,10 +462,37 @@ def _epoch_orders(count, seed, epoch_range, batch_size=None):
 
 
 def _validate_augment(augment):
-    augment = tuple(augment or ())
-    for item in augment:
-        _validation.choice("augment", item, AUGMENTATIONS)
-    return augment
+    if isinstance(augment, str):  # "rotate,flip", as on the command line
+        augment = [a for a in augment.split(",") if a]
+    return tuple(_validation.choice("augment", a, AUGMENTATIONS) for a in augment or ())
+
+
+def check_options(name, normalization="paper", image_size=None, channels=None,
+                  augment=(), rotation_degrees=10.0):
+    """Check `load_task`'s data options for dataset `name`, before anything
+    is read; return `(image_size, augment)` as tuples. Options for images
+    are refused on the regression data rather than ignored."""
+    if name not in DATASETS and name not in REGRESSION_DATASETS:
+        raise ValueError(f"Unknown dataset {name!r}. Available: {dataset_names()}")
+    _validation.choice("normalization", normalization, NORMALIZATIONS)
+    augment = _validate_augment(augment)
+    _validation.positive_number("rotation_degrees", rotation_degrees)
+    if image_size is not None:
+        image_size = _validation.shape("image_size", image_size, ("height", "width"))
+    if channels not in (None, 1, 3):
+        raise ValueError(f"`channels` must be None, 1 or 3. Received: channels={channels!r}")
+    if name in REGRESSION_DATASETS:
+        given = {k: v for k, v in (("image_size", image_size), ("channels", channels),
+                                   ("augment", augment)) if v}
+        if normalization != "paper":
+            given["normalization"] = normalization
+        if given:
+            raise ValueError(
+                f"{', '.join(given)}: image datasets only; {name!r} is the paper's "
+                f"regression data. Received: "
+                + ", ".join(f"{k}={v!r}" for k, v in given.items())
+            )
+    return image_size, augment
 
 
 def image_pipeline(
@@ -634,23 +661,10 @@ def load_task(
             )
         epoch_range = (initial_epoch, epochs)
     seed = _validation.non_negative_int("seed", seed)
-    _validation.choice("normalization", normalization, NORMALIZATIONS)
-    augment = _validate_augment(augment)
-    _validation.positive_number("rotation_degrees", rotation_degrees)
-    if image_size is not None:
-        image_size = _validation.shape("image_size", image_size, ("height", "width"))
-    if channels not in (None, 1, 3):
-        raise ValueError(f"`channels` must be None, 1 or 3. Received: channels={channels!r}")
+    image_size, augment = check_options(
+        name, normalization, image_size, channels, augment, rotation_degrees
+    )
     if name in REGRESSION_DATASETS:
-        images_only = {"image_size": image_size, "channels": channels, "augment": augment}
-        given = {k: v for k, v in images_only.items() if v}
-        if given or normalization != "paper":
-            given.update({"normalization": normalization} if normalization != "paper" else {})
-            raise ValueError(
-                f"{', '.join(given)}: image datasets only; {name!r} is the paper's "
-                f"regression data. Received: "
-                + ", ".join(f"{k}={v!r}" for k, v in given.items())
-            )
         target = name.split("/", 1)[1]
         x, y = regression_data(target, num_samples=train_examples or 1000, seed=seed)
         xt, yt = regression_data(
@@ -667,10 +681,6 @@ def load_task(
         test = tf.data.Dataset.from_tensor_slices((xt, yt)).batch(batch_size)
         return Task(name, "regression", train, test, (8,), 1, len(x), len(xt),
                     math.ceil(len(x) / batch_size))
-    if name not in DATASETS:
-        raise ValueError(
-            f"Unknown dataset {name!r}. Available: {dataset_names()}"
-        )
     builder = prepare(name, data_dir=data_dir, manual_dir=manual_dir)
     spec = DATASETS[name]
     info = builder.info

@@ -81,7 +81,7 @@ class TrainConfig:
         # Everything is checked here, before any data is loaded or any
         # directory written.
         from spinalnet_keras.backbones import POOLINGS, check_weights
-        from spinalnet_keras.data import AUGMENTATIONS, REGRESSION_DATASETS, dataset_names
+        from spinalnet_keras.data import REGRESSION_DATASETS, check_options
 
         self.model = resolve_model_name(self.model)
         _validation.choice("head", self.head, ("dense", "spinal"))
@@ -92,10 +92,10 @@ class TrainConfig:
         _validation.boolean("batch_norm", self.batch_norm, allow_none=True)
         if self.head == "dense":
             Head("dense", **{k: getattr(self, k) for k in ("width", "depth", "splits")})
-        if self.dataset not in dataset_names():
-            raise ValueError(
-                f"Unknown dataset {self.dataset!r}. Available: {dataset_names()}"
-            )
+        # The data options, as load_task will check them.
+        self.image_size, self.augment = check_options(
+            self.dataset, image_size=self.image_size, augment=self.augment
+        )
         _validation.choice("optimizer", self.optimizer, OPTIMIZERS)
         _validation.positive_int("epochs", self.epochs)
         _validation.positive_int("batch_size", self.batch_size)
@@ -112,20 +112,7 @@ class TrainConfig:
             raise ValueError(
                 f"`output_dir` must be a path. Received: output_dir={self.output_dir!r}"
             )
-        if isinstance(self.augment, str):  # "rotate,flip", as on the command line
-            self.augment = tuple(a for a in self.augment.split(",") if a)
-        self.augment = tuple(
-            _validation.choice("augment", a, AUGMENTATIONS) for a in self.augment or ()
-        )
-        if self.image_size is not None:
-            self.image_size = _validation.shape("image_size", self.image_size, ("height", "width"))
         _check_pairing(self.model, self.dataset, self.dataset in REGRESSION_DATASETS)
-        if self.dataset in REGRESSION_DATASETS and (self.augment or self.image_size):
-            raise ValueError(
-                "augment and image_size apply to image datasets only; "
-                f"{self.dataset!r} is the paper's regression data. Received: "
-                f"augment={self.augment!r}, image_size={self.image_size!r}"
-            )
         _validation.boolean("freeze_backbone", self.freeze_backbone)
         _validation.choice("pooling", self.pooling, POOLINGS)
         if not is_backbone(self.model) and (
