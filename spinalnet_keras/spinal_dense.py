@@ -563,26 +563,26 @@ class SpinalDense(keras.layers.Layer):
                     f"Sub-layer kernel {i} must have shape {expected}. "
                     f"Received shape {tuple(k.shape)}"
                 )
-        shapes = {"biases": [(w,)] * self.depth}
+        # Expected shapes; None where the layer has no such weights.
+        expected = {"biases": [(w,)] * self.depth if self.use_bias else None}
         if self.units:
-            shapes["output_kernel"] = (self.depth * w, self.units)
-            shapes["output_bias"] = (self.units,)
-        for key in ("biases", "output_bias"):
-            if key in shapes and not self.use_bias and weights[key] is not None:
-                raise ValueError(f"`{key}` must be None: this layer has use_bias=False.")
-        received = {
-            "biases": None if weights["biases"] is None
-            else [tuple(np.shape(b)) for b in weights["biases"]],
-            **{k: tuple(np.shape(weights[k])) if weights[k] is not None else None
-               for k in ("output_kernel", "output_bias") if k in shapes},
-        }
-        for key, shape in shapes.items():
-            if key in ("biases", "output_bias") and not self.use_bias:
+            expected["output_kernel"] = (self.depth * w, self.units)
+            expected["output_bias"] = (self.units,) if self.use_bias else None
+        for key, shape in expected.items():
+            value = weights[key]
+            if value is None:
+                got = None
+            elif key == "biases":
+                got = [tuple(np.shape(b)) for b in value]
+            else:
+                got = tuple(np.shape(value))
+            if got == shape:
                 continue
-            if received[key] != shape:
-                wanted = (f"be {self.depth} arrays of shape {(w,)}" if key == "biases"
-                          else f"have shape {shape}")
-                raise ValueError(f"`{key}` must {wanted}. Received: {received[key]}")
+            if shape is None:
+                raise ValueError(f"`{key}` must be None: this layer has use_bias=False.")
+            wanted = (f"be {self.depth} arrays of shape {(w,)}" if key == "biases"
+                      else f"have shape {shape}")
+            raise ValueError(f"`{key}` must {wanted}. Received: {got}")
         biases = weights["biases"]
         for j in range(self.splits):
             sub = self._sublayers_of_split(j)
