@@ -12,6 +12,7 @@ import keras
 from spinalnet_keras import _validation
 from spinalnet_keras.spinal_dense import SpinalDense
 from spinalnet_keras.spinal_dense import _get_activation
+from spinalnet_keras.spinal_dense import check_sizes
 
 HEAD_KINDS = ("dense", "spinal")
 # Fields that only one kind of head reads, with their defaults.
@@ -80,23 +81,13 @@ class Head:
         if self.kind == "dense":
             self._check_dense()
         else:
-            self._check_spinal()
+            check_sizes(self.width, self.depth, self.splits)
         for name in ("dropout", "output_dropout"):
             _validation.rate(name, getattr(self, name))
         _validation.boolean("batch_norm", self.batch_norm)
         _validation.unit_interval("batch_norm_momentum", self.batch_norm_momentum)
         _validation.positive_number("batch_norm_epsilon", self.batch_norm_epsilon)
         _get_activation("activation", self.activation)  # fail here, not at build
-
-    def _check_spinal(self):
-        _validation.positive_int("width", self.width)
-        _validation.positive_int("depth", self.depth)
-        _validation.positive_int("splits", self.splits)
-        if self.splits > self.depth:
-            raise ValueError(
-                "`splits` must be between 1 and `depth`. Received: "
-                f"splits={self.splits!r}, depth={self.depth!r}"
-            )
 
     def _check_dense(self):
         units = self.hidden_units

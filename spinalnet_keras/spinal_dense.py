@@ -15,6 +15,22 @@ from spinalnet_keras import _validation
 PACKAGE = "spinalnet_keras"
 
 
+def check_sizes(width, depth, splits):
+    """Return `(width, depth, splits)` as ints if they make a spinal block
+    (positive, splits at most depth), else raise naming the value."""
+    width = _validation.positive_int("width", width)
+    depth = _validation.positive_int("depth", depth)
+    splits = _validation.positive_int("splits", splits)
+    if splits > depth:
+        raise ValueError(
+            "`splits` must be between 1 and `depth`: sub-layer i reads "
+            "split i mod splits, so with more splits than sub-layers some "
+            f"input features would never be read. Received: "
+            f"splits={splits!r}, depth={depth!r}"
+        )
+    return width, depth, splits
+
+
 def split_sizes(features, splits):
     """Sizes of `splits` consecutive parts of `features`, differing by <= 1.
 
@@ -258,16 +274,7 @@ class SpinalDense(keras.layers.Layer):
     ):
         super().__init__(activity_regularizer=activity_regularizer, **kwargs)
         self.units = _validation.positive_int("units", units, allow_none=True)
-        self.width = _validation.positive_int("width", width)
-        self.depth = _validation.positive_int("depth", depth)
-        self.splits = _validation.positive_int("splits", splits)
-        if self.splits > self.depth:
-            raise ValueError(
-                "`splits` must be between 1 and `depth`: sub-layer i reads "
-                "split i mod splits, so with more splits than sub-layers some "
-                f"input features would never be read. Received: "
-                f"splits={splits!r}, depth={depth!r}"
-            )
+        self.width, self.depth, self.splits = check_sizes(width, depth, splits)
         self.activation = _get_activation("activation", activation)
         self.output_activation = _get_activation(
             "output_activation", output_activation
