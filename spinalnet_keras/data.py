@@ -632,7 +632,10 @@ def load_task(
         image_size: `(height, width)` to resize to, or None.
         channels: 3 converts grayscale images to RGB (backbones).
         augment: any of `"rotate"` (by `rotation_degrees`),
-            `"perspective"`, `"crop"` (random resized crop), `"flip"`.
+            `"perspective"`, `"crop"` (random resized crop), `"flip"`, as a
+            list or a comma list such as `"rotate,flip"`. Image options
+            (`image_size`, `channels`, `augment`, a `normalization` other
+            than `"paper"`) are refused for the `table1/*` data.
         data_dir: tfds data directory.
         manual_dir: folder with the dataset's original files (offline).
         train_examples, test_examples: keep only the first N examples

@@ -164,7 +164,8 @@ def export_model(
         model: a Keras model, or the path of a `.keras` file.
         output_dir: the export directory to create.
         name: model name in the layout (default: the model's name).
-        formats: any of `"saved_model"`, `"keras"`, `"onnx"`.
+        formats: any of `"saved_model"`, `"keras"`, `"onnx"`, as a list or
+            a comma list such as `"saved_model,keras"`.
         overwrite: replace an existing `output_dir`.
         verify: check every format's outputs against the in-memory model
             (SavedModel and ONNX in a fresh process without this package).

@@ -787,9 +787,9 @@ def compare(config, seeds, datasets=None, strategy=None):
     Args:
         config: a `TrainConfig` (its `head` and `seed` are overridden; its
             head options apply to the spinal variant only).
-        seeds: list of non-negative ints.
-        datasets: optional list of dataset names (default `[config.dataset]`),
-            one table each.
+        seeds: distinct non-negative ints (a list, tuple or range).
+        datasets: optional dataset name or list of distinct names (default
+            `[config.dataset]`), one table each.
         strategy: optional `tf.distribute.Strategy`.
 
     Returns:
