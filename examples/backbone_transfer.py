@@ -27,19 +27,25 @@ parser.add_argument("--weights", default=None, help="None, imagenet or a weights
 parser.add_argument("--steps", type=int, default=3)
 args = parser.parse_args()
 
-weights = args.weights
-if weights is None:
+
+def build(weights):
+    return backbone_model(
+        args.backbone, (args.size, args.size, 3), args.classes,
+        head="spinal", width=64, depth=4, dropout=0.5, batch_norm=True,
+        pooling="flatten", weights=weights,
+    )
+
+
+if args.weights is None:
     # Offline stand-in for pretrained weights: save a backbone's weights and
     # start from that file, exactly as you would from a downloaded one.
     source = backbone_model(args.backbone, (args.size, args.size, 3), args.classes).get_layer("backbone")
-    weights = os.path.join(tempfile.mkdtemp(), "backbone.weights.h5")
-    source.save_weights(weights)
-
-model = backbone_model(
-    args.backbone, (args.size, args.size, 3), args.classes,
-    head="spinal", width=64, depth=4, dropout=0.5, batch_norm=True,
-    pooling="flatten", weights=weights,
-)
+    with tempfile.TemporaryDirectory() as folder:
+        weights = os.path.join(folder, "backbone.weights.h5")
+        source.save_weights(weights)
+        model = build(weights)
+else:
+    model = build(args.weights)
 model.compile(keras.optimizers.Adam(1e-4), "sparse_categorical_crossentropy", metrics=["accuracy"])
 images = np.random.default_rng(0).uniform(0, 255, (8, args.size, args.size, 3)).astype("float32")
 labels = np.arange(8) % args.classes

@@ -6,12 +6,11 @@ nothing beyond the package's own dependencies), prints their accuracy and
 costs, then saves and reloads the spinal model.
 
     python examples/quickstart.py            # a few seconds
-    python examples/quickstart.py --epochs 2
+    python examples/quickstart.py --epochs 2 --model-file /tmp/spinal.keras
 """
 
 import argparse
 import os
-import tempfile
 
 import keras
 import numpy as np
@@ -21,6 +20,8 @@ from spinalnet_keras import cost_report
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--epochs", type=int, default=30)
+parser.add_argument("--model-file", default="runs/quickstart/spinal.keras",
+                    help="where the spinal model is saved (a .keras file)")
 args = parser.parse_args()
 
 keras.utils.set_random_seed(0)
@@ -54,7 +55,8 @@ for name, model in [("dense", dense), ("spinal", spinal), ("functional spinal", 
     print(f"{name:18s} test accuracy {acc:.3f}  params {report.trainable_params:6,}  "
           f"multiplications {report.multiplications:6,}")
 
-path = os.path.join(tempfile.mkdtemp(), "spinal.keras")
+path = args.model_file
+os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
 spinal.save(path)
 reloaded = keras.saving.load_model(path)  # safe_mode=True, no custom_objects
 same = np.array_equal(spinal.predict(x_test, verbose=0), reloaded.predict(x_test, verbose=0))

@@ -27,7 +27,6 @@ to take part in a save. A run started again (all workers, same
 import json
 import os
 import shutil
-import tempfile
 import warnings
 
 import keras
@@ -200,10 +199,16 @@ def multi_worker_fit(
         optimizer.build(model.trainable_variables)
         checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, epoch=epoch_var)
 
-    # Only the chief's checkpoints count; the others write and delete.
-    write_dir = checkpoint_dir if is_chief else tempfile.mkdtemp(
-        prefix=f"worker{index}_ckpt_"
+    # Only the chief's checkpoints count; the others must still write (saving
+    # is collective) and delete. Their folder sits inside `checkpoint_dir`
+    # under a fixed name, as Keras's own callbacks do, so that a worker killed
+    # mid-run leaves nothing in the system's temporary folder and its restart
+    # clears what it left.
+    write_dir = checkpoint_dir if is_chief else os.path.join(
+        checkpoint_dir, f"workertemp_{index}"
     )
+    if not is_chief:
+        shutil.rmtree(write_dir, ignore_errors=True)
     manager = tf.train.CheckpointManager(checkpoint, write_dir, max_to_keep=2)
     latest = tf.train.latest_checkpoint(checkpoint_dir)
     if latest:
@@ -239,28 +244,30 @@ def multi_worker_fit(
                 strategy.reduce(reduce, count, axis=None))
 
     history = {"loss": []} if not classifier else {"loss": [], "accuracy": []}
-    for epoch in range(start_epoch, epochs):
-        # Sums stay on the device; one host sync per epoch, not per step.
-        total_loss = total_correct = total_count = tf.constant(0.0)
-        steps = 0
-        for x, y in dist_ds:
-            loss, correct, count = train_step(x, y)
-            total_loss += loss
-            total_correct += correct
-            total_count += count
-            steps += 1
-            if steps_per_epoch and steps >= steps_per_epoch:
-                break
-        history["loss"].append(float(total_loss) / max(steps, 1))
-        if classifier:
-            history["accuracy"].append(float(total_correct) / max(float(total_count), 1.0))
-        epoch_var.assign(epoch + 1)
-        manager.save()
-        if verbose and is_chief:
-            extra = f" accuracy {history['accuracy'][-1]:.4f}" if classifier else ""
-            print(f"epoch {epoch + 1}/{epochs} loss {history['loss'][-1]:.5f}{extra}", flush=True)
-    if not is_chief:
-        shutil.rmtree(write_dir, ignore_errors=True)
+    try:
+        for epoch in range(start_epoch, epochs):
+            # Sums stay on the device; one host sync per epoch, not per step.
+            total_loss = total_correct = total_count = tf.constant(0.0)
+            steps = 0
+            for x, y in dist_ds:
+                loss, correct, count = train_step(x, y)
+                total_loss += loss
+                total_correct += correct
+                total_count += count
+                steps += 1
+                if steps_per_epoch and steps >= steps_per_epoch:
+                    break
+            history["loss"].append(float(total_loss) / max(steps, 1))
+            if classifier:
+                history["accuracy"].append(float(total_correct) / max(float(total_count), 1.0))
+            epoch_var.assign(epoch + 1)
+            manager.save()
+            if verbose and is_chief:
+                extra = f" accuracy {history['accuracy'][-1]:.4f}" if classifier else ""
+                print(f"epoch {epoch + 1}/{epochs} loss {history['loss'][-1]:.5f}{extra}", flush=True)
+    finally:
+        if not is_chief:
+            shutil.rmtree(write_dir, ignore_errors=True)
     return model, history
 
 

@@ -10,6 +10,25 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_DATA = os.path.join(os.path.dirname(REPO), "shared", "data")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _temporary_folder_inside_pytests(tmp_path_factory):
+    # What the suite cannot clean up itself (AutoGraph's files of processes
+    # the tests kill, tensorflow-datasets' empty folder per fresh data
+    # directory) lands under pytest's own base folder, which pytest prunes,
+    # instead of piling up in /tmp run after run.
+    import tempfile
+
+    folder = str(tmp_path_factory.mktemp("system_tmp"))
+    saved = os.environ.get("TMPDIR"), tempfile.tempdir
+    os.environ["TMPDIR"], tempfile.tempdir = folder, folder
+    yield
+    if saved[0] is None:
+        del os.environ["TMPDIR"]
+    else:
+        os.environ["TMPDIR"] = saved[0]
+    tempfile.tempdir = saved[1]
+
+
 @pytest.fixture(autouse=True)
 def _fresh_keras_state():
     keras.utils.set_random_seed(1234)

@@ -38,9 +38,12 @@ def _free_ports(n):
 def _start_workers(mode_args, tmp_path, n=2, tag="w"):
     cluster = {"worker": [f"127.0.0.1:{p}" for p in _free_ports(n)]}
     procs = []
+    tmp = tmp_path / "tmp"  # the workers' temporary folder, to see what is left there
+    tmp.mkdir(exist_ok=True)
     for i in range(n):
-        env = {**ENV, "TF_CONFIG": json.dumps({"cluster": cluster,
-                                                "task": {"type": "worker", "index": i}})}
+        env = {**ENV, "TMPDIR": str(tmp),
+               "TF_CONFIG": json.dumps({"cluster": cluster,
+                                        "task": {"type": "worker", "index": i}})}
         cmd = [sys.executable, *map(str, mode_args(i))]
         procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE,
                                       stderr=subprocess.PIPE, text=True, cwd=tmp_path))
@@ -163,6 +166,9 @@ def test_two_workers_end_identical_and_learn(tmp_path):
     assert w[0]["loss"][-1] < w[0]["loss"][0]
     assert w[0]["info"][2] is True and w[1]["info"][2] is False  # chief, worker
     assert any(f.startswith("ckpt-3") for f in os.listdir(ckpt))
+    # The non-chief's own checkpoints are gone; none went to the temporary folder.
+    assert not [f for f in os.listdir(ckpt) if f.startswith("workertemp")]
+    assert not [f for f in os.listdir(tmp_path / "tmp") if "ckpt" in f]
     single = _job("single", tmp_path / "single.json")  # same global batch
     np.testing.assert_allclose(w[0]["weights"], single["weights"], atol=1e-5)
 
@@ -189,12 +195,17 @@ def test_multi_worker_job_killed_and_restarted_resumes(tmp_path):
         procs[0].kill()
         procs[0].wait()
     assert not (tmp_path / "w0.json").exists()
+    # The killed worker's checkpoints stay inside the job's folder, not in the
+    # system's temporary one, and its restart removes them.
+    assert (ckpt / "workertemp_1").is_dir()
+    assert not [f for f in os.listdir(tmp_path / "tmp") if "ckpt" in f]
     done = int((ckpt / "checkpoint").read_text().split('"')[1].split("-")[1])
     assert 2 <= done < 6
     outs = _wait(_start_workers(args, tmp_path))
     assert f"resuming from epoch {done}" in outs[0]
     w = [json.loads((tmp_path / f"w{i}.json").read_text()) for i in range(2)]
     assert len(w[0]["loss"]) == 6 - done  # only the remaining epochs ran
+    assert not (ckpt / "workertemp_1").exists()
     np.testing.assert_array_equal(w[0]["weights"], w[1]["weights"])
 
 

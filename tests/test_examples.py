@@ -8,8 +8,17 @@ import pytest
 
 from conftest import REPO
 
+
+def keras_file_loads(path):
+    import keras
+
+    import spinalnet_keras  # noqa: F401  (registers SpinalDense)
+
+    return isinstance(keras.saving.load_model(path), keras.Model)
+
 EXAMPLES = [
-    ("quickstart.py", ["--epochs", "2"], ["spinal", "reloaded outputs identical: True"]),
+    ("quickstart.py", ["--epochs", "2"],
+     ["spinal", "saved to runs/quickstart/spinal.keras; reloaded outputs identical: True"]),
     ("cost_accounting.py", [], ["8,480 vs 16,500 multiplications (48.6% fewer)", "13818"]),
     ("paper_networks.py", ["--classes", "26"],  # training steps: test_paper_models
      # paper counts with 26 instead of 10 classes: + 16 * (inputs + 1)
@@ -45,11 +54,19 @@ def test_every_example_is_tested():
 def test_example_runs(script, args, expected, tmp_path):
     if script == "train_and_compare.py":
         args = args + ["--output-dir", str(tmp_path / "runs")]
+    work, tmp = tmp_path / "work", tmp_path / "tmp"
+    work.mkdir()
+    tmp.mkdir()
     proc = subprocess.run(
         [sys.executable, os.path.join(REPO, "examples", script), *args],
-        capture_output=True, text=True, timeout=600, cwd=tmp_path,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+        capture_output=True, text=True, timeout=600, cwd=work,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "TMPDIR": str(tmp)},
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     for text in expected:
         assert text in proc.stdout, (text, proc.stdout[-3000:])
+    # What an example writes goes where it says, never left in the system's
+    # temporary folder.
+    assert os.listdir(tmp) == []
+    if script == "quickstart.py":
+        assert keras_file_loads(work / "runs" / "quickstart" / "spinal.keras")

@@ -1,3 +1,4 @@
+import os
 import warnings
 
 import keras
@@ -359,6 +360,26 @@ def test_keras_file_round_trip_in_safe_mode(tmp_path):
     x = _x(10, 30, seed=5)
     np.testing.assert_array_equal(model.predict(x, verbose=0), loaded.predict(x, verbose=0))
     assert isinstance(loaded.layers[1], SpinalDense)
+
+
+def test_keras_file_loads_in_a_fresh_process_that_imports_the_package(tmp_path):
+    # What the README promises: importing spinalnet_keras is all a loading
+    # process needs; without it Keras names the missing class.
+    import subprocess
+    import sys
+
+    model = keras.Sequential([keras.Input((6,)), SpinalDense(2, width=3, depth=2)])
+    path = tmp_path / "m.keras"
+    model.save(path)
+    load = f"import keras; print(keras.saving.load_model({str(path)!r}).layers[0].width)"
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    ok = subprocess.run([sys.executable, "-c", "import spinalnet_keras; " + load],
+                        capture_output=True, text=True, env=env, timeout=300)
+    assert ok.returncode == 0 and ok.stdout.strip().endswith("3"), ok.stderr[-2000:]
+    bare = subprocess.run([sys.executable, "-c", load],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert bare.returncode != 0
+    assert "Could not locate class 'SpinalDense'" in bare.stderr
 
 
 def _rewrite_layer_vars(src, dst, arrays):
