@@ -31,6 +31,12 @@ Experiments:
   autograph      load_task for MNIST and the first batch of each split;
                  A lets tf.data run the pipeline's functions through AutoGraph,
                  B skips it (the package's default)
+  collector_import  import of the train path; A with CPython's cyclic
+                 collector running throughout, B paused while the package
+                 imports Keras and TensorFlow (the package's default)
+  collector      a whole `spinalnet-keras train` process (as in teardown);
+                 A with the collector as CPython runs it, B with the pause at
+                 import and the console command's gc.freeze (the default)
   head_trace     a 320-feature model with the MNIST spinal head (6 x 8)
                  against the dense head (50): graph ops in the traced
                  training step, trainable variables, and the first compiled
@@ -93,6 +99,10 @@ report(seconds=time.perf_counter() - t)
 """
 _EXIT_MAIN = "import sys; from spinalnet_keras.cli import main; sys.argv[0] = 'x'; sys.exit(main(sys.argv[1:]))"
 _EXIT_RUN = "import sys; from spinalnet_keras.cli import run; sys.argv[0] = 'x'; run()"
+
+# A: the package's gc.disable (import) and gc.freeze (console command) made
+# no-ops, so CPython's collector runs as it would without them.
+_STOCK_COLLECTOR = "import gc; gc.disable = gc.freeze = lambda: None"
 
 _STEPS = _MNIST_MODEL + """
 build_training_state(model, task.train)
@@ -202,6 +212,17 @@ EXPERIMENTS = {
         "MNIST pipelines built and first batches drawn, s",
         ("functions through AutoGraph", _AUTOGRAPH.format(convert=True)),
         ("AutoGraph skipped", _AUTOGRAPH.format(convert=False)),
+    ),
+    "collector_import": (
+        "import of the train path, s",
+        ("collector running", _IMPORT.format(block=_STOCK_COLLECTOR)),
+        ("paused for the import", _IMPORT.format(block="")),
+    ),
+    "collector": (
+        "whole `train` process (MNIST CNN, 6,400 examples), s",
+        ("collector as CPython runs it",
+         _TEARDOWN.format(code=_STOCK_COLLECTOR + "; " + _EXIT_RUN)),
+        ("paused at import, frozen by run()", _TEARDOWN.format(code=_EXIT_RUN)),
     ),
     "head_trace": (
         "first compiled call (67 steps), 320 features -> head, s",

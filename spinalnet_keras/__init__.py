@@ -7,28 +7,42 @@ first use: they need TensorFlow and keras-tuner, which a user of the layer
 alone (on any Keras backend) should not pay for at import.
 """
 
+import gc
 import importlib
 
-from spinalnet_keras.backbones import ImagePreprocessing
-from spinalnet_keras.backbones import available_backbones
-from spinalnet_keras.backbones import backbone_model
-from spinalnet_keras.backbones import make_backbone
-from spinalnet_keras.costs import CostReport
-from spinalnet_keras.costs import LayerCost
-from spinalnet_keras.costs import cost_report
-from spinalnet_keras.export import ExportError
-from spinalnet_keras.export import export_model
-from spinalnet_keras.export import format_report
-from spinalnet_keras.export import load_model_file
-from spinalnet_keras.export import with_input_normalization
-from spinalnet_keras.heads import Head
-from spinalnet_keras.heads import build_head
-from spinalnet_keras.paper_models import PAPER_MODELS
-from spinalnet_keras.paper_models import paper_model
-from spinalnet_keras.spinal_dense import SpinalDense
-from spinalnet_keras.spinal_dense import split_sizes
-from spinalnet_keras.spinalize import hidden_dense_layers
-from spinalnet_keras.spinalize import spinalize
+# Importing Keras and TensorFlow creates some 365,000 objects that live as
+# long as the process. With the cyclic garbage collector running, CPython
+# scans all of them again in each of about six full collections during the
+# import: half a second of a 2.7 s import on 2 cores (benchmarks/RESULTS.md).
+# None of them is garbage, so the collector is paused for the import and
+# restored after (if the importer had it on).
+_collector_was_on = gc.isenabled()
+gc.disable()
+try:
+    from spinalnet_keras.backbones import ImagePreprocessing
+    from spinalnet_keras.backbones import available_backbones
+    from spinalnet_keras.backbones import backbone_model
+    from spinalnet_keras.backbones import make_backbone
+    from spinalnet_keras.costs import CostReport
+    from spinalnet_keras.costs import LayerCost
+    from spinalnet_keras.costs import cost_report
+    from spinalnet_keras.export import ExportError
+    from spinalnet_keras.export import export_model
+    from spinalnet_keras.export import format_report
+    from spinalnet_keras.export import load_model_file
+    from spinalnet_keras.export import with_input_normalization
+    from spinalnet_keras.heads import Head
+    from spinalnet_keras.heads import build_head
+    from spinalnet_keras.paper_models import PAPER_MODELS
+    from spinalnet_keras.paper_models import paper_model
+    from spinalnet_keras.spinal_dense import SpinalDense
+    from spinalnet_keras.spinal_dense import split_sizes
+    from spinalnet_keras.spinalize import hidden_dense_layers
+    from spinalnet_keras.spinalize import spinalize
+finally:
+    if _collector_was_on:
+        gc.enable()
+    del _collector_was_on
 
 __version__ = "0.2.0"
 

@@ -5,6 +5,7 @@ Subcommands: `train`, `compare`, `demo`, `tune`, `export`. Run `spinalnet-keras 
 
 import argparse
 import atexit
+import gc
 import os
 import sys
 
@@ -440,7 +441,13 @@ def run():
     without that teardown. A multi-worker run (TF_CONFIG set) exits
     normally: TensorFlow's coordination service waits for its peers during
     shutdown.
+
+    It also freezes what is alive when it starts (`gc.freeze`): the modules
+    of Keras and TensorFlow, some 365,000 objects that live as long as the
+    process. Left to the cyclic collector, they would be scanned again in
+    every full collection of the run (benchmarks/RESULTS.md).
     """
+    gc.freeze()
     code = main()
     if os.environ.get("TF_CONFIG") or not hasattr(atexit, "_run_exitfuncs"):
         sys.exit(code)

@@ -58,3 +58,29 @@ def test_examples_and_readme_import_only_the_package():
         if found:
             deep[os.path.basename(path)] = found
     assert deep == {}
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_import_leaves_the_garbage_collector_as_it_found_it(enabled):
+    # The package pauses CPython's cyclic collector while it imports Keras
+    # and TensorFlow; the importer's setting must come back either way.
+    code = (
+        "import gc, sys\n"
+        f"{'gc.enable()' if enabled else 'gc.disable()'}\n"
+        "during = []\n"
+        "def seen(phase, info):\n"
+        "    importing = 'keras' in sys.modules and 'spinalnet_keras.spinalize' not in sys.modules\n"
+        "    if phase == 'start' and importing:\n"
+        "        during.append(info['generation'])\n"
+        "gc.callbacks.append(seen)\n"
+        "import spinalnet_keras\n"
+        "print(gc.isenabled(), len(during), gc.get_freeze_count(), 'keras' in sys.modules)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    is_on, collections, frozen, keras_loaded = proc.stdout.split()
+    assert is_on == str(enabled) and keras_loaded == "True"
+    # No collection ran from the start of Keras's import to the package's last module.
+    assert collections == "0"
+    assert frozen == "0"  # a library import freezes nothing; only the console command does

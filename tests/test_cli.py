@@ -312,6 +312,24 @@ def test_console_script_exits_quickly_with_everything_written(tmp_path):
     assert "is a regression task" in bad.stderr
 
 
+def test_console_command_freezes_what_it_imported(tmp_path):
+    # run() hands what is alive at its start (Keras, TensorFlow) to gc.freeze,
+    # so the collector does not scan it again in each full collection.
+    code = ("import atexit, gc, sys\n"
+            "from spinalnet_keras.cli import run\n"
+            "atexit.register(lambda: print('frozen', gc.get_freeze_count(), gc.isenabled()))\n"
+            "sys.argv[0] = 'spinalnet-keras'\n"
+            "run()\n")
+    proc = subprocess.run(
+        [sys.executable, "-c", code, "train", "--model", "regression", "--dataset",
+         "table1/sum", "--epochs", "1", "--output-dir", str(tmp_path / "run"), "--verbose", "0"],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    frozen, count, enabled = proc.stdout.split()[-3:]
+    assert frozen == "frozen" and int(count) > 100_000 and enabled == "True"
+
+
 def test_build_training_state_gives_one_trace_of_the_training_step():
     import tensorflow as tf
 
