@@ -37,6 +37,9 @@ Experiments:
   collector      a whole `spinalnet-keras train` process (as in teardown);
                  A with the collector as CPython runs it, B with the pause at
                  import and the console command's gc.freeze (the default)
+  open_split     load_task for MNIST, whose decoded splits are on disk; A
+                 opens the tfds splits anyway (as before), B only where a
+                 decoded copy is missing (the package's default)
   head_trace     a 320-feature model with the MNIST spinal head (6 x 8)
                  against the dense head (50): graph ops in the traced
                  training step, trainable variables, and the first compiled
@@ -181,6 +184,16 @@ next(iter(task.train)); next(iter(task.test))
 report(seconds=time.perf_counter() - t)
 """
 
+_OPEN_SPLIT = """
+import spinalnet_keras.data as data
+if {open_splits}:
+    decode = data.decode_split
+    data.decode_split = lambda ds, *args, **kwargs: decode(data._opened(ds), *args, **kwargs)
+t = time.perf_counter()
+data.load_task("mnist", batch_size=64, seed=0, data_dir=DATA_DIR, epochs=1)
+report(seconds=time.perf_counter() - t)
+"""
+
 # name: (what is measured, (label A, snippet A), (label B, snippet B))
 EXPERIMENTS = {
     "import": (
@@ -223,6 +236,11 @@ EXPERIMENTS = {
         ("collector as CPython runs it",
          _TEARDOWN.format(code=_STOCK_COLLECTOR + "; " + _EXIT_RUN)),
         ("paused at import, frozen by run()", _TEARDOWN.format(code=_EXIT_RUN)),
+    ),
+    "open_split": (
+        "load_task for MNIST (decoded splits on disk), s",
+        ("tfds splits opened", _OPEN_SPLIT.format(open_splits=True)),
+        ("opened only if not decoded", _OPEN_SPLIT.format(open_splits=False)),
     ),
     "head_trace": (
         "first compiled call (67 steps), 320 features -> head, s",

@@ -14,6 +14,7 @@ Everything here is TensorFlow-specific by nature (tf.data, tf.image).
 """
 
 import dataclasses
+import functools
 import glob
 import json
 import math
@@ -302,6 +303,20 @@ def _npy_files(path):
     return path + ".images.npy", path + ".labels.npy", path + ".json"
 
 
+def _opened(ds):
+    """`ds`, or what it returns if it is a function (a split opened late)."""
+    return ds() if callable(ds) else ds
+
+
+def decoded_count(path):
+    """The number of examples decoded at `path` (`decode_split`), or None."""
+    meta_file = _npy_files(path)[2]
+    if not os.path.exists(meta_file):
+        return None
+    with open(meta_file) as f:
+        return int(json.load(f)["count"])
+
+
 def _decode_to_memory(ds):
     images, labels = [], []
     for x, y in ds.batch(1024).prefetch(tf.data.AUTOTUNE):
@@ -370,7 +385,8 @@ def decode_split(ds, path=None, in_memory_bytes=None):
 
     Args:
         ds: a `tf.data.Dataset` of `(uint8 image, integer label)` pairs with
-            a fixed image shape.
+            a fixed image shape, or a function returning one (called only
+            if the split has to be decoded).
         path: optional file stem for the decoded files.
         in_memory_bytes: splits with more image bytes stream from disk
             instead of being loaded (default `IN_MEMORY_BYTES`).
@@ -381,6 +397,7 @@ def decode_split(ds, path=None, in_memory_bytes=None):
     limit = IN_MEMORY_BYTES if in_memory_bytes is None else in_memory_bytes
     images_file, labels_file, meta_file = _npy_files(path) if path else (None,) * 3
     if path and not os.path.exists(meta_file):
+        ds = _opened(ds)
         try:
             _write_decoded(ds, path)
         except OSError as e:
@@ -394,7 +411,7 @@ def decode_split(ds, path=None, in_memory_bytes=None):
             )
             path = None
     if not path:
-        images, labels = _decode_to_memory(ds)
+        images, labels = _decode_to_memory(_opened(ds))
         return DecodedSplit(len(labels), images.shape[1:], images, labels)
     with open(meta_file) as f:
         meta = json.load(f)
@@ -512,6 +529,10 @@ def image_pipeline(
 ):
     """Batches of `(float32 images, int32 labels)` from a tfds split.
 
+    `ds` is the split, a `tf.data.Dataset` of `(uint8 image, label)`, or a
+    function that returns it; a function is called only if the split has to
+    be decoded (no decoded copy at `cache_path` yet).
+
     Normalisation, resizing and augmentation run as tf.data/tf.image/Keras
     preprocessing ops (never Python loops). Augmentation and shuffling only
     when `training`; then, with `epoch_range=(start, stop)`, the dataset
@@ -553,7 +574,10 @@ def image_pipeline(
             image = tf.image.resize(image, image_size)
             return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8), label
 
-        ds = ds.map(_plain(resize), num_parallel_calls=tf.data.AUTOTUNE)
+        def resized(source=ds):
+            return _opened(source).map(_plain(resize), num_parallel_calls=tf.data.AUTOTUNE)
+
+        ds = resized
     split = decode_split(ds, cache_path, in_memory_bytes)
     crop = training and "crop" in augment
     parallel = tf.data.AUTOTUNE
@@ -706,14 +730,17 @@ def load_task(
     ):
         if limit:
             split = f"{split}[:{limit}]"
-        ds = builder.as_dataset(split=split, as_supervised=True, shuffle_files=False)
-        sizes[key] = int(ds.cardinality())
+        # Opened only if its decoded copy is missing: opening a tfds split
+        # costs about 0.1 s of every run (benchmarks/RESULTS.md).
+        source = functools.partial(
+            builder.as_dataset, split=split, as_supervised=True, shuffle_files=False
+        )
         size_tag = "x".join(map(str, image_size)) if image_size else "orig"
         cache_path = os.path.join(
             builder.data_dir, f"decoded-{split.replace(':', '_').replace('[', '_').replace(']', '')}-{size_tag}"
         )
         splits[key] = image_pipeline(
-            ds,
+            source,
             spec,
             batch_size,
             training=key == "train",
@@ -726,6 +753,9 @@ def load_task(
             epoch_range=epoch_range,
             cache_path=cache_path,
         )
+        sizes[key] = decoded_count(cache_path)
+        if sizes[key] is None:  # the data directory is read-only
+            sizes[key] = int(source().cardinality())
     shape = info.features["image"].shape
     if image_size is not None:
         shape = tuple(image_size) + shape[-1:]

@@ -98,6 +98,31 @@ def test_mnist_for_backbones_and_augmentation(mnist_data_dir):
     assert float(np.min(xu)) >= 0 and float(np.max(xu)) <= 1
 
 
+@pytest.mark.parametrize("image_size", [None, (32, 32)])
+def test_decoded_splits_are_read_without_opening_tfds_again(mnist_data_dir, monkeypatch,
+                                                             image_size):
+    def load():
+        return load_task("mnist", batch_size=16, seed=3, image_size=image_size,
+                         data_dir=mnist_data_dir, train_examples=96, test_examples=48)
+
+    first = load()  # decodes (and resizes) both splits, once
+    opened = []
+    original = tfds.core.DatasetBuilder.as_dataset
+    monkeypatch.setattr(tfds.core.DatasetBuilder, "as_dataset",
+                        lambda self, *a, **k: opened.append(k["split"]) or original(self, *a, **k))
+    again = load()
+    assert opened == []
+    assert (again.train_size, again.test_size, again.steps_per_epoch) == (96, 48, 6)
+    assert again.input_shape == first.input_shape
+    for a, b in zip(again.train, first.train):
+        np.testing.assert_array_equal(a[1], b[1])
+        np.testing.assert_array_equal(a[0], b[0])
+    # A split without a decoded copy is opened, once.
+    changed = load_task("mnist", batch_size=16, image_size=image_size, data_dir=mnist_data_dir,
+                        train_examples=96, test_examples=40)
+    assert opened == ["test[:40]"] and changed.test_size == 40
+
+
 def test_other_datasets_with_tfds_mock_data(monkeypatch, tmp_path):
     monkeypatch.setattr(data, "_network_reachable", lambda builder: True)
     for name, shape, classes in [("cifar10", (32, 32, 3), 10), ("fashion_mnist", (28, 28, 1), 10),
