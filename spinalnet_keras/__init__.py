@@ -13,7 +13,7 @@ import importlib
 # Importing Keras and TensorFlow creates some 365,000 objects that live as
 # long as the process. With the cyclic garbage collector running, CPython
 # scans all of them again in each of about six full collections during the
-# import: half a second of a 2.7 s import on 2 cores (benchmarks/RESULTS.md).
+# import: about 0.4 s of a 2.7 s import on 2 cores (benchmarks/RESULTS.md).
 # None of them is garbage, so the collector is paused for the import and
 # restored after (if the importer had it on).
 _collector_was_on = gc.isenabled()
