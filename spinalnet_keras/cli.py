@@ -436,8 +436,8 @@ def run():
     After TensorFlow has run, the interpreter's teardown (freeing modules
     and TensorFlow's runtime) takes 0.6 s to a second on 2 CPU cores
     (benchmarks/RESULTS.md) and does nothing a finished command needs: its
-    files are closed by then. So the output is flushed and the atexit
-    handlers run (logging's shutdown among them), then the process ends
+    files are closed by then. So the atexit handlers run (logging's
+    shutdown among them) and the output is flushed, then the process ends
     without that teardown. A multi-worker run (TF_CONFIG set) exits
     normally: TensorFlow's coordination service waits for its peers during
     shutdown.
@@ -451,9 +451,11 @@ def run():
     code = main()
     if os.environ.get("TF_CONFIG") or not hasattr(atexit, "_run_exitfuncs"):
         sys.exit(code)
+    atexit._run_exitfuncs()
+    # After the handlers, which may write too (os._exit drops what a
+    # buffered stream still holds).
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
-    atexit._run_exitfuncs()
     os._exit(code)
 
 

@@ -13,8 +13,8 @@ SHARED_DATA = os.path.join(os.path.dirname(REPO), "shared", "data")
 @pytest.fixture(scope="session", autouse=True)
 def _temporary_folder_inside_pytests(tmp_path_factory):
     # What the suite cannot clean up itself (AutoGraph's files of processes
-    # the tests kill, tensorflow-datasets' empty folder per fresh data
-    # directory) lands under pytest's own base folder, which pytest prunes,
+    # the tests kill and Python's bytecode of AutoGraph's files,
+    # tensorflow-datasets' empty folder per fresh data directory) lands under pytest's own base folder, which pytest prunes,
     # instead of piling up in /tmp run after run.
     import tempfile
 

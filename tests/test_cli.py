@@ -314,7 +314,9 @@ def test_console_script_exits_quickly_with_everything_written(tmp_path):
 
 def test_console_command_freezes_what_it_imported(tmp_path):
     # run() hands what is alive at its start (Keras, TensorFlow) to gc.freeze,
-    # so the collector does not scan it again in each full collection.
+    # so the collector does not scan it again in each full collection. The
+    # line comes from an atexit handler: run() flushes after the handlers,
+    # so what they print survives os._exit (piped output is buffered).
     code = ("import atexit, gc, sys\n"
             "from spinalnet_keras.cli import run\n"
             "atexit.register(lambda: print('frozen', gc.get_freeze_count(), gc.isenabled()))\n"
@@ -323,7 +325,9 @@ def test_console_command_freezes_what_it_imported(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-c", code, "train", "--model", "regression", "--dataset",
          "table1/sum", "--epochs", "1", "--output-dir", str(tmp_path / "run"), "--verbose", "0"],
-        capture_output=True, text=True, timeout=300, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+        capture_output=True, text=True, timeout=300,
+        env={**{k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"},
+             "TF_CPP_MIN_LOG_LEVEL": "3"},
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     frozen, count, enabled = proc.stdout.split()[-3:]
