@@ -204,10 +204,9 @@ def multi_worker_fit(
     # under a fixed name, as Keras's own callbacks do, so that a worker killed
     # mid-run leaves nothing in the system's temporary folder and its restart
     # clears what it left.
-    write_dir = checkpoint_dir if is_chief else os.path.join(
-        checkpoint_dir, f"workertemp_{index}"
-    )
+    write_dir = checkpoint_dir
     if not is_chief:
+        write_dir = os.path.join(checkpoint_dir, f"workertemp_{index}")
         shutil.rmtree(write_dir, ignore_errors=True)
     manager = tf.train.CheckpointManager(checkpoint, write_dir, max_to_keep=2)
     latest = tf.train.latest_checkpoint(checkpoint_dir)
