@@ -127,6 +127,14 @@ def plain_name(name, value):
     return value
 
 
+def comma_list(value):
+    """`value` cut at its commas if it is a str (`"rotate,flip"`, as on the
+    command line), empty items dropped, as a tuple; anything else as it is."""
+    if isinstance(value, str):
+        return tuple(item for item in value.split(",") if item)
+    return value
+
+
 def choice(name, value, allowed):
     """Return `value` if it is one of `allowed`, else raise listing them."""
     if value not in allowed:

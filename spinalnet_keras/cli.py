@@ -9,6 +9,8 @@ import gc
 import os
 import sys
 
+from spinalnet_keras import _validation
+
 
 DEMO_DATASETS = ("table1/sum", "table1/sin_sum", "table1/prod", "table1/sin_prod")
 
@@ -73,7 +75,7 @@ def _image_size(text):
 def _augment(text):
     from spinalnet_keras.data import AUGMENTATIONS
 
-    items = tuple(i for i in text.split(",") if i)
+    items = _validation.comma_list(text)
     bad = [i for i in items if i not in AUGMENTATIONS]
     if bad:
         raise argparse.ArgumentTypeError(
@@ -228,7 +230,7 @@ def _demo(args):
 def _formats(text):
     from spinalnet_keras.export import FORMATS
 
-    items = tuple(i for i in text.split(",") if i)
+    items = _validation.comma_list(text)
     bad = [i for i in items if i not in FORMATS]
     if bad or not items:
         raise argparse.ArgumentTypeError(

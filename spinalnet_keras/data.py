@@ -479,8 +479,7 @@ def _epoch_orders(count, seed, epoch_range, batch_size=None):
 
 
 def _validate_augment(augment):
-    if isinstance(augment, str):  # "rotate,flip", as on the command line
-        augment = [a for a in augment.split(",") if a]
+    augment = _validation.comma_list(augment)
     return tuple(_validation.choice("augment", a, AUGMENTATIONS) for a in augment or ())
 
 

@@ -190,14 +190,13 @@ def export_model(
             "serving signature's). Received: model "
             f"'{model.name}' with {len(model.inputs)} inputs and {len(model.outputs)} outputs"
         )
-    if isinstance(formats, str):  # "saved_model,onnx", as on the command line
-        formats = [f for f in formats.split(",") if f]
-    if not isinstance(formats, (list, tuple)) or not formats:
+    items = _validation.comma_list(formats)
+    if not isinstance(items, (list, tuple)) or not items:
         raise ValueError(
             f"`formats` must name at least one of {', '.join(FORMATS)}. "
             f"Received: formats={formats!r}"
         )
-    formats = tuple(_validation.choice("formats", f, FORMATS) for f in formats)
+    formats = tuple(_validation.choice("formats", f, FORMATS) for f in items)
     version = _validation.positive_int("version", version)
     _validation.boolean("overwrite", overwrite)
     _validation.boolean("verify", verify)
