@@ -308,13 +308,15 @@ def _opened(ds):
     return ds() if callable(ds) else ds
 
 
-def _decoded_count(path):
-    """The number of examples decoded at `path` (`decode_split`), or None."""
+def _decoded_meta(path):
+    """`(count, image_shape)` of the split decoded at `path` (`decode_split`),
+    or None while there is none."""
     meta_file = _npy_files(path)[2]
     if not os.path.exists(meta_file):
         return None
     with open(meta_file) as f:
-        return int(json.load(f)["count"])
+        meta = json.load(f)
+    return int(meta["count"]), tuple(meta["image_shape"])
 
 
 def _decode_to_memory(ds):
@@ -395,11 +397,12 @@ def decode_split(ds, path=None, in_memory_bytes=None):
         A `DecodedSplit`.
     """
     limit = IN_MEMORY_BYTES if in_memory_bytes is None else in_memory_bytes
-    images_file, labels_file, meta_file = _npy_files(path) if path else (None,) * 3
-    if path and not os.path.exists(meta_file):
+    decoded = _decoded_meta(path) if path else None
+    if path and decoded is None:
         ds = _opened(ds)
         try:
             _write_decoded(ds, path)
+            decoded = _decoded_meta(path)
         except OSError as e:
             for name in glob.glob(glob.escape(path) + ".*.tmp-%d" % os.getpid()):
                 os.remove(name)
@@ -413,11 +416,10 @@ def decode_split(ds, path=None, in_memory_bytes=None):
     if not path:
         images, labels = _decode_to_memory(_opened(ds))
         return DecodedSplit(len(labels), images.shape[1:], images, labels)
-    with open(meta_file) as f:
-        meta = json.load(f)
-    count, shape = int(meta["count"]), tuple(meta["image_shape"])
+    count, shape = decoded
     if count * math.prod(shape) > limit:
         return DecodedSplit(count, shape, path=path)
+    images_file, labels_file, _ = _npy_files(path)
     return DecodedSplit(count, shape, np.load(images_file), np.load(labels_file))
 
 
@@ -752,9 +754,9 @@ def load_task(
             epoch_range=epoch_range,
             cache_path=cache_path,
         )
-        sizes[key] = _decoded_count(cache_path)
-        if sizes[key] is None:  # the data directory is read-only
-            sizes[key] = int(source().cardinality())
+        decoded = _decoded_meta(cache_path)
+        # None: the data directory is read-only, the split was decoded in memory.
+        sizes[key] = decoded[0] if decoded else int(source().cardinality())
     shape = info.features["image"].shape
     if image_size is not None:
         shape = tuple(image_size) + shape[-1:]
