@@ -70,7 +70,9 @@ _IMPORT = """
 {block}
 t = time.perf_counter()
 import spinalnet_keras.cli, spinalnet_keras.training
-report(seconds=time.perf_counter() - t)
+seconds = time.perf_counter() - t
+import gc
+report(seconds=seconds, objects=len(gc.get_objects()))  # what the collector tracks
 """
 
 _MNIST_MODEL = """
