@@ -2,25 +2,38 @@
 hand from Dense/Concatenate and against one Dense of the same output width.
 
 All three produce `depth * width` features (ReLU) from `features` inputs.
-Each step computes the outputs and the gradients of their sum with respect
-to every weight and the input (no optimizer update), inside one
-`tf.function` (optionally `jit_compile`). Implementations are timed
-interleaved: each repeat times all three back to back (in a rotating
-order), and the ratios are taken within each repeat, so a slow spell of
-the shared machine hits both sides of a ratio. The table gives the median
-ratio over repeats and its interquartile range. The FLOP rate is against
-this machine's own rate on one large matmul, measured in the same run.
+A step computes the outputs and the gradients of their sum with respect to
+every weight and the input (no optimizer update). Steps run as `fit` runs
+them with `steps_per_execution`: many per call, in a graph loop, the step
+itself one `tf.function` (optionally `jit_compile`) traced for any batch
+size. Each step's input is the previous one's moved a little along its
+input gradient, so the steps run one after another and none can be lifted
+out of the loop. `--per-call` instead calls each step from Python, as
+Keras's default `steps_per_execution=1` does; that adds tf.function's
+dispatch, about 0.2 ms on this machine, to every variant alike, which at
+the small sizes is most of a step.
+
+Implementations are timed interleaved: each repeat times all of them back to
+back (in a rotating order), and the ratios are taken within each repeat, so
+a slow spell of the shared machine hits both sides of a ratio. The table
+gives the median ratio over repeats and its interquartile range. The FLOP
+rate is against this machine's own rate on one large matmul, measured in
+the same run.
 
     python benchmarks/layer_bench.py                 # all sizes, batch 64 and 256, jit on/off
     python benchmarks/layer_bench.py --quick         # small sizes only
     python benchmarks/layer_bench.py --sizes 25088x4x1024 --repeats 15
     python benchmarks/layer_bench.py --quick --chain  # plus the sequential chain alone
+    python benchmarks/layer_bench.py --quick --per-call
 
-`--chain` adds a fourth variant: only the part of SpinalDense that cannot be
+`--chain` adds two variants: only the part of SpinalDense that cannot be
 batched, the `depth - 1` dependent `width x width` products with their
 additions and activations (its input stands for the sub-layers'
 pre-activations), forward and backward. Its time against the whole Dense
 step is a floor for spinal/dense on this machine whatever the rest costs.
+The second is the same chain with a hand-written backward pass
+(`keras.ops.custom_gradient`: the chain's gradient in reverse, all the
+recurrent blocks' gradients in one batched product).
 """
 
 import argparse
@@ -81,10 +94,46 @@ class SequentialChain(keras.layers.Layer):
         return keras.ops.concatenate(outputs, -1)
 
 
+class CustomGradientChain(SequentialChain):
+    """SequentialChain with its backward pass written by hand."""
+
+    def call(self, pre):
+        depth, width = self.depth, self.width
+        ops = keras.ops
+
+        @ops.custom_gradient
+        def chain(pre, kernel):
+            pre = ops.split(pre, depth, axis=-1)
+            blocks = ops.split(kernel, depth - 1, axis=0)
+            outputs = [ops.relu(pre[0])]
+            for i in range(1, depth):
+                outputs.append(ops.relu(pre[i] + ops.matmul(outputs[-1], blocks[i - 1])))
+
+            def grad(*args, upstream=None):
+                upstream = args[0] if upstream is None else upstream
+                d_out = ops.split(upstream, depth, axis=-1)
+                d_pre, g = [None] * depth, d_out[-1]
+                for i in range(depth - 1, -1, -1):
+                    d_pre[i] = ops.where(outputs[i] > 0, g, 0.0)
+                    if i:
+                        g = d_out[i - 1] + ops.matmul(d_pre[i], ops.transpose(blocks[i - 1]))
+                d_blocks = ops.matmul(ops.transpose(ops.stack(outputs[:-1]), (0, 2, 1)),
+                                      ops.stack(d_pre[1:]))
+                return (ops.concatenate(d_pre, -1),
+                        ops.reshape(d_blocks, ((depth - 1) * width, width)))
+
+            return ops.concatenate(outputs, -1), grad
+
+        return chain(pre, self.recurrent_kernel)
+
+
+CHAINS = {"chain": SequentialChain, "chain_custom_gradient": CustomGradientChain}
+
+
 def build(kind, features, depth, width):
-    if kind == "chain":
+    if kind in CHAINS:
         inputs = keras.Input((depth * width,))
-        return keras.Model(inputs, SequentialChain(depth, width)(inputs))
+        return keras.Model(inputs, CHAINS[kind](depth, width)(inputs))
     inputs = keras.Input((features,))
     if kind == "spinal":
         outputs = SpinalDense(width=width, depth=depth)(inputs)
@@ -95,25 +144,41 @@ def build(kind, features, depth, width):
 
 
 def make_step(model, jit):
+    """A function of (x, n) that runs n steps from x and returns a scalar."""
     weights = model.trainable_variables
+    spec = tf.TensorSpec((None, model.inputs[0].shape[-1]))
 
-    @tf.function(jit_compile=jit)
+    @tf.function(jit_compile=jit, input_signature=[spec])
     def step(x):
         with tf.GradientTape() as tape:
             tape.watch(x)
-            y = model(x, training=True)
-            loss = tf.reduce_sum(y)
+            loss = tf.reduce_sum(model(x, training=True))
         return tape.gradient(loss, [x] + weights)
 
-    return step
+    @tf.function(input_signature=[spec, tf.TensorSpec((), tf.int32)])
+    def steps(x, n):
+        def body(i, x, total):
+            dx, *dw = step(x)
+            # One element of each weight gradient keeps it from being pruned
+            # without adding work in proportion to the weights.
+            seen = tf.add_n([tf.reshape(g, [-1])[0] for g in dw])
+            return i + 1, x - 1e-6 * dx, total + seen
+
+        return tf.while_loop(lambda i, x, total: i < n, body, (0, x, 0.0))[2]
+
+    return steps
 
 
-def time_steps(step, x, steps):
+def time_steps(steps, x, n, per_call):
+    """Seconds per step over n steps."""
     start = time.perf_counter()
-    for _ in range(steps):
-        out = step(x)
-    _ = [o.numpy() for o in out[:1]]
-    return (time.perf_counter() - start) / steps
+    if per_call:
+        for _ in range(n):
+            out = steps(x, 1)
+    else:
+        out = steps(x, n)
+    out.numpy()
+    return (time.perf_counter() - start) / n
 
 
 def paired_ratio(a, b):
@@ -127,7 +192,13 @@ def machine_flops(n=2048, repeats=5):
     a = tf.random.normal((n, n))
     mm = tf.function(lambda a: tf.matmul(a, a))
     mm(a).numpy()
-    best = min(time_steps(mm, a, 3) for _ in range(repeats))
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(3):
+            out = mm(a)
+        out.numpy()
+        best = min(best, (time.perf_counter() - start) / 3)
     return 2 * n**3 / best
 
 
@@ -140,37 +211,41 @@ def main():
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--chain", action="store_true",
                         help="also time the sequential chain alone (see above)")
+    parser.add_argument("--per-call", action="store_true",
+                        help="one call from Python per step (see above)")
     parser.add_argument("--target-seconds", type=float, default=0.25,
                         help="time per measurement (sets the number of steps)")
     args = parser.parse_args()
     sizes = args.sizes or (SIZES[:2] if args.quick else SIZES)
     peak = machine_flops()
     print(f"TensorFlow {tf.__version__}, Keras {keras.__version__}, "
-          f"{os.cpu_count()} CPU cores; machine matmul rate {peak / 1e9:.1f} GFLOP/s")
+          f"{os.cpu_count()} CPU cores; machine matmul rate {peak / 1e9:.1f} GFLOP/s; "
+          + ("one call per step" if args.per_call else "steps in a graph loop"))
     print("| features -> depth x width | batch | jit | spinal ms | composed ms | dense ms "
           "| spinal/composed (IQR) | spinal/dense (IQR) | mults spinal/dense "
-          "| spinal GFLOP/s (% of machine) |" + (" chain ms | chain/dense (IQR) |" if args.chain else ""))
-    print("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|" + ("---:|---:|" if args.chain else ""))
-    kinds = ["spinal", "composed", "dense"] + (["chain"] if args.chain else [])
+          "| spinal GFLOP/s (% of machine) |"
+          + (" chain ms | chain/dense (IQR) | custom-gradient chain / chain (IQR) |"
+             if args.chain else ""))
+    print("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|" + ("---:|---:|---:|" if args.chain else ""))
+    kinds = ["spinal", "composed", "dense"] + (list(CHAINS) if args.chain else [])
     for features, depth, width in sizes:
         for batch in args.batches:
             for jit in (False, True):
                 keras.utils.set_random_seed(0)
                 x = tf.random.normal((batch, features))
-                inputs = {k: x for k in kinds}
-                if args.chain:
-                    inputs["chain"] = tf.random.normal((batch, depth * width))
+                chain_x = tf.random.normal((batch, depth * width))
+                inputs = {k: chain_x if k in CHAINS else x for k in kinds}
                 steps = {}
                 for kind in kinds:
                     steps[kind] = make_step(build(kind, features, depth, width), jit)
-                    steps[kind](inputs[kind])  # trace and compile
-                per = max(1, int(args.target_seconds
-                                 / time_steps(steps["dense"], inputs["dense"], 2)))
+                    steps[kind](inputs[kind], 2).numpy()  # trace and compile
+                per = max(1, int(args.target_seconds / time_steps(
+                    steps["dense"], inputs["dense"], 10, args.per_call)))
                 times = {k: [] for k in steps}
                 n = len(kinds)
                 for r in range(args.repeats):
                     for kind in kinds[r % n:] + kinds[:r % n]:
-                        times[kind].append(time_steps(steps[kind], inputs[kind], per))
+                        times[kind].append(time_steps(steps[kind], inputs[kind], per, args.per_call))
                 med = {k: statistics.median(v) for k, v in times.items()}
                 ratio = {k: paired_ratio(times["spinal"], times[k]) for k in ("composed", "dense")}
                 sm = spinal_mults(features, depth, width)
@@ -182,7 +257,8 @@ def main():
                       f"| {1e3 * med['dense']:.3f} | {ratio['composed']} "
                       f"| {ratio['dense']} | {sm / dm:.2f} "
                       f"| {rate / 1e9:.1f} ({100 * rate / peak:.0f}%) |"
-                      + (f" {1e3 * med['chain']:.3f} | {paired_ratio(times['chain'], times['dense'])} |"
+                      + (f" {1e3 * med['chain']:.3f} | {paired_ratio(times['chain'], times['dense'])} "
+                         f"| {paired_ratio(times['chain_custom_gradient'], times['chain'])} |"
                          if args.chain else ""), flush=True)
 
 
