@@ -130,6 +130,28 @@ class CustomGradientChain(SequentialChain):
 CHAINS = {"chain": SequentialChain, "chain_custom_gradient": CustomGradientChain}
 
 
+def check_custom_gradient(depth, width, batch):
+    """Refuse to time a hand-written backward that disagrees with autodiff."""
+    pre = tf.random.normal((batch, depth * width))
+    chains = [cls(depth, width) for cls in CHAINS.values()]
+    grads = []
+    for chain in chains:
+        chain.build(pre.shape)
+        chain.recurrent_kernel.assign(chains[0].recurrent_kernel)
+
+        @tf.function  # as timed: eagerly, tf.custom_gradient wants variables apart
+        def gradient(pre, chain=chain):
+            with tf.GradientTape() as tape:
+                tape.watch(pre)
+                loss = tf.reduce_sum(chain(pre) * tf.range(depth * width, dtype=pre.dtype))
+            return tape.gradient(loss, [pre, chain.recurrent_kernel])
+
+        grads.append(gradient(pre))
+    for auto, custom in zip(*grads):
+        tf.debugging.assert_near(custom, auto, rtol=1e-5, atol=1e-5,
+                                 message="hand-written chain gradient differs from autodiff")
+
+
 def build(kind, features, depth, width):
     if kind in CHAINS:
         inputs = keras.Input((depth * width,))
@@ -235,6 +257,8 @@ def main():
                 x = tf.random.normal((batch, features))
                 chain_x = tf.random.normal((batch, depth * width))
                 inputs = {k: chain_x if k in CHAINS else x for k in kinds}
+                if args.chain:
+                    check_custom_gradient(depth, width, batch)
                 steps = {}
                 for kind in kinds:
                     steps[kind] = make_step(build(kind, features, depth, width), jit)
