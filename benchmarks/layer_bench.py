@@ -10,7 +10,7 @@ size. Each step's input is the previous one's moved a little along its
 input gradient, so the steps run one after another and none can be lifted
 out of the loop. `--per-call` instead calls each step from Python, as
 Keras's default `steps_per_execution=1` does; that adds tf.function's
-dispatch, about 0.2 ms on this machine, to every variant alike, which at
+dispatch, about 0.25 ms on this machine, to every variant alike, which at
 the small sizes is most of a step.
 
 Implementations are timed interleaved: each repeat times all of them back to
@@ -165,6 +165,22 @@ def build(kind, features, depth, width):
     return keras.Model(inputs, keras.layers.Dense(depth * width, activation="relu")(inputs))
 
 
+def graph_loop(advance, spec):
+    """A function of (x, n) that applies `advance(x) -> (next x, scalar)` n
+    times in one graph loop, each time to the x it returned last, and returns
+    the sum of the scalars."""
+
+    @tf.function(input_signature=[spec, tf.TensorSpec((), tf.int32)])
+    def run(x, n):
+        def body(i, x, total):
+            x, seen = advance(x)
+            return i + 1, x, total + seen
+
+        return tf.while_loop(lambda i, x, total: i < n, body, (0, x, 0.0))[2]
+
+    return run
+
+
 def make_step(model, jit):
     """A function of (x, n) that runs n steps from x and returns a scalar."""
     weights = model.trainable_variables
@@ -177,18 +193,13 @@ def make_step(model, jit):
             loss = tf.reduce_sum(model(x, training=True))
         return tape.gradient(loss, [x] + weights)
 
-    @tf.function(input_signature=[spec, tf.TensorSpec((), tf.int32)])
-    def steps(x, n):
-        def body(i, x, total):
-            dx, *dw = step(x)
-            # One element of each weight gradient keeps it from being pruned
-            # without adding work in proportion to the weights.
-            seen = tf.add_n([tf.reshape(g, [-1])[0] for g in dw])
-            return i + 1, x - 1e-6 * dx, total + seen
+    def advance(x):
+        dx, *dw = step(x)
+        # One element of each weight gradient keeps it from being pruned
+        # without adding work in proportion to the weights.
+        return x - 1e-6 * dx, tf.add_n([tf.reshape(g, [-1])[0] for g in dw])
 
-        return tf.while_loop(lambda i, x, total: i < n, body, (0, x, 0.0))[2]
-
-    return steps
+    return graph_loop(advance, spec)
 
 
 def time_steps(steps, x, n, per_call):

@@ -24,20 +24,15 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import tensorflow as tf  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(__file__))
-from layer_bench import paired_ratio  # noqa: E402
+from layer_bench import graph_loop, paired_ratio  # noqa: E402
 
 
 def product_loop(kernel):
-    @tf.function(input_signature=[tf.TensorSpec((None, kernel.shape[0])),
-                                  tf.TensorSpec((), tf.int32)])
-    def run(x, n):
-        def body(i, x, total):
-            y = tf.matmul(x, kernel)
-            return i + 1, x + 1e-6 * y[0, 0], total + y[0, 0]
+    def advance(x):
+        y = tf.matmul(x, kernel)
+        return x + 1e-6 * y[0, 0], y[0, 0]
 
-        return tf.while_loop(lambda i, x, total: i < n, body, (0, x, 0.0))[2]
-
-    return run
+    return graph_loop(advance, tf.TensorSpec((None, kernel.shape[0])))
 
 
 def main():
