@@ -62,7 +62,31 @@ def size_arg(text):
         features, depth, width = (int(v) for v in text.lower().split("x"))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected FEATURESxDEPTHxWIDTH, got {text!r}")
+    if features < 2 or depth < 2 or width < 1:
+        raise argparse.ArgumentTypeError(
+            f"expected at least 2 features, depth 2 and width 1, got {text!r}")
     return features, depth, width
+
+
+def positive(kind):
+    """An argparse type: a number of `kind` above zero."""
+
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not value > 0:
+            raise argparse.ArgumentTypeError(f"expected a positive {kind.__name__}, got {text!r}")
+        return value
+
+    return parse
+
+
+def check_repeats(parser, repeats):
+    # The interquartile range of the per-repeat ratios needs two of them.
+    if repeats < 2:
+        parser.error(f"--repeats must be at least 2, got {repeats}")
 
 
 def spinal_mults(features, depth, width, splits=2):
@@ -240,15 +264,16 @@ def main():
     parser.add_argument("--quick", action="store_true", help="the two small sizes only")
     parser.add_argument("--sizes", nargs="+", type=size_arg,
                         help="FEATURESxDEPTHxWIDTH, e.g. 320x6x8 (default: the paper's four)")
-    parser.add_argument("--batches", type=int, nargs="+", default=[64, 256])
+    parser.add_argument("--batches", type=positive(int), nargs="+", default=[64, 256])
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--chain", action="store_true",
                         help="also time the sequential chain alone (see above)")
     parser.add_argument("--per-call", action="store_true",
                         help="one call from Python per step (see above)")
-    parser.add_argument("--target-seconds", type=float, default=0.25,
+    parser.add_argument("--target-seconds", type=positive(float), default=0.25,
                         help="time per measurement (sets the number of steps)")
     args = parser.parse_args()
+    check_repeats(parser, args.repeats)
     sizes = args.sizes or (SIZES[:2] if args.quick else SIZES)
     peak = machine_flops()
     print(f"TensorFlow {tf.__version__}, Keras {keras.__version__}, "

@@ -24,7 +24,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import tensorflow as tf  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(__file__))
-from layer_bench import graph_loop, paired_ratio  # noqa: E402
+from layer_bench import check_repeats, graph_loop, paired_ratio, positive  # noqa: E402
 
 
 def product_loop(kernel):
@@ -37,13 +37,17 @@ def product_loop(kernel):
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--inner", type=int, default=2048, help="rows of W (features per input half)")
-    parser.add_argument("--widths", type=int, nargs="+", default=[512, 768, 1024, 1040],
+    parser.add_argument("--inner", type=positive(int), default=2048,
+                        help="rows of W (features per input half)")
+    parser.add_argument("--widths", type=positive(int), nargs="+", default=[512, 768, 1024, 1040],
                         help="columns of W; the first is the reference")
-    parser.add_argument("--batches", type=int, nargs="+", default=[64, 256])
+    parser.add_argument("--batches", type=positive(int), nargs="+", default=[64, 256])
     parser.add_argument("--repeats", type=int, default=9)
-    parser.add_argument("--target-seconds", type=float, default=0.25)
+    parser.add_argument("--target-seconds", type=positive(float), default=0.25)
     args = parser.parse_args()
+    check_repeats(parser, args.repeats)
+    if len(set(args.widths)) < len(args.widths):
+        parser.error(f"--widths must not repeat a width, got {args.widths}")
     print(f"TensorFlow {tf.__version__}, {os.cpu_count()} CPU cores; "
           f"(batch, {args.inner}) @ ({args.inner}, N), float32")
     print("| batch | N | row of W, bytes | ms | GFLOP/s | rate / rate at N = "
