@@ -28,16 +28,10 @@ import sys
 import tempfile
 import time
 
+from summary import spread
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_DATA = os.path.join(HERE, "..", "..", "shared", "data")
-
-
-def spread(values):
-    """Median and interquartile range, as text."""
-    if len(values) < 2:
-        return f"{values[0]:.2f}"
-    q1, median, q3 = statistics.quantiles(values, n=4)
-    return f"{median:.2f} ({q1:.2f}-{q3:.2f})"
 
 
 def run(cmd, env):

@@ -52,6 +52,7 @@ from composed import composed_spinal  # noqa: E402
 
 from spinalnet_keras import SpinalDense  # noqa: E402
 from spinalnet_keras import split_sizes  # noqa: E402
+from summary import paired_ratio  # noqa: E402
 
 # (features, depth, width): the paper's head sizes
 SIZES = [(320, 6, 8), (512, 4, 128), (4096, 4, 512), (25088, 4, 1024)]
@@ -236,13 +237,6 @@ def time_steps(steps, x, n, per_call):
         out = steps(x, n)
     out.numpy()
     return (time.perf_counter() - start) / n
-
-
-def paired_ratio(a, b):
-    """Median of a[i] / b[i] over repeats, with its interquartile range."""
-    ratios = [x / y for x, y in zip(a, b)]
-    q1, median, q3 = statistics.quantiles(ratios, n=4)
-    return f"{median:.2f} ({q1:.2f}-{q3:.2f})"
 
 
 def machine_flops(n=2048, repeats=5):

@@ -24,7 +24,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import tensorflow as tf  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(__file__))
-from layer_bench import check_repeats, graph_loop, paired_ratio, positive  # noqa: E402
+from layer_bench import check_repeats, graph_loop, positive  # noqa: E402
+from summary import paired_ratio  # noqa: E402
 
 
 def product_loop(kernel):

@@ -55,6 +55,8 @@ import subprocess
 import sys
 import tempfile
 
+from summary import spread
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_DATA = os.path.join(HERE, "..", "..", "shared", "data")
 
@@ -262,11 +264,6 @@ def run_snippet(code, data_dir, pythonpath):
     if proc.returncode or not lines:
         raise SystemExit(f"snippet failed:\n{proc.stderr[-3000:]}")
     return json.loads(lines[-1][len("RESULT "):])
-
-
-def spread(values):
-    q1, median, q3 = statistics.quantiles(values, n=4)
-    return f"{median:.2f} ({q1:.2f}-{q3:.2f})"
 
 
 def main():
