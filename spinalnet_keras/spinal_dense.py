@@ -14,6 +14,14 @@ from spinalnet_keras import _validation
 
 PACKAGE = "spinalnet_keras"
 
+# Sub-layers at least this wide get a kernel each instead of sharing their
+# split's product: a product per sub-layer is then large enough that its op
+# costs nothing, and it has the composed network's own shape, whereas the
+# shared product's wider kernel ran slower per multiplication on the
+# benchmark machine (benchmarks/RESULTS.md, section 2). Narrower sub-layers
+# share, since at small sizes the number of ops is what costs.
+OWN_KERNEL_WIDTH = 256
+
 
 def check_sizes(width, depth, splits):
     """Return `(width, depth, splits)` as ints if they make a spinal block
@@ -189,8 +197,10 @@ class SpinalDense(keras.layers.Layer):
     concatenation followed by `output_activation`: the complete SpinalNet
     head of Kabir et al. (arXiv 2007.03347), used where `Dense(units)` was.
 
-    All sub-layers that read the same split share one matrix product, so
-    only the small `width x width` recurrent products run in sequence.
+    Sub-layers that read the same split share one matrix product, so
+    only the small `width x width` recurrent products run in sequence;
+    sub-layers of width `OWN_KERNEL_WIDTH` (256) or more each have their
+    own product, which ran faster at those sizes (benchmarks/RESULTS.md).
 
     Args:
         units: Optional positive int, size of the linear output Dense.
@@ -351,34 +361,36 @@ class SpinalDense(keras.layers.Layer):
         kernel_inits = _sublayer_initializers(self.kernel_initializer, self.depth)
         bias_inits = _sublayer_initializers(self.bias_initializer, self.depth)
 
-        # Storage: one kernel per split, holding side by side the split's
-        # rows of every sub-layer that reads it (one GEMM per split); one
-        # bias vector; one recurrent kernel with the sub-layers' (w, w)
-        # blocks stacked along rows, so that cutting it into blocks makes
-        # views, not copies. Few variables: the optimizer's update costs ops
-        # per variable, traced and run. Regularizers and constraints act on
-        # each sub-layer's block, as on per-sub-layer Dense weights.
+        # Storage: one kernel per group of sub-layers reading the same split
+        # (the whole split's sub-layers, or each one alone when they are at
+        # least OWN_KERNEL_WIDTH wide), holding their split rows side by
+        # side: one GEMM per group. One bias vector; one recurrent kernel
+        # with the sub-layers' (w, w) blocks stacked along rows, so that
+        # cutting it into blocks makes views, not copies. Few variables: the
+        # optimizer's update costs ops per variable, traced and run.
+        # Regularizers and constraints act on each sub-layer's block, as on
+        # per-sub-layer Dense weights.
+        self._kernel_groups = self._layouts()["current"][0]
         self.split_kernels = []
-        for j, size in enumerate(self.split_sizes):
-            sub = self._sublayers_of_split(j)
+        for j, group in self._kernel_groups:
+            size = self.split_sizes[j]
             # Sub-layer 0 has no recurrent input; the others read w more.
-            full = {i: (size + (w if i else 0), w) for i in sub}
+            full = {i: (size + (w if i else 0), w) for i in group}
+            own = len(group) < len(self._sublayers_of_split(j))
             self.split_kernels.append(
                 self.add_weight(
-                    name=f"split_kernel_{j}",
-                    shape=(size, len(sub) * w),
+                    name=f"kernel_{group[0]}" if own else f"split_kernel_{j}",
+                    shape=(size, len(group) * w),
                     initializer=_PerSublayerInitializer(
-                        kernel_inits, [(i, full[i], 0, size) for i in sub]
+                        kernel_inits, [(i, full[i], 0, size) for i in group]
                     ),
                     **_per_block(
-                        self.kernel_regularizer, self.kernel_constraint, len(sub), -1
+                        self.kernel_regularizer, self.kernel_constraint, len(group), -1
                     ),
                 )
             )
-        # Sub-layers in storage order: split by split.
-        self._storage_order = [
-            i for j in range(self.splits) for i in self._sublayers_of_split(j)
-        ]
+        # Sub-layers in storage order: group by group (split by split).
+        self._storage_order = [i for _, group in self._kernel_groups for i in group]
         self.bias = None
         if self.use_bias:
             self.bias = self.add_weight(
@@ -437,21 +449,19 @@ class SpinalDense(keras.layers.Layer):
 
     def _split_products(self, parts, training):
         """Pre-activations from the input splits, one entry per sub-layer."""
-        w, pre = self.width, [None] * self.depth
-        widths = [len(self._sublayers_of_split(j)) * w for j in range(self.splits)]
+        w, pre, groups = self.width, [None] * self.depth, self._kernel_groups
         biases = (
-            _split_last_axis(self.bias, widths)
+            _split_last_axis(self.bias, [len(group) * w for _, group in groups])
             if self.use_bias
-            else [None] * self.splits
+            else [None] * len(groups)
         )
-        for j, (part, bias) in enumerate(zip(parts, biases)):
-            sub = self._sublayers_of_split(j)
-            kernel = self.split_kernels[j]
+        for (j, group), kernel, bias in zip(groups, self.split_kernels, biases):
+            part = parts[j]
             if self._dropout_layer is not None and training:
-                # Each sub-layer draws its own mask, so the split's product
+                # Each sub-layer draws its own mask, so the group's product
                 # cannot be shared: one product per sub-layer.
-                kernel = ops.reshape(kernel, (-1, len(sub), w))
-                for t, i in enumerate(sub):
+                kernel = ops.reshape(kernel, (-1, len(group), w))
+                for t, i in enumerate(group):
                     z = ops.matmul(
                         self._dropout_layer(part, training=True), kernel[:, t]
                     )
@@ -462,7 +472,7 @@ class SpinalDense(keras.layers.Layer):
                 z = ops.add(z, bias)
             # One split op (its gradient is one concat) rather than a slice
             # per sub-layer: at small sizes op count is what costs.
-            for i, piece in zip(sub, _split_last_axis(z, [w] * len(sub))):
+            for i, piece in zip(group, _split_last_axis(z, [w] * len(group))):
                 pre[i] = piece
         return pre
 
@@ -514,30 +524,8 @@ class SpinalDense(keras.layers.Layer):
         """
         if not self.built:
             raise ValueError("Build the layer before reading its weights.")
-        w = self.width
-        kernels = [None] * self.depth
-        for j in range(self.splits):
-            k = ops.convert_to_numpy(self.split_kernels[j])
-            for t, i in enumerate(self._sublayers_of_split(j)):
-                kernels[i] = k[:, t * w : (t + 1) * w]
-        biases = None
-        if self.use_bias:
-            b = ops.convert_to_numpy(self.bias)
-            biases = [None] * self.depth
-            for position, i in enumerate(self._storage_order):
-                biases[i] = b[position * w : (position + 1) * w]
-        if self.depth > 1:
-            rec = ops.convert_to_numpy(self.recurrent_kernel)
-            for i in range(1, self.depth):
-                block = rec[(i - 1) * w : i * w]
-                kernels[i] = np.concatenate([kernels[i], block], axis=0)
-        out = {"kernels": kernels, "biases": biases}
-        if self.units:
-            out["output_kernel"] = ops.convert_to_numpy(self.output_kernel)
-            out["output_bias"] = (
-                ops.convert_to_numpy(self.output_bias) if self.use_bias else None
-            )
-        return out
+        arrays = [ops.convert_to_numpy(v) for v in self._stored_variables()]
+        return self._unpack(arrays, *self._layouts()["current"])
 
     def set_sublayer_weights(self, weights):
         """Inverse of `get_sublayer_weights`: load per-sub-layer weights.
@@ -590,76 +578,126 @@ class SpinalDense(keras.layers.Layer):
             wanted = (f"be {self.depth} arrays of shape {(w,)}" if key == "biases"
                       else f"have shape {shape}")
             raise ValueError(f"`{key}` must {wanted}. Received: {got}")
-        biases = weights["biases"]
-        for j in range(self.splits):
-            sub = self._sublayers_of_split(j)
-            size = self.split_sizes[j]
-            self.split_kernels[j].assign(
-                np.concatenate([kernels[i][:size] for i in sub], axis=1)
-            )
-        if self.use_bias:
-            self.bias.assign(
-                np.concatenate([biases[i] for i in self._storage_order])
-            )
-        if self.depth > 1:
-            self.recurrent_kernel.assign(
-                np.concatenate(
-                    [
-                        kernels[i][self.split_sizes[i % self.splits] :]
-                        for i in range(1, self.depth)
-                    ],
-                    axis=0,
-                )
-            )
+        arrays = self._pack({**weights, "kernels": kernels}, *self._layouts()["current"])
+        for variable, value in zip(self._stored_variables(), arrays):
+            variable.assign(value)
+
+    # -- stored layouts ----------------------------------------------------
+
+    def _stored_variables(self):
+        """The layer's own variables, in the order Keras saves them."""
+        variables = list(self.split_kernels)
+        variables += [v for v in (self.bias, self.recurrent_kernel) if v is not None]
         if self.units:
-            self.output_kernel.assign(weights["output_kernel"])
-            if self.use_bias:
-                self.output_bias.assign(weights["output_bias"])
+            variables.append(self.output_kernel)
+            if self.output_bias is not None:
+                variables.append(self.output_bias)
+        return variables
 
-    def load_own_variables(self, store):
-        """Load saved variables, also from files of spinalnet-keras 0.1.
+    def _layouts(self):
+        """The stored layouts this version reads, newest first, each as
+        `(kernel groups, one bias per group, recurrent blocks stacked)`.
 
-        Version 0.1 stored one bias per split (after each split kernel) and
-        one `(width, width)` recurrent kernel per sub-layer; those files
-        load into the present layout (one bias, one recurrent kernel).
+        A kernel group is `(split, sub-layers)`: one stored kernel holding
+        those sub-layers' split rows side by side. Version 0.1 stored one
+        bias per split (after each split kernel) and one `(width, width)`
+        recurrent kernel per sub-layer; 0.2 gave every split one kernel
+        whatever the width.
         """
-        legacy = self._legacy_variable_shapes()
-        if len(store.keys()) == len(legacy) != len(self.variables) and [
-            tuple(store[str(n)].shape) for n in range(len(legacy))
-        ] == legacy:
-            values = iter(np.asarray(store[str(n)]) for n in range(len(legacy)))
-            split_biases = []
-            for kernel in self.split_kernels:
-                kernel.assign(next(values))
-                if self.use_bias:
-                    split_biases.append(next(values))
-            if self.use_bias:
-                self.bias.assign(np.concatenate(split_biases))
-            if self.depth > 1:
-                self.recurrent_kernel.assign(
-                    np.concatenate([next(values) for _ in range(1, self.depth)], axis=0)
-                )
-            if self.units:
-                self.output_kernel.assign(next(values))
-                if self.use_bias:
-                    self.output_bias.assign(next(values))
-            return
-        super().load_own_variables(store)
+        per_split = [(j, self._sublayers_of_split(j)) for j in range(self.splits)]
+        groups = per_split
+        if self.width >= OWN_KERNEL_WIDTH:
+            groups = [(j, [i]) for j, group in per_split for i in group]
+        return {
+            "current": (groups, False, True),
+            "0.2": (per_split, False, True),
+            "0.1": (per_split, True, False),
+        }
 
-    def _legacy_variable_shapes(self):
-        """Shapes of the variables in the layout of version 0.1, in order."""
+    def _layout_shapes(self, groups, bias_per_group, stacked):
         w, shapes = self.width, []
-        for j, size in enumerate(self.split_sizes):
-            n = len(self._sublayers_of_split(j))
-            shapes.append((size, n * w))
-            if self.use_bias:
-                shapes.append((n * w,))
-        shapes += [(w, w)] * (self.depth - 1)
+        for j, group in groups:
+            shapes.append((self.split_sizes[j], len(group) * w))
+            if self.use_bias and bias_per_group:
+                shapes.append((len(group) * w,))
+        if self.use_bias and not bias_per_group:
+            shapes.append((self.depth * w,))
+        if self.depth > 1:
+            shapes += [((self.depth - 1) * w, w)] if stacked else [(w, w)] * (self.depth - 1)
         if self.units:
             shapes.append((self.depth * w, self.units))
             if self.use_bias:
                 shapes.append((self.units,))
         return shapes
+
+    def _pack(self, weights, groups, bias_per_group, stacked):
+        """Per-sub-layer `weights` as the arrays of a stored layout."""
+        kernels, biases, arrays = weights["kernels"], weights["biases"], []
+        for j, group in groups:
+            size = self.split_sizes[j]
+            arrays.append(np.concatenate([kernels[i][:size] for i in group], axis=1))
+            if self.use_bias and bias_per_group:
+                arrays.append(np.concatenate([biases[i] for i in group]))
+        if self.use_bias and not bias_per_group:
+            arrays.append(np.concatenate([biases[i] for _, g in groups for i in g]))
+        recurrent = [
+            kernels[i][self.split_sizes[i % self.splits] :] for i in range(1, self.depth)
+        ]
+        if recurrent:
+            arrays += [np.concatenate(recurrent, axis=0)] if stacked else recurrent
+        if self.units:
+            arrays.append(weights["output_kernel"])
+            if self.use_bias:
+                arrays.append(weights["output_bias"])
+        return arrays
+
+    def _unpack(self, arrays, groups, bias_per_group, stacked):
+        """Inverse of `_pack`."""
+        w, arrays = self.width, iter(arrays)
+        kernels = [None] * self.depth
+        biases = [None] * self.depth if self.use_bias else None
+        for _, group in groups:
+            kernel = next(arrays)
+            bias = next(arrays) if self.use_bias and bias_per_group else None
+            for t, i in enumerate(group):
+                kernels[i] = kernel[:, t * w : (t + 1) * w]
+                if bias is not None:
+                    biases[i] = bias[t * w : (t + 1) * w]
+        if self.use_bias and not bias_per_group:
+            bias = next(arrays)
+            order = [i for _, group in groups for i in group]
+            for position, i in enumerate(order):
+                biases[i] = bias[position * w : (position + 1) * w]
+        if self.depth > 1:
+            blocks = (
+                np.split(next(arrays), self.depth - 1)
+                if stacked
+                else [next(arrays) for _ in range(1, self.depth)]
+            )
+            for i, block in zip(range(1, self.depth), blocks):
+                kernels[i] = np.concatenate([kernels[i], block], axis=0)
+        out = {"kernels": kernels, "biases": biases}
+        if self.units:
+            out["output_kernel"] = next(arrays)
+            out["output_bias"] = next(arrays) if self.use_bias else None
+        return out
+
+    def load_own_variables(self, store):
+        """Load saved variables, also from files of earlier versions.
+
+        Files of versions 0.1 and 0.2 (see `_layouts`) load into the
+        present layout; a file in none of them gets Keras's own error.
+        """
+        arrays = [store[str(n)] for n in range(len(store.keys()))]
+        shapes = [tuple(a.shape) for a in arrays]
+        layouts = self._layouts()
+        if shapes != self._layout_shapes(*layouts.pop("current")):
+            for layout in layouts.values():
+                if shapes == self._layout_shapes(*layout):
+                    weights = self._unpack([np.asarray(a) for a in arrays], *layout)
+                    self.set_sublayer_weights(weights)
+                    return
+        super().load_own_variables(store)
 
     # -- serialization -----------------------------------------------------
 

@@ -9,6 +9,7 @@ from composed import composed_spinal
 from composed import numpy_spinal
 from spinalnet_keras import SpinalDense
 from spinalnet_keras import split_sizes
+from spinalnet_keras.spinal_dense import OWN_KERNEL_WIDTH
 
 
 def _x(*shape, seed=0):
@@ -20,7 +21,8 @@ def _x(*shape, seed=0):
 
 @pytest.mark.parametrize(
     "features,width,depth,splits,units",
-    [(320, 8, 6, 2, 10), (321, 5, 4, 2, None), (10, 3, 4, 3, 7), (9, 4, 1, 1, 2)],
+    [(320, 8, 6, 2, 10), (321, 5, 4, 2, None), (10, 3, 4, 3, 7), (9, 4, 1, 1, 2),
+     (7, 256, 3, 2, 5)],  # width 256: a kernel per sub-layer
 )
 def test_forward_matches_numpy_reference(features, width, depth, splits, units):
     layer = SpinalDense(units, width=width, depth=depth, splits=splits,
@@ -119,8 +121,43 @@ def test_sublayers_get_distinct_weights_and_seeds_reproduce():
 # -- options -----------------------------------------------------------------
 
 
-def test_dropout_is_active_in_training_only_and_per_sublayer_path_agrees():
-    layer = SpinalDense(5, width=4, depth=4, dropout=0.5, seed=3)
+def test_wide_sublayers_get_a_kernel_each():
+    # Below OWN_KERNEL_WIDTH a split's sub-layers share one stored kernel
+    # (one product); from it on each sub-layer has its own, of the shape of
+    # its Dense kernel's split rows. The function and the parameters are the
+    # same either way.
+    narrow = SpinalDense(3, width=OWN_KERNEL_WIDTH - 1, depth=4)
+    wide = SpinalDense(3, width=OWN_KERNEL_WIDTH, depth=4, bias_initializer="random_normal")
+    for layer in (narrow, wide):
+        layer.build((None, 7))
+    w = OWN_KERNEL_WIDTH
+    assert [tuple(k.shape) for k in narrow.split_kernels] == [(4, 2 * (w - 1)), (3, 2 * (w - 1))]
+    assert [tuple(k.shape) for k in wide.split_kernels] == [(4, w), (4, w), (3, w), (3, w)]
+    assert [k.path.split("/")[-1] for k in wide.split_kernels] == [
+        "kernel_0", "kernel_2", "kernel_1", "kernel_3"]
+    assert len(wide.weights) == len(narrow.weights) + 2
+    assert wide.count_params() == composed_spinal(7, units=3, width=w, depth=4).count_params()
+    # Each kernel is drawn at its own sub-layer's Dense scale (Glorot).
+    limit = np.sqrt(6.0 / ((4 + w) + w))
+    k2 = wide.split_kernels[1].numpy()  # sub-layer 2: split 0, a (4 + w, w) Dense kernel
+    assert limit * 0.9 < np.abs(k2).max() <= limit
+    assert not np.allclose(wide.split_kernels[0].numpy(), k2)
+    # Reference layout round trip: every block lands where it came from.
+    weights = wide.get_sublayer_weights()
+    twin = SpinalDense(3, width=w, depth=4)
+    twin.build((None, 7))
+    twin.set_sublayer_weights(weights)
+    x = _x(5, 7)
+    np.testing.assert_allclose(twin(x), wide(x), rtol=1e-6)
+    expected = numpy_spinal(x, weights["kernels"], weights["biases"], 2,
+                            output_kernel=weights["output_kernel"],
+                            output_bias=weights["output_bias"])
+    np.testing.assert_allclose(wide(x), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("width", [4, 256])
+def test_dropout_is_active_in_training_only_and_per_sublayer_path_agrees(width):
+    layer = SpinalDense(5, width=width, depth=4, dropout=0.5, seed=3)
     x = _x(8, 20)
     infer = keras.ops.convert_to_numpy(layer(x, training=False))
     train = keras.ops.convert_to_numpy(layer(x, training=True))
@@ -428,6 +465,29 @@ def test_files_saved_in_the_0_1_layout_still_load(tmp_path):
     _rewrite_layer_vars(tmp_path / "now.keras", tmp_path / "bad.keras", legacy[:-1])
     with pytest.raises(ValueError, match="expected 6 variables"):
         keras.saving.load_model(tmp_path / "bad.keras", safe_mode=True)
+
+
+def test_files_saved_in_the_0_2_layout_of_wide_layers_still_load(tmp_path):
+    # 0.2 gave each split one kernel at every width: here (4, 2w) and (3, w),
+    # then the bias in storage order (sub-layers 0, 2, 1), the stacked
+    # recurrent kernel and the output Dense.
+    w = OWN_KERNEL_WIDTH
+    layer = SpinalDense(2, width=w, depth=3, bias_initializer="random_normal")
+    model = keras.Sequential([keras.Input((7,)), layer])
+    x = _x(6, 7)
+    expected = model.predict(x, verbose=0)
+    model.save(tmp_path / "now.keras")
+    sub = layer.get_sublayer_weights()
+    kernels, biases = sub["kernels"], sub["biases"]
+    old = [np.concatenate([kernels[0][:4], kernels[2][:4]], axis=1), kernels[1][:3],
+           np.concatenate([biases[0], biases[2], biases[1]]),
+           np.concatenate([kernels[1][3:], kernels[2][4:]], axis=0),
+           sub["output_kernel"], sub["output_bias"]]
+    assert [a.shape for a in old] == [(4, 2 * w), (3, w), (3 * w,), (2 * w, w), (3 * w, 2), (2,)]
+    _rewrite_layer_vars(tmp_path / "now.keras", tmp_path / "v0_2.keras", old)
+    loaded = keras.saving.load_model(tmp_path / "v0_2.keras", safe_mode=True)
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), expected, rtol=1e-6, atol=1e-6)
+    assert [tuple(k.shape) for k in loaded.layers[0].split_kernels] == [(4, w), (4, w), (3, w)]
 
 
 # -- models, precision, compilation -----------------------------------------
