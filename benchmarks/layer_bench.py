@@ -25,6 +25,12 @@ the same run.
     python benchmarks/layer_bench.py --sizes 25088x4x1024 --repeats 15
     python benchmarks/layer_bench.py --quick --chain  # plus the sequential chain alone
     python benchmarks/layer_bench.py --quick --per-call
+    python benchmarks/layer_bench.py --layouts --sizes 512x4x64 1024x8x128 2048x4x256
+
+`--layouts` adds SpinalDense with its input-split products laid out one
+way at every width: one product per split, shared by the split's
+sub-layers (the layer's layout below OWN_KERNEL_WIDTH = 256), and one
+product per sub-layer (its layout from there on).
 
 `--chain` adds two variants: only the part of SpinalDense that cannot be
 batched, the `depth - 1` dependent `width x width` products with their
@@ -155,6 +161,27 @@ class CustomGradientChain(SequentialChain):
 CHAINS = {"chain": SequentialChain, "chain_custom_gradient": CustomGradientChain}
 
 
+class LayoutSpinal(SpinalDense):
+    """SpinalDense with its input-split products laid out one way at every
+    width: `"split"`, one product per split shared by the split's sub-layers
+    (the layer's choice below OWN_KERNEL_WIDTH), or `"sublayer"`, one per
+    sub-layer (its choice from there on)."""
+
+    def __init__(self, products, **kwargs):
+        super().__init__(**kwargs)
+        self.products = products
+
+    def _layouts(self):
+        layouts = super()._layouts()
+        groups = layouts["0.2"][0]  # one group per split
+        if self.products == "sublayer":
+            groups = [(j, [i]) for j, group in groups for i in group]
+        return {**layouts, "current": (groups, False, True)}
+
+
+LAYOUTS = {"per_split_products": "split", "per_sublayer_products": "sublayer"}
+
+
 def check_custom_gradient(depth, width, batch):
     """Refuse to time a hand-written backward that disagrees with autodiff."""
     pre = tf.random.normal((batch, depth * width))
@@ -184,6 +211,9 @@ def build(kind, features, depth, width):
     inputs = keras.Input((features,))
     if kind == "spinal":
         outputs = SpinalDense(width=width, depth=depth)(inputs)
+        return keras.Model(inputs, outputs)
+    if kind in LAYOUTS:
+        outputs = LayoutSpinal(LAYOUTS[kind], width=width, depth=depth)(inputs)
         return keras.Model(inputs, outputs)
     if kind == "composed":
         return composed_spinal(features, units=None, width=width, depth=depth)
@@ -262,6 +292,9 @@ def main():
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--chain", action="store_true",
                         help="also time the sequential chain alone (see above)")
+    parser.add_argument("--layouts", action="store_true",
+                        help="also time one product per split against one per sub-layer "
+                             "(see above)")
     parser.add_argument("--per-call", action="store_true",
                         help="one call from Python per step (see above)")
     parser.add_argument("--target-seconds", type=positive(float), default=0.25,
@@ -277,9 +310,13 @@ def main():
           "| spinal/composed (IQR) | spinal/dense (IQR) | mults spinal/dense "
           "| spinal GFLOP/s (% of machine) |"
           + (" chain ms | chain/dense (IQR) | custom-gradient chain / chain (IQR) |"
-             if args.chain else ""))
-    print("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|" + ("---:|---:|---:|" if args.chain else ""))
-    kinds = ["spinal", "composed", "dense"] + (list(CHAINS) if args.chain else [])
+             if args.chain else "")
+          + (" per-split products ms | per-sub-layer products ms "
+             "| per-sub-layer / per-split (IQR) |" if args.layouts else ""))
+    print("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|" + ("---:|---:|---:|" if args.chain else "")
+          + ("---:|---:|---:|" if args.layouts else ""))
+    kinds = (["spinal", "composed", "dense"] + (list(CHAINS) if args.chain else [])
+             + (list(LAYOUTS) if args.layouts else []))
     for features, depth, width in sizes:
         for batch in args.batches:
             for jit in (False, True):
@@ -313,7 +350,11 @@ def main():
                       f"| {rate / 1e9:.1f} ({100 * rate / peak:.0f}%) |"
                       + (f" {1e3 * med['chain']:.3f} | {paired_ratio(times['chain'], times['dense'])} "
                          f"| {paired_ratio(times['chain_custom_gradient'], times['chain'])} |"
-                         if args.chain else ""), flush=True)
+                         if args.chain else "")
+                      + (f" {1e3 * med['per_split_products']:.3f} "
+                         f"| {1e3 * med['per_sublayer_products']:.3f} "
+                         f"| {paired_ratio(times['per_sublayer_products'], times['per_split_products'])} |"
+                         if args.layouts else ""), flush=True)
 
 
 if __name__ == "__main__":
