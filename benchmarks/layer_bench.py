@@ -171,12 +171,8 @@ class LayoutSpinal(SpinalDense):
         super().__init__(**kwargs)
         self.products = products
 
-    def _layouts(self):
-        layouts = super()._layouts()
-        groups = layouts["0.2"][0]  # one group per split
-        if self.products == "sublayer":
-            groups = [(j, [i]) for j, group in groups for i in group]
-        return {**layouts, "current": (groups, False, True)}
+    def _own_kernels(self):
+        return self.products == "sublayer"
 
 
 LAYOUTS = {"per_split_products": "split", "per_sublayer_products": "sublayer"}

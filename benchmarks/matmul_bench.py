@@ -1,10 +1,10 @@
 """The rate of one float32 product `x @ W` against the width of W.
 
-Why SpinalDense loses to the hand-composed network at 4096 -> 4 x 512,
-batch 64 (RESULTS.md, section 2): the layer computes each input half's
-products for both of its sub-layers as one product with a 2048 x 1024
-kernel, where the composed network makes one per sub-layer with 512
-columns. This script times `(batch, 2048) @ (2048, N)` for several N, in a
+Why SpinalDense 0.2 lost to the hand-composed network at 4096 -> 4 x 512,
+batch 64 (RESULTS.md, section 2): it computed each input half's products
+for both of its sub-layers as one product with a 2048 x 1024 kernel, where
+the composed network makes one per sub-layer with 512 columns (0.3 does
+the same from a width of 256). This script times `(batch, 2048) @ (2048, N)` for several N, in a
 graph loop as `layer_bench.py` runs its steps (each product's input
 depending on the previous one), interleaved, and reports each rate against
 that of N = 512 measured in the same repeat.

@@ -60,6 +60,11 @@ def split_sizes(features, splits):
     return [base + 1 if j < extra else base for j in range(splits)]
 
 
+def _storage_order(groups):
+    """Sub-layer indices in the order kernel `groups` store them."""
+    return [i for _, group in groups for i in group]
+
+
 def _split_last_axis(x, sizes):
     """`x` cut along its last axis into consecutive parts of `sizes`.
 
@@ -389,15 +394,14 @@ class SpinalDense(keras.layers.Layer):
                     ),
                 )
             )
-        # Sub-layers in storage order: group by group (split by split).
-        self._storage_order = [i for _, group in self._kernel_groups for i in group]
         self.bias = None
         if self.use_bias:
             self.bias = self.add_weight(
                 name="bias",
                 shape=(self.depth * w,),
                 initializer=_PerSublayerInitializer(
-                    bias_inits, [(i, (w,), 0, w) for i in self._storage_order]
+                    bias_inits,
+                    [(i, (w,), 0, w) for i in _storage_order(self._kernel_groups)],
                 ),
                 **_per_block(
                     self.bias_regularizer, self.bias_constraint, self.depth, 0
@@ -594,6 +598,10 @@ class SpinalDense(keras.layers.Layer):
                 variables.append(self.output_bias)
         return variables
 
+    def _own_kernels(self):
+        """Whether each sub-layer stores its own input kernel."""
+        return self.width >= OWN_KERNEL_WIDTH
+
     def _layouts(self):
         """The stored layouts this version reads, newest first, each as
         `(kernel groups, one bias per group, recurrent blocks stacked)`.
@@ -606,7 +614,7 @@ class SpinalDense(keras.layers.Layer):
         """
         per_split = [(j, self._sublayers_of_split(j)) for j in range(self.splits)]
         groups = per_split
-        if self.width >= OWN_KERNEL_WIDTH:
+        if self._own_kernels():
             groups = [(j, [i]) for j, group in per_split for i in group]
         return {
             "current": (groups, False, True),
@@ -639,7 +647,7 @@ class SpinalDense(keras.layers.Layer):
             if self.use_bias and bias_per_group:
                 arrays.append(np.concatenate([biases[i] for i in group]))
         if self.use_bias and not bias_per_group:
-            arrays.append(np.concatenate([biases[i] for _, g in groups for i in g]))
+            arrays.append(np.concatenate([biases[i] for i in _storage_order(groups)]))
         recurrent = [
             kernels[i][self.split_sizes[i % self.splits] :] for i in range(1, self.depth)
         ]
@@ -665,8 +673,7 @@ class SpinalDense(keras.layers.Layer):
                     biases[i] = bias[t * w : (t + 1) * w]
         if self.use_bias and not bias_per_group:
             bias = next(arrays)
-            order = [i for _, group in groups for i in group]
-            for position, i in enumerate(order):
+            for position, i in enumerate(_storage_order(groups)):
                 biases[i] = bias[position * w : (position + 1) * w]
         if self.depth > 1:
             blocks = (
