@@ -3,10 +3,10 @@ hand from Dense/Concatenate and against one Dense of the same output width.
 
 All three produce `depth * width` features (ReLU) from `features` inputs.
 A step computes the outputs and the gradients of their sum with respect to
-every weight and the input (no optimizer update). Steps run as `fit` runs
-them with `steps_per_execution`: many per call, in a graph loop, the step
-itself one `tf.function` (optionally `jit_compile`) traced for any batch
-size. Each step's input is the previous one's moved a little along its
+every weight and the input (no optimizer update unless `--optimizer`).
+Steps run as `fit` runs them with `steps_per_execution`: many per call,
+in a graph loop, the step itself one `tf.function` (optionally
+`jit_compile`) traced for any batch size. Each step's input is the previous one's moved a little along its
 input gradient, so the steps run one after another and none can be lifted
 out of the loop. `--per-call` instead calls each step from Python, as
 Keras's default `steps_per_execution=1` does; that adds tf.function's
@@ -26,11 +26,16 @@ the same run.
     python benchmarks/layer_bench.py --quick --chain  # plus the sequential chain alone
     python benchmarks/layer_bench.py --quick --per-call
     python benchmarks/layer_bench.py --layouts --sizes 512x4x64 1024x8x128 2048x4x256
+    python benchmarks/layer_bench.py --layouts --optimizer adam --sizes 512x4x128
 
 `--layouts` adds SpinalDense with its input-split products laid out one
 way at every width: one product per split, shared by the split's
 sub-layers (the layer's layout below OWN_KERNEL_WIDTH = 256), and one
 product per sub-layer (its layout from there on).
+
+`--optimizer sgd|adam` makes each step a training step as `fit` runs it:
+the gradients also update the weights with that optimizer, whose work
+grows with the number of variables as well as their size.
 
 `--chain` adds two variants: only the part of SpinalDense that cannot be
 batched, the `depth - 1` dependent `width x width` products with their
@@ -232,23 +237,42 @@ def graph_loop(advance, spec):
     return run
 
 
-def make_step(model, jit):
-    """A function of (x, n) that runs n steps from x and returns a scalar."""
+# --optimizer: the paper's MNIST recipe's SGD, and Adam, whose update reads
+# and writes two slots per variable. The work does not depend on the rate;
+# it is tiny so that tens of thousands of steps on one batch leave the
+# weights where they started (Adam moves each by at most the rate a step).
+OPTIMIZERS = {
+    "sgd": lambda: keras.optimizers.SGD(1e-9, momentum=0.5),
+    "adam": lambda: keras.optimizers.Adam(1e-9),
+}
+
+
+def make_step(model, jit, optimizer=None):
+    """A function of (x, n) that runs n steps from x and returns a scalar.
+    With `optimizer` (a key of OPTIMIZERS) each step also updates the
+    weights with it, as `fit` does."""
     weights = model.trainable_variables
     spec = tf.TensorSpec((None, model.inputs[0].shape[-1]))
+    if optimizer is not None:
+        optimizer = OPTIMIZERS[optimizer]()
+        optimizer.build(weights)
 
     @tf.function(jit_compile=jit, input_signature=[spec])
     def step(x):
         with tf.GradientTape() as tape:
             tape.watch(x)
             loss = tf.reduce_sum(model(x, training=True))
-        return tape.gradient(loss, [x] + weights)
+        dx, *dw = tape.gradient(loss, [x] + weights)
+        if optimizer is None:
+            # One element of each weight gradient keeps it from being pruned
+            # without adding work in proportion to the weights.
+            return dx, tf.add_n([tf.reshape(g, [-1])[0] for g in dw])
+        optimizer.apply(dw, weights)
+        return dx, loss
 
     def advance(x):
-        dx, *dw = step(x)
-        # One element of each weight gradient keeps it from being pruned
-        # without adding work in proportion to the weights.
-        return x - 1e-6 * dx, tf.add_n([tf.reshape(g, [-1])[0] for g in dw])
+        dx, seen = step(x)
+        return x - 1e-6 * dx, seen
 
     return graph_loop(advance, spec)
 
@@ -291,6 +315,9 @@ def main():
     parser.add_argument("--layouts", action="store_true",
                         help="also time one product per split against one per sub-layer "
                              "(see above)")
+    parser.add_argument("--optimizer", choices=sorted(OPTIMIZERS),
+                        help="each step also updates the weights with this optimizer "
+                             "(default: gradients only)")
     parser.add_argument("--per-call", action="store_true",
                         help="one call from Python per step (see above)")
     parser.add_argument("--target-seconds", type=positive(float), default=0.25,
@@ -301,7 +328,8 @@ def main():
     peak = machine_flops()
     print(f"TensorFlow {tf.__version__}, Keras {keras.__version__}, "
           f"{os.cpu_count()} CPU cores; machine matmul rate {peak / 1e9:.1f} GFLOP/s; "
-          + ("one call per step" if args.per_call else "steps in a graph loop"))
+          + ("one call per step" if args.per_call else "steps in a graph loop")
+          + (f"; each step updates the weights with {args.optimizer}" if args.optimizer else ""))
     print("| features -> depth x width | batch | jit | spinal ms | composed ms | dense ms "
           "| spinal/composed (IQR) | spinal/dense (IQR) | mults spinal/dense "
           "| spinal GFLOP/s (% of machine) |"
@@ -324,7 +352,8 @@ def main():
                     check_custom_gradient(depth, width, batch)
                 steps = {}
                 for kind in kinds:
-                    steps[kind] = make_step(build(kind, features, depth, width), jit)
+                    steps[kind] = make_step(build(kind, features, depth, width), jit,
+                                            args.optimizer)
                     steps[kind](inputs[kind], 2).numpy()  # trace and compile
                 per = max(1, int(args.target_seconds / time_steps(
                     steps["dense"], inputs["dense"], 10, args.per_call)))
