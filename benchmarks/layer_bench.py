@@ -30,7 +30,7 @@ the same run.
 
 `--layouts` adds SpinalDense with its input-split products laid out one
 way at every width: one product per split, shared by the split's
-sub-layers (the layer's layout below OWN_KERNEL_WIDTH = 256), and one
+sub-layers (the layer's layout below OWN_KERNEL_WIDTH = 128), and one
 product per sub-layer (its layout from there on).
 
 `--optimizer sgd|adam` makes each step a training step as `fit` runs it:

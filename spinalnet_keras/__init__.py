@@ -44,7 +44,7 @@ finally:
         gc.enable()
     del _collector_was_on
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"
 
 # name -> module that defines it, imported on first access (PEP 562)
 _LAZY = {

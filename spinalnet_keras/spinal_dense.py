@@ -16,11 +16,12 @@ PACKAGE = "spinalnet_keras"
 
 # Sub-layers at least this wide get a kernel each instead of sharing their
 # split's product: a product per sub-layer is then large enough that its op
-# costs nothing, and it has the composed network's own shape, whereas the
-# shared product's wider kernel ran slower per multiplication on the
-# benchmark machine (benchmarks/RESULTS.md, section 2). Narrower sub-layers
+# costs little, whereas the shared product's wider kernel ran slower per
+# multiplication on the benchmark machine. Training steps (with SGD or
+# Adam, without XLA) were mostly faster so from a width of 128 and mostly
+# slower at 64 (benchmarks/RESULTS.md, section 2). Narrower sub-layers
 # share, since at small sizes the number of ops is what costs.
-OWN_KERNEL_WIDTH = 256
+OWN_KERNEL_WIDTH = 128
 
 
 def check_sizes(width, depth, splits):
@@ -204,7 +205,7 @@ class SpinalDense(keras.layers.Layer):
 
     Sub-layers that read the same split share one matrix product, so
     only the small `width x width` recurrent products run in sequence;
-    sub-layers of width `OWN_KERNEL_WIDTH` (256) or more each have their
+    sub-layers of width `OWN_KERNEL_WIDTH` (128) or more each have their
     own product, which ran faster at those sizes (benchmarks/RESULTS.md).
 
     Args:
@@ -610,7 +611,7 @@ class SpinalDense(keras.layers.Layer):
         those sub-layers' split rows side by side. Version 0.1 stored one
         bias per split (after each split kernel) and one `(width, width)`
         recurrent kernel per sub-layer; 0.2 gave every split one kernel
-        whatever the width.
+        whatever the width, and 0.3 did so below a width of 256.
         """
         per_split = [(j, self._sublayers_of_split(j)) for j in range(self.splits)]
         groups = per_split

@@ -22,7 +22,7 @@ def _x(*shape, seed=0):
 @pytest.mark.parametrize(
     "features,width,depth,splits,units",
     [(320, 8, 6, 2, 10), (321, 5, 4, 2, None), (10, 3, 4, 3, 7), (9, 4, 1, 1, 2),
-     (7, 256, 3, 2, 5)],  # width 256: a kernel per sub-layer
+     (7, OWN_KERNEL_WIDTH, 3, 2, 5)],  # a kernel per sub-layer
 )
 def test_forward_matches_numpy_reference(features, width, depth, splits, units):
     layer = SpinalDense(units, width=width, depth=depth, splits=splits,
@@ -155,7 +155,7 @@ def test_wide_sublayers_get_a_kernel_each():
     np.testing.assert_allclose(wide(x), expected, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("width", [4, 256])
+@pytest.mark.parametrize("width", [4, OWN_KERNEL_WIDTH])
 def test_dropout_is_active_in_training_only_and_per_sublayer_path_agrees(width):
     layer = SpinalDense(5, width=width, depth=4, dropout=0.5, seed=3)
     x = _x(8, 20)
@@ -467,8 +467,9 @@ def test_files_saved_in_the_0_1_layout_still_load(tmp_path):
         keras.saving.load_model(tmp_path / "bad.keras", safe_mode=True)
 
 
-def test_files_saved_in_the_0_2_layout_of_wide_layers_still_load(tmp_path):
-    # 0.2 gave each split one kernel at every width: here (4, 2w) and (3, w),
+def test_files_saved_in_the_shared_layout_of_wide_layers_still_load(tmp_path):
+    # 0.2 gave each split one kernel at every width, 0.3 below a width of
+    # 256 (so from OWN_KERNEL_WIDTH = 128 this is both): here (4, 2w) and (3, w),
     # then the bias in storage order (sub-layers 0, 2, 1), the stacked
     # recurrent kernel and the output Dense.
     w = OWN_KERNEL_WIDTH
@@ -484,8 +485,8 @@ def test_files_saved_in_the_0_2_layout_of_wide_layers_still_load(tmp_path):
            np.concatenate([kernels[1][3:], kernels[2][4:]], axis=0),
            sub["output_kernel"], sub["output_bias"]]
     assert [a.shape for a in old] == [(4, 2 * w), (3, w), (3 * w,), (2 * w, w), (3 * w, 2), (2,)]
-    _rewrite_layer_vars(tmp_path / "now.keras", tmp_path / "v0_2.keras", old)
-    loaded = keras.saving.load_model(tmp_path / "v0_2.keras", safe_mode=True)
+    _rewrite_layer_vars(tmp_path / "now.keras", tmp_path / "shared.keras", old)
+    loaded = keras.saving.load_model(tmp_path / "shared.keras", safe_mode=True)
     np.testing.assert_allclose(loaded.predict(x, verbose=0), expected, rtol=1e-6, atol=1e-6)
     assert [tuple(k.shape) for k in loaded.layers[0].split_kernels] == [(4, w), (4, w), (3, w)]
 
