@@ -17,9 +17,9 @@ PACKAGE = "spinalnet_keras"
 # Sub-layers at least this wide get a kernel each instead of sharing their
 # split's product: a product per sub-layer is then large enough that its op
 # costs little, whereas the shared product's wider kernel ran slower per
-# multiplication on the benchmark machine. Training steps (with SGD or
-# Adam, without XLA) were mostly faster so from a width of 128 and mostly
-# slower at 64 (benchmarks/RESULTS.md, section 2). Narrower sub-layers
+# multiplication on the benchmark machine. From a width of 128, training
+# steps (SGD or Adam, without XLA) ran mostly faster with a kernel each; at
+# 64 that was slower (benchmarks/RESULTS.md, section 2). Narrower sub-layers
 # share, since at small sizes the number of ops is what costs.
 OWN_KERNEL_WIDTH = 128
 
