@@ -378,3 +378,18 @@ def test_train_builds_the_training_state_before_fit(tmp_path):
     # iterations, learning rate, and one momentum per trainable variable
     assert seen["optimizer_built"] is True
     assert seen["optimizer_variables"] == seen["trainable_variables"] + 2
+
+
+def test_run_files_are_replaced_whole_never_truncated(tmp_path):
+    # The workers of a multi-worker run share the output directory, and one
+    # reads config.json while another writes it: a writer that truncated the
+    # file first made the reader fail ("Expecting value: line 1 column 1").
+    from spinalnet_keras.training import _write_atomically
+
+    path = tmp_path / "config.json"
+    _write_atomically(str(path), '{"seed": 1}')
+    with open(path) as reader:
+        _write_atomically(str(path), '{"seed": 2}')
+        assert json.load(reader) == {"seed": 1}  # what it opened stays whole
+    assert json.loads(path.read_text()) == {"seed": 2}
+    assert os.listdir(tmp_path) == ["config.json"]  # no temporary file left
