@@ -28,6 +28,7 @@ import numpy as np
 import tensorflow as tf
 
 from spinalnet_keras import _validation
+from spinalnet_keras._files import write_atomically
 
 MANUAL_DIR_ENV = "SPINALNET_KERAS_MANUAL_DIR"
 DATA_DIR_ENV = "SPINALNET_KERAS_DATA_DIR"
@@ -364,9 +365,7 @@ def _write_decoded(ds, path):
     # Two processes racing here write identical bytes; each rename is atomic.
     os.replace(images_file + tmp, images_file)
     os.replace(labels_file + tmp, labels_file)
-    with open(meta_file + tmp, "w") as f:
-        json.dump({"count": count, "image_shape": list(shape)}, f)
-    os.replace(meta_file + tmp, meta_file)
+    write_atomically(meta_file, json.dumps({"count": count, "image_shape": list(shape)}))
     # Version 0.1 kept the decoded split as a tf.data cache at the same stem;
     # those files are no longer read.
     stale = glob.glob(glob.escape(path) + ".data-*") + [path + ".index", path + ".complete"]

@@ -28,6 +28,7 @@ import keras
 import numpy as np
 
 from spinalnet_keras import _validation
+from spinalnet_keras._files import write_atomically
 from spinalnet_keras.backbones import available_backbones
 from spinalnet_keras.backbones import backbone_model
 from spinalnet_keras.costs import cost_report
@@ -485,7 +486,7 @@ def train(config, strategy=None, task=None, callbacks=None):
         if config.verbose:
             print(f"{out}: already complete ({result['epochs']} epochs), not rerun.")
         return result
-    _write_atomically(os.path.join(out, "config.json"), config.to_json())
+    write_atomically(os.path.join(out, "config.json"), config.to_json())
 
     keras.utils.set_random_seed(config.seed)
     if config.deterministic:
@@ -573,18 +574,8 @@ def _write_result(path, config, model, rows, seconds, **extra):
         "train_seconds_this_session": round(seconds, 2),
         **extra,
     }
-    _write_atomically(path, json.dumps(result, indent=2))
+    write_atomically(path, json.dumps(result, indent=2))
     return result
-
-
-def _write_atomically(path, text):
-    """Write `text` to `path` so that a reader sees the old file or the new
-    one, never a part: the workers of a multi-worker run share the output
-    directory, and one reads `config.json` while another writes it."""
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def _is_multi_worker(strategy):

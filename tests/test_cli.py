@@ -384,12 +384,12 @@ def test_run_files_are_replaced_whole_never_truncated(tmp_path):
     # The workers of a multi-worker run share the output directory, and one
     # reads config.json while another writes it: a writer that truncated the
     # file first made the reader fail ("Expecting value: line 1 column 1").
-    from spinalnet_keras.training import _write_atomically
+    from spinalnet_keras._files import write_atomically
 
     path = tmp_path / "config.json"
-    _write_atomically(str(path), '{"seed": 1}')
+    write_atomically(str(path), '{"seed": 1}')
     with open(path) as reader:
-        _write_atomically(str(path), '{"seed": 2}')
+        write_atomically(str(path), '{"seed": 2}')
         assert json.load(reader) == {"seed": 1}  # what it opened stays whole
     assert json.loads(path.read_text()) == {"seed": 2}
     assert os.listdir(tmp_path) == ["config.json"]  # no temporary file left
