@@ -693,7 +693,7 @@ class SpinalDense(keras.layers.Layer):
     def load_own_variables(self, store):
         """Load saved variables, also from files of earlier versions.
 
-        Files of versions 0.1 and 0.2 (see `_layouts`) load into the
+        Files of versions 0.1, 0.2 and 0.3 (see `_layouts`) load into the
         present layout; a file in none of them gets Keras's own error.
         """
         arrays = [store[str(n)] for n in range(len(store.keys()))]

@@ -14,8 +14,9 @@ SHARED_DATA = os.path.join(os.path.dirname(REPO), "shared", "data")
 def _temporary_folder_inside_pytests(tmp_path_factory):
     # What the suite cannot clean up itself (AutoGraph's files of processes
     # the tests kill and Python's bytecode of AutoGraph's files,
-    # tensorflow-datasets' empty folder per fresh data directory) lands under pytest's own base folder, which pytest prunes,
-    # instead of piling up in /tmp run after run.
+    # tensorflow-datasets' empty folder per fresh data directory) lands under
+    # pytest's own base folder, which pytest prunes, instead of piling up in
+    # /tmp run after run.
     import tempfile
 
     folder = str(tmp_path_factory.mktemp("system_tmp"))
