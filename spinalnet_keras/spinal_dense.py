@@ -155,34 +155,45 @@ class _PerSublayerInitializer:
         return ops.reshape(value, shape)
 
 
-class _PerBlock:
-    """A regularizer or constraint applied to each sub-layer's block of a
-    stored variable, as it acts on that sub-layer's own Dense weights: the
-    penalties add up, the constrained blocks are put back together. (Applied
-    to the stored variable whole, `MaxNorm(axis=0)` on row-stacked blocks
-    would mix sub-layers, and `OrthogonalRegularizer` would see one matrix.)
-    """
+# A regularizer or constraint acts on each sub-layer's block of a stored
+# variable, as it acts on that sub-layer's own Dense weights: the penalties
+# add up, the constrained blocks are put back together. (Applied to the
+# stored variable whole, `MaxNorm(axis=0)` on row-stacked blocks would mix
+# sub-layers, and `OrthogonalRegularizer` would see one matrix.) They
+# subclass Keras's base classes because `add_weight` accepts nothing else
+# before Keras 3.15.
 
-    def __init__(self, fn, count, axis, constraint):
-        self.fn, self.count, self.axis, self.constraint = fn, count, axis, constraint
+
+def _blocks(x, count, axis):
+    return [x] if count == 1 else ops.split(x, count, axis=axis)
+
+
+class _PerBlockRegularizer(keras.regularizers.Regularizer):
+    def __init__(self, regularizer, count, axis):
+        self.regularizer, self.count, self.axis = regularizer, count, axis
 
     def __call__(self, x):
-        if self.count == 1:
-            return self.fn(x)
-        results = [self.fn(block) for block in ops.split(x, self.count, axis=self.axis)]
-        if self.constraint:
-            return ops.concatenate(results, axis=self.axis)
-        total = results[0]
-        for r in results[1:]:
-            total = ops.add(total, r)
+        penalties = [self.regularizer(b) for b in _blocks(x, self.count, self.axis)]
+        total = penalties[0]
+        for penalty in penalties[1:]:
+            total = ops.add(total, penalty)
         return total
+
+
+class _PerBlockConstraint(keras.constraints.Constraint):
+    def __init__(self, constraint, count, axis):
+        self.constraint, self.count, self.axis = constraint, count, axis
+
+    def __call__(self, w):
+        blocks = [self.constraint(b) for b in _blocks(w, self.count, self.axis)]
+        return blocks[0] if len(blocks) == 1 else ops.concatenate(blocks, self.axis)
 
 
 def _per_block(regularizer, constraint, count, axis):
     """`add_weight`'s regularizer and constraint arguments, per block."""
     return {
-        "regularizer": regularizer and _PerBlock(regularizer, count, axis, False),
-        "constraint": constraint and _PerBlock(constraint, count, axis, True),
+        "regularizer": regularizer and _PerBlockRegularizer(regularizer, count, axis),
+        "constraint": constraint and _PerBlockConstraint(constraint, count, axis),
     }
 
 
