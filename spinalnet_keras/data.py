@@ -185,6 +185,51 @@ def _network_reachable(builder, timeout=5.0):
     return True
 
 
+def _import_tfds():
+    """tensorflow_datasets, or an ImportError that says why it is unusable.
+
+    tfds catches any error while importing its own modules, logs it and
+    leaves a module without its API; the first use then fails with an
+    AttributeError that names neither the cause nor the fix.
+    """
+    import tensorflow_datasets as tfds
+
+    if hasattr(tfds, "builder"):
+        return tfds
+    try:
+        # Failed imports leave no trace in sys.modules: this repeats the
+        # error that tfds swallowed, to chain it to ours.
+        import tensorflow_datasets.public_api  # noqa: F401
+    except Exception as e:
+        cause = e
+    else:
+        cause = None
+    versions = _versions(
+        "tensorflow", "tensorflow-datasets", "tensorflow-metadata", "protobuf"
+    )
+    reason = f"{type(cause).__name__}: {cause}" if cause else "cause not known"
+    raise ImportError(
+        f"tensorflow_datasets is installed but failed to import ({reason}). "
+        f"Installed: {versions}. "
+        "A protobuf older than the one tensorflow-metadata was generated "
+        "with is the usual cause (tensorflow 2.19 and older cap protobuf "
+        "below 6); `pip install -U tensorflow tensorflow-datasets` installs "
+        "a set that works together."
+    ) from cause
+
+
+def _versions(*dists):
+    from importlib import metadata
+
+    found = []
+    for dist in dists:
+        try:
+            found.append(f"{dist} {metadata.version(dist)}")
+        except metadata.PackageNotFoundError:
+            found.append(f"{dist} (not installed)")
+    return ", ".join(found)
+
+
 def prepare(name, data_dir=None, manual_dir=None):
     """Download (or read from `manual_dir`) and prepare a tfds dataset.
 
@@ -195,8 +240,10 @@ def prepare(name, data_dir=None, manual_dir=None):
         ValueError: unknown name (the message lists the known ones).
         RuntimeError: files missing from `manual_dir`, or no network and no
             `manual_dir`; the message lists the files to put where.
+        ImportError: tensorflow_datasets is installed but does not import
+            (the message names the versions and the usual fix).
     """
-    import tensorflow_datasets as tfds
+    tfds = _import_tfds()
 
     if name not in DATASETS:
         raise ValueError(

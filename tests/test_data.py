@@ -1,5 +1,7 @@
 import glob
 import os
+import sys
+import types
 
 import numpy as np
 import pytest
@@ -156,6 +158,26 @@ def test_offline_errors_say_which_files_go_where(tmp_path, monkeypatch):
     monkeypatch.delenv("SPINALNET_KERAS_MANUAL_DIR", raising=False)
     with pytest.raises(RuntimeError, match=r"no network.*cifar-10-binary.tar.gz"):
         data.prepare("cifar10", data_dir=str(tmp_path / "tfds"))
+
+
+def test_a_tfds_that_fails_to_import_is_named_with_its_cause(tmp_path, monkeypatch):
+    # What tensorflow 2.19 (protobuf < 6) with the current tensorflow-metadata
+    # gives: tfds logs the error of its own import and stays half-loaded.
+    package = tmp_path / "tensorflow_datasets"
+    package.mkdir()
+    (package / "public_api.py").write_text(
+        "raise RuntimeError('gencode 6.31.1 runtime 5.29.6')\n")
+    broken = types.ModuleType("tensorflow_datasets")
+    broken.__path__ = [str(package)]
+    monkeypatch.setitem(sys.modules, "tensorflow_datasets", broken)
+    monkeypatch.delitem(sys.modules, "tensorflow_datasets.public_api", raising=False)
+    with pytest.raises(ImportError) as err:
+        data.prepare("mnist", data_dir=str(tmp_path / "tfds"))
+    message = str(err.value)
+    assert "failed to import (RuntimeError: gencode 6.31.1 runtime 5.29.6)" in message
+    assert "protobuf " in message and "tensorflow-metadata " in message
+    assert "pip install -U tensorflow tensorflow-datasets" in message
+    assert isinstance(err.value.__cause__, RuntimeError)
 
 
 def test_manual_dir_from_environment_and_subfolder(monkeypatch, tmp_path):
