@@ -84,3 +84,20 @@ def test_import_leaves_the_garbage_collector_as_it_found_it(enabled):
     # No collection ran from the start of Keras's import to the package's last module.
     assert collections == "0"
     assert frozen == "0"  # a library import freezes nothing; only the console command does
+
+
+def test_version_floors_are_the_versions_ci_tests_as_lowest():
+    # setup.cfg's floors are a claim; .ci/run-lowest checks it by running
+    # the suite on exactly these versions, so the two must not drift apart.
+    import configparser
+
+    cfg = configparser.ConfigParser()
+    cfg.read(os.path.join(REPO, "setup.cfg"))
+    floors = dict(re.findall(r"^([\w.-]+)>=([\w.]+)$", cfg["options"]["install_requires"], re.M))
+    with open(os.path.join(REPO, ".ci", "lowest-versions.txt")) as f:
+        pins = dict(re.findall(r"^([\w.-]+)==([\w.]+)$", f.read(), re.M))
+    assert set(pins) == {"keras", "tensorflow"}
+    assert {name: floors.get(name) for name in pins} == {
+        name: ".".join(version.split(".")[:2]) for name, version in pins.items()}
+    # Every floor in setup.cfg is one that the lowest run pins.
+    assert set(floors) == set(pins)
