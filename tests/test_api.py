@@ -96,8 +96,5 @@ def test_version_floors_are_the_versions_ci_tests_as_lowest():
     floors = dict(re.findall(r"^([\w.-]+)>=([\w.]+)$", cfg["options"]["install_requires"], re.M))
     with open(os.path.join(REPO, ".ci", "lowest-versions.txt")) as f:
         pins = dict(re.findall(r"^([\w.-]+)==([\w.]+)$", f.read(), re.M))
-    assert set(pins) == {"keras", "tensorflow"}
-    assert {name: floors.get(name) for name in pins} == {
-        name: ".".join(version.split(".")[:2]) for name, version in pins.items()}
-    # Every floor in setup.cfg is one that the lowest run pins.
-    assert set(floors) == set(pins)
+    assert {"keras", "tensorflow"} <= set(pins)
+    assert floors == pins
