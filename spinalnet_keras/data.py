@@ -28,6 +28,7 @@ import numpy as np
 import tensorflow as tf
 
 from spinalnet_keras import _validation
+from spinalnet_keras._files import temporary_path
 from spinalnet_keras._files import write_atomically
 
 MANUAL_DIR_ENV = "SPINALNET_KERAS_MANUAL_DIR"
@@ -387,17 +388,17 @@ def _write_decoded(ds, path):
     renamed when complete, the metadata last, so a partial cache is never
     read. The images go to disk batch by batch (constant memory)."""
     images_file, labels_file, meta_file = _npy_files(path)
-    tmp = f".tmp-{os.getpid()}"
+    images_tmp, labels_tmp = temporary_path(images_file), temporary_path(labels_file)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     count = int(ds.cardinality())
     shape = tuple(ds.element_spec[0].shape)
     if count < 0:  # unknown length: decode first, then write
         decoded, labels = _decode_to_memory(ds)
-        _save_npy(images_file + tmp, decoded)
+        _save_npy(images_tmp, decoded)
         count = len(labels)
     else:
         decoded = np.lib.format.open_memmap(
-            images_file + tmp, mode="w+", dtype=np.uint8, shape=(count, *shape)
+            images_tmp, mode="w+", dtype=np.uint8, shape=(count, *shape)
         )
         labels, done = np.empty(count, np.int64), 0
         for x, y in ds.batch(1024).prefetch(tf.data.AUTOTUNE):
@@ -408,10 +409,10 @@ def _write_decoded(ds, path):
         del decoded
         if done != count:
             raise RuntimeError(f"Decoded {done} examples where {count} were announced.")
-    _save_npy(labels_file + tmp, labels)
+    _save_npy(labels_tmp, labels)
     # Two processes racing here write identical bytes; each rename is atomic.
-    os.replace(images_file + tmp, images_file)
-    os.replace(labels_file + tmp, labels_file)
+    os.replace(images_tmp, images_file)
+    os.replace(labels_tmp, labels_file)
     write_atomically(meta_file, json.dumps({"count": count, "image_shape": list(shape)}))
     # Version 0.1 kept the decoded split as a tf.data cache at the same stem;
     # those files are no longer read.
@@ -450,7 +451,7 @@ def decode_split(ds, path=None, in_memory_bytes=None):
             _write_decoded(ds, path)
             decoded = _decoded_meta(path)
         except OSError as e:
-            for name in glob.glob(glob.escape(path) + ".*.tmp-%d" % os.getpid()):
+            for name in glob.glob(temporary_path(glob.escape(path) + ".*")):
                 os.remove(name)
             warnings.warn(
                 f"Could not write the decoded split to {path!r} ({e}); decoding "
