@@ -30,6 +30,7 @@ import tensorflow as tf
 from spinalnet_keras import _validation
 from spinalnet_keras._files import temporary_path
 from spinalnet_keras._files import write_atomically
+from spinalnet_keras._dependencies import installed_versions
 
 MANUAL_DIR_ENV = "SPINALNET_KERAS_MANUAL_DIR"
 DATA_DIR_ENV = "SPINALNET_KERAS_DATA_DIR"
@@ -205,7 +206,7 @@ def _import_tfds():
         cause = e
     else:
         cause = None
-    versions = _versions(
+    versions = installed_versions(
         "tensorflow", "tensorflow-datasets", "tensorflow-metadata", "protobuf"
     )
     reason = f"{type(cause).__name__}: {cause}" if cause else "cause not known"
@@ -217,18 +218,6 @@ def _import_tfds():
         "below 6); `pip install -U tensorflow tensorflow-datasets` installs "
         "a set that works together."
     ) from cause
-
-
-def _versions(*dists):
-    from importlib import metadata
-
-    found = []
-    for dist in dists:
-        try:
-            found.append(f"{dist} {metadata.version(dist)}")
-        except metadata.PackageNotFoundError:
-            found.append(f"{dist} (not installed)")
-    return ", ".join(found)
 
 
 def prepare(name, data_dir=None, manual_dir=None):

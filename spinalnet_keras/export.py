@@ -32,6 +32,7 @@ import textwrap
 import keras
 import numpy as np
 
+from spinalnet_keras import _dependencies
 from spinalnet_keras import _validation
 
 FORMATS = ("saved_model", "keras", "onnx")
@@ -287,16 +288,11 @@ def _publish(staging, output_dir):
 
 
 def _require_onnx():
-    missing = []
-    for module in ("tf2onnx", "onnxruntime", "onnx"):
-        try:
-            __import__(module)
-        except ImportError:
-            missing.append(module)
-    if missing:
-        raise ExportError(
-            f"ONNX export needs {missing}: pip install 'spinalnet-keras[onnx]'"
-        )
+    _dependencies.import_optional(
+        "ONNX export", "onnx",
+        {"tf2onnx": "tf2onnx", "onnxruntime": "onnxruntime", "onnx": "onnx"},
+        also=("numpy", "protobuf"), error=ExportError,
+    )
 
 
 def format_report(report):

@@ -24,6 +24,7 @@ import math
 import keras
 import keras_tuner as kt
 
+from spinalnet_keras import _dependencies
 from spinalnet_keras import _validation
 from spinalnet_keras.backbones import backbone_model
 from spinalnet_keras.costs import cost_report
@@ -233,13 +234,10 @@ def check_tuner_available(tuner):
     """
     _validation.choice("tuner", tuner, TUNERS)
     if tuner == "bayesian":
-        try:
-            import sklearn  # noqa: F401
-        except ImportError as e:
-            raise ImportError(
-                "tuner='bayesian' needs scikit-learn, an optional dependency: "
-                "pip install 'spinalnet-keras[bayesian]'"
-            ) from e
+        _dependencies.import_optional(
+            "tuner='bayesian'", "bayesian", {"sklearn": "scikit-learn"},
+            also=("numpy", "scipy"),
+        )
 
 
 def make_tuner(hypermodel, tuner="random", objective="val_accuracy", max_trials=10,

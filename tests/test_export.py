@@ -96,6 +96,32 @@ def test_outputs_that_differ_fail_the_export(tmp_path, monkeypatch):
     assert _listing(tmp_path) == []
 
 
+def test_onnx_export_names_a_missing_or_broken_onnx_module(tmp_path, monkeypatch):
+    import sys
+
+    model = paper_model("regression", head="spinal")
+    # None in sys.modules makes `import onnxruntime` fail as on a machine
+    # without it, even after an earlier test imported it.
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    with pytest.raises(ExportError, match=r"ONNX export needs onnxruntime, from the optional extra \[onnx\]: pip install 'spinalnet-keras\[onnx\]'$"):
+        export_model(model, tmp_path / "e", formats=("onnx",))
+    # An onnxruntime built for NumPy 1 under NumPy 2 raises an ImportError
+    # with no message; it is installed, so "pip install" alone would not fix it.
+    fake = tmp_path / "site" / "onnxruntime"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ImportError()\n")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    monkeypatch.delitem(sys.modules, "onnxruntime", raising=False)
+    with pytest.raises(ExportError) as err:
+        export_model(model, tmp_path / "e", formats=("onnx",))
+    message = str(err.value)
+    assert "needs onnxruntime, which is installed but failed to import (ImportError)." in message
+    assert "numpy " in message and "onnx " in message and "protobuf " in message
+    assert "pip install -U 'spinalnet-keras[onnx]'" in message
+    assert isinstance(err.value.__cause__, ImportError)
+    assert sorted(os.listdir(tmp_path)) == ["site"]
+
+
 def test_bad_inputs(tmp_path):
     with pytest.raises(FileNotFoundError, match="No model file"):
         load_model_file(tmp_path / "missing.keras")

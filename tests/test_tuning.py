@@ -158,6 +158,26 @@ def test_bayesian_without_scikit_learn_is_a_clear_error(monkeypatch, tmp_path, c
     assert not (tmp_path / "cli").exists()  # failed before loading data or writing
 
 
+def test_bayesian_with_a_scikit_learn_that_fails_to_import_names_it(monkeypatch, tmp_path):
+    # What scikit-learn 1.2 (built for NumPy 1) gives under NumPy 2: it is
+    # installed, so the message must not just say to install it.
+    fake = tmp_path / "site" / "sklearn"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text(
+        "raise ValueError('numpy.dtype size changed, may indicate binary incompatibility')\n")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    monkeypatch.delitem(sys.modules, "sklearn", raising=False)
+    with pytest.raises(ImportError) as err:
+        make_tuner(_hypermodel(), "bayesian", directory=tmp_path / "tune")
+    message = str(err.value)
+    assert ("tuner='bayesian' needs scikit-learn, which is installed but failed to import "
+            "(ValueError: numpy.dtype size changed") in message
+    assert "numpy " in message
+    assert "pip install -U 'spinalnet-keras[bayesian]'" in message
+    assert isinstance(err.value.__cause__, ValueError)
+    assert not (tmp_path / "tune").exists()
+
+
 class _Stop(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         raise KeyboardInterrupt("Ctrl-C during a trial")
