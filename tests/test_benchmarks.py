@@ -1,0 +1,97 @@
+"""The benchmark scripts still run, on settings too small for their figures
+to mean anything: benchmarks/RESULTS.md gives their commands to reproduce
+every figure, so the scripts must not rot. What is checked is what does not
+depend on the machine: the tables' shape, the multiplication ratio, the
+variables of the traced heads, the accuracy after one epoch."""
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from conftest import MNIST_DIR
+from conftest import REPO
+from conftest import SHARED_DATA
+
+RATIO = re.compile(r"^\d+\.\d\d \(\d+\.\d\d-\d+\.\d\d\)$")
+
+
+def _run(script, *args, expect=0):
+    proc = subprocess.run(
+        [sys.executable, os.path.join(REPO, "benchmarks", script), *args],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == expect, proc.stderr[-3000:]
+    return proc
+
+
+def _rows(stdout):
+    """The cells of every markdown table row, separator rows left out."""
+    return [[cell.strip() for cell in line.strip().strip("|").split("|")]
+            for line in stdout.splitlines()
+            if line.startswith("|") and not line.startswith("|--")]
+
+
+def test_layer_bench_runs_every_variant():
+    # --chain also checks the hand-written gradient against autodiff and
+    # exits non-zero if they differ.
+    out = _run("layer_bench.py", "--sizes", "320x6x8", "--batches", "8", "--repeats", "2",
+               "--target-seconds", "0.01", "--chain", "--layouts",
+               "--optimizer", "sgd").stdout
+    assert "; each step updates the weights with sgd" in out
+    header, *rows = _rows(out)
+    assert header[:3] == ["features -> depth x width", "batch", "jit"]
+    assert header[-1] == "per-sub-layer / per-split (IQR)" and len(header) == 16
+    assert [row[:3] for row in rows] == [["320 -> 6 x 8", "8", "off"],
+                                         ["320 -> 6 x 8", "8", "on"]]
+    for row in rows:
+        assert len(row) == len(header)
+        # 8,000 multiplications against Dense's 320 x 48 = 15,360
+        assert row[header.index("mults spinal/dense")] == "0.52"
+        ratios = [cell for name, cell in zip(header, row) if "(IQR)" in name]
+        assert len(ratios) == 5 and all(RATIO.match(cell) for cell in ratios), row
+
+
+def test_layer_bench_refuses_bad_arguments():
+    proc = _run("layer_bench.py", "--repeats", "1", expect=2)
+    assert "--repeats must be at least 2, got 1" in proc.stderr
+    proc = _run("layer_bench.py", "--sizes", "320x6", expect=2)
+    assert "expected FEATURESxDEPTHxWIDTH, got '320x6'" in proc.stderr
+
+
+def test_matmul_bench_runs():
+    out = _run("matmul_bench.py", "--inner", "64", "--widths", "8", "16", "--batches", "4",
+               "--repeats", "2", "--target-seconds", "0.01").stdout
+    assert "(batch, 64) @ (64, N), float32" in out
+    header, *rows = _rows(out)
+    assert [row[:3] for row in rows] == [["4", "8", "32"], ["4", "16", "64"]]
+    assert rows[0][-1] == "1.00 (1.00-1.00)"  # the first width against itself
+    assert RATIO.match(rows[1][-1])
+
+
+@pytest.mark.skipif(not os.path.isdir(MNIST_DIR), reason="real MNIST files not available")
+def test_overhead_bench_runs_an_experiment():
+    out = _run("overhead_bench.py", "--only", "head_trace", "--pairs", "2",
+               "--manual-dir", SHARED_DATA).stdout
+    header, row = _rows(out)
+    assert row[:2] == ["head_trace",
+                       "first compiled call (67 steps), 320 features -> head, s"]
+    assert RATIO.match(row[header.index("B / A (IQR)")])
+    # dense 320-50-10: two kernels, two biases; SpinalDense(10, 6 x 8): one
+    # kernel per input half, the recurrent kernel, the bias, and the output
+    # kernel and bias.
+    assert re.fullmatch(r"ops \d+ / \d+; variables 4 / 6", row[-1]), row
+
+
+@pytest.mark.skipif(not os.path.isdir(MNIST_DIR), reason="real MNIST files not available")
+def test_epoch_bench_trains_both_to_a_useful_accuracy():
+    pytest.importorskip("torch", reason="the PyTorch side needs pip install torch==2.13.0")
+    out = _run("epoch_bench.py", "--repeats", "1", "--manual-dir", SHARED_DATA).stdout
+    rows = {row[0]: row for row in _rows(out)}
+    for framework in ("keras", "torch"):
+        # one epoch of the paper's recipe: about 0.94 to 0.96
+        assert float(rows[framework][3]) > 0.9, rows[framework]
+    for ratio in ("whole process", "train+test"):
+        assert re.fullmatch(r"\d+\.\d\d", rows[ratio][1]), rows[ratio]
