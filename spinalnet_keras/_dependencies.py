@@ -19,6 +19,13 @@ def installed_versions(*dists):
     return ", ".join(found)
 
 
+def describe_error(error):
+    """`"Type: message"`, or the type alone for an error without a message:
+    under NumPy 2 an extension built for NumPy 1 raises an ImportError with
+    none (NumPy prints why to stderr)."""
+    return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+
+
 def import_optional(what, extra, modules, also=(), error=ImportError):
     """Import the modules of the optional extra `extra`, which `what` needs.
 
@@ -46,16 +53,13 @@ def import_optional(what, extra, modules, also=(), error=ImportError):
         try:
             importlib.import_module(module)
         except Exception as e:
-            # Under NumPy 2 an extension built for NumPy 1 can raise an
-            # ImportError with no message (NumPy prints why to stderr).
-            reason = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
             versions = installed_versions(*modules.values(), *also)
             raise error(
                 f"{what} needs {dist}, which is installed but failed to "
-                f"import ({reason}). Installed: {versions}. A module built for "
-                "NumPy 1 running under NumPy 2 is the usual cause; `pip install "
-                f"-U 'spinalnet-keras[{extra}]'` installs versions that work "
-                "together."
+                f"import ({describe_error(e)}). Installed: {versions}. A module "
+                "built for NumPy 1 running under NumPy 2 is the usual cause; "
+                f"`pip install -U 'spinalnet-keras[{extra}]'` installs versions "
+                "that work together."
             ) from e
 
 

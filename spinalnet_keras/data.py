@@ -30,6 +30,7 @@ import tensorflow as tf
 from spinalnet_keras import _validation
 from spinalnet_keras._files import temporary_path
 from spinalnet_keras._files import write_atomically
+from spinalnet_keras._dependencies import describe_error
 from spinalnet_keras._dependencies import installed_versions
 
 MANUAL_DIR_ENV = "SPINALNET_KERAS_MANUAL_DIR"
@@ -209,7 +210,7 @@ def _import_tfds():
     versions = installed_versions(
         "tensorflow", "tensorflow-datasets", "tensorflow-metadata", "protobuf"
     )
-    reason = f"{type(cause).__name__}: {cause}" if cause else "cause not known"
+    reason = describe_error(cause) if cause else "cause not known"
     raise ImportError(
         f"tensorflow_datasets is installed but failed to import ({reason}). "
         f"Installed: {versions}. "

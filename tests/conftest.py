@@ -57,3 +57,16 @@ def mnist_data_dir(tmp_path_factory):
 def is_png(path):
     with open(path, "rb") as f:
         return f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def install_broken_module(monkeypatch, folder, name, error):
+    """Make `import name` run `error` (a `raise ...` line) from a package in
+    `folder`, as an installed module that fails to import does, even if the
+    real one is already imported."""
+    import sys
+
+    package = folder / "site" / name
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text(error + "\n")
+    monkeypatch.syspath_prepend(str(folder / "site"))
+    monkeypatch.delitem(sys.modules, name, raising=False)

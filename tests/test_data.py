@@ -262,7 +262,6 @@ def test_decoded_split_is_written_once_and_atomically(tmp_path):
     np.testing.assert_array_equal(np.load(filtered_path + ".images.npy"), first.images)
 
 
-
 def test_a_decode_that_fails_part_way_leaves_no_temporary_file(tmp_path, monkeypatch):
     # The images and labels are complete under their temporary names when
     # the rename fails (a full disk, a permission): they are removed.
@@ -274,6 +273,7 @@ def test_a_decode_that_fails_part_way_leaves_no_temporary_file(tmp_path, monkeyp
         split = data.decode_split(_digits(), str(tmp_path / "decoded-train-orig"))
     assert split.count == 10 and split.images[:, 0, 0, 0].tolist() == list(range(10))
     assert os.listdir(tmp_path) == []
+
 
 def _epoch_labels(ds, epochs, steps):
     batches = [b[1].numpy() for b in ds]

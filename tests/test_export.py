@@ -5,6 +5,7 @@ import keras
 import numpy as np
 import pytest
 
+from conftest import install_broken_module
 from spinalnet_keras import ExportError
 from spinalnet_keras import backbone_model
 from spinalnet_keras import export_model
@@ -107,11 +108,7 @@ def test_onnx_export_names_a_missing_or_broken_onnx_module(tmp_path, monkeypatch
         export_model(model, tmp_path / "e", formats=("onnx",))
     # An onnxruntime built for NumPy 1 under NumPy 2 raises an ImportError
     # with no message; it is installed, so "pip install" alone would not fix it.
-    fake = tmp_path / "site" / "onnxruntime"
-    fake.mkdir(parents=True)
-    (fake / "__init__.py").write_text("raise ImportError()\n")
-    monkeypatch.syspath_prepend(str(tmp_path / "site"))
-    monkeypatch.delitem(sys.modules, "onnxruntime", raising=False)
+    install_broken_module(monkeypatch, tmp_path, "onnxruntime", "raise ImportError()")
     with pytest.raises(ExportError) as err:
         export_model(model, tmp_path / "e", formats=("onnx",))
     message = str(err.value)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO
+from conftest import install_broken_module
 from spinalnet_keras import SpinalDense
 from spinalnet_keras.cli import main
 from spinalnet_keras.data import load_task
@@ -161,12 +162,9 @@ def test_bayesian_without_scikit_learn_is_a_clear_error(monkeypatch, tmp_path, c
 def test_bayesian_with_a_scikit_learn_that_fails_to_import_names_it(monkeypatch, tmp_path):
     # What scikit-learn 1.2 (built for NumPy 1) gives under NumPy 2: it is
     # installed, so the message must not just say to install it.
-    fake = tmp_path / "site" / "sklearn"
-    fake.mkdir(parents=True)
-    (fake / "__init__.py").write_text(
-        "raise ValueError('numpy.dtype size changed, may indicate binary incompatibility')\n")
-    monkeypatch.syspath_prepend(str(tmp_path / "site"))
-    monkeypatch.delitem(sys.modules, "sklearn", raising=False)
+    install_broken_module(
+        monkeypatch, tmp_path, "sklearn",
+        "raise ValueError('numpy.dtype size changed, may indicate binary incompatibility')")
     with pytest.raises(ImportError) as err:
         make_tuner(_hypermodel(), "bayesian", directory=tmp_path / "tune")
     message = str(err.value)
