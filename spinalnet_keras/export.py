@@ -181,7 +181,10 @@ def export_model(
     Raises:
         FileExistsError: `output_dir` exists and `overwrite` is False.
         ExportError: a format failed to write or to verify; nothing is left
-            at `output_dir` (an existing export is kept).
+            at `output_dir` (an existing export is kept). Also, before
+            anything is written, when `"onnx"` is asked for and a module of
+            the `[onnx]` extra is missing, or installed but fails to import
+            (the message names it, its cause and the versions installed).
     """
     if not isinstance(model, keras.Model):
         model = load_model_file(model)

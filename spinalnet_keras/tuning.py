@@ -230,7 +230,9 @@ def check_tuner_available(tuner):
     `"bayesian"` needs scikit-learn, an optional dependency: Keras imports
     scikit-learn at start-up whenever it is installed (a fifth of the
     package's import time, benchmarks/RESULTS.md), so only the users of
-    Bayesian search install it.
+    Bayesian search install it. A scikit-learn that is installed but fails
+    to import (one built for NumPy 1 under NumPy 2) gets an ImportError
+    that names its cause and the versions installed.
     """
     _validation.choice("tuner", tuner, TUNERS)
     if tuner == "bayesian":
