@@ -1,0 +1,31 @@
+"""Helper run in a subprocess by test_spinal_dense.py: the backend is chosen
+when Keras is imported, so each backend needs a process of its own.
+
+Loads a .keras file saved under TensorFlow, predicts, and (where the backend
+can train) takes one SGD step, writing the outputs and the stepped weights
+to an .npz file for the test to compare with TensorFlow's."""
+
+import sys
+
+model_path, data_path, out_path = sys.argv[1:4]
+if len(sys.argv) > 4 and sys.argv[4] == "--without-tensorflow":
+    # TensorFlow converts numpy arrays, so a stray TensorFlow op would still
+    # run on the numpy backend unless TensorFlow cannot be imported at all.
+    sys.modules["tensorflow"] = None
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+import spinalnet_keras  # noqa: E402, F401  (registers SpinalDense for loading)
+
+data = np.load(data_path)
+model = keras.saving.load_model(model_path, compile=False)  # safe mode
+result = {"backend": np.array(keras.backend.backend()),
+          "prediction": keras.ops.convert_to_numpy(model(data["x"], training=False))}
+if keras.backend.backend() != "numpy":  # the numpy backend has no training
+    model.compile(keras.optimizers.SGD(0.1), keras.losses.SparseCategoricalCrossentropy(
+        from_logits=True))
+    model.train_on_batch(data["x"], data["y"])
+    for n, weight in enumerate(model.weights):
+        result[f"weight_{n}"] = keras.ops.convert_to_numpy(weight)
+np.savez(out_path, **result)
