@@ -7,6 +7,7 @@ costs, then saves and reloads the spinal model.
 
     python examples/quickstart.py            # a few seconds
     python examples/quickstart.py --epochs 2 --model-file /tmp/spinal.keras
+    KERAS_BACKEND=jax python examples/quickstart.py   # or torch: the layer is keras.ops only
 """
 
 import argparse
@@ -24,6 +25,7 @@ parser.add_argument("--model-file", default="runs/quickstart/spinal.keras",
                     help="where the spinal model is saved (a .keras file)")
 args = parser.parse_args()
 
+print(f"Keras backend: {keras.backend.backend()}")
 keras.utils.set_random_seed(0)
 rng = np.random.default_rng(0)
 prototypes = rng.normal(size=(10, 64))

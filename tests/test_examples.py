@@ -18,7 +18,7 @@ def keras_file_loads(path):
 
 EXAMPLES = [
     ("quickstart.py", ["--epochs", "2"],
-     ["spinal", "saved to runs/quickstart/spinal.keras; reloaded outputs identical: True"]),
+     ["Keras backend: tensorflow", "spinal", "saved to runs/quickstart/spinal.keras; reloaded outputs identical: True"]),
     ("cost_accounting.py", [], ["8,480 vs 16,500 multiplications (48.6% fewer)", "13818"]),
     ("paper_networks.py", ["--classes", "26"],  # training steps: test_paper_models
      # paper counts with 26 instead of 10 classes: + 16 * (inputs + 1)
@@ -76,3 +76,17 @@ def test_example_runs(script, args, expected, tmp_path):
     assert left == []
     if script == "quickstart.py":
         assert keras_file_loads(work / "runs" / "quickstart" / "spinal.keras")
+
+
+def test_quickstart_runs_on_the_jax_backend(tmp_path):
+    # The quickstart is Keras alone, so it runs unchanged on JAX (in the
+    # [test] extra), and the file it saves there loads under TensorFlow.
+    proc = subprocess.run(
+        [sys.executable, os.path.join(REPO, "examples", "quickstart.py"), "--epochs", "2"],
+        capture_output=True, text=True, timeout=600, cwd=tmp_path,
+        env={**os.environ, "KERAS_BACKEND": "jax", "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    assert "Keras backend: jax" in proc.stdout, proc.stdout[-3000:]
+    assert "reloaded outputs identical: True" in proc.stdout, proc.stdout[-3000:]
+    assert keras_file_loads(tmp_path / "runs" / "quickstart" / "spinal.keras")
