@@ -16,6 +16,25 @@ def is_real(value):
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
+def tensorflow_backend(what):
+    """Raise unless Keras runs on its TensorFlow backend.
+
+    A tf.distribute strategy's scope does not reach the variables of
+    another backend: the model would train on one device while the
+    strategy reports several replicas.
+    """
+    import keras
+
+    backend = keras.backend.backend()
+    if backend != "tensorflow":
+        raise RuntimeError(
+            f"{what} needs Keras's TensorFlow backend, and Keras runs on {backend!r}: a "
+            "tf.distribute strategy does not distribute a model of another backend. Set "
+            "KERAS_BACKEND=tensorflow before Keras is imported, or train without a "
+            "strategy (on JAX, keras.distribution distributes)."
+        )
+
+
 def positive_int(name, value, allow_none=False):
     """Return `value` as an int if it is a positive integer, else raise."""
     if value is None and allow_none:

@@ -168,15 +168,19 @@ def _config(args, **overrides):
 
 def _strategy(args):
     """The strategy, made before anything else touches TensorFlow (multi-
-    worker collectives must be configured at start-up), and the policy."""
+    worker collectives must be configured at start-up), and the policy.
+    None where Keras runs on another backend and `--strategy auto` asks
+    for no strategy in particular (an explicit one is an error there)."""
     import keras
 
     from spinalnet_keras.distribute import get_strategy
 
-    strategy = get_strategy(args.strategy)
+    strategy = None
+    if args.strategy != "auto" or keras.backend.backend() == "tensorflow":
+        strategy = get_strategy(args.strategy)
     if args.mixed_precision != "off":
         keras.config.set_dtype_policy(args.mixed_precision)
-    replicas = strategy.num_replicas_in_sync
+    replicas = strategy.num_replicas_in_sync if strategy is not None else 1
     if replicas > 1 and args.verbose:
         print(f"{type(strategy).__name__} with {replicas} replicas: global batch "
               f"{args.batch_size}, {args.batch_size / replicas:g} per replica")
@@ -307,7 +311,8 @@ def _tune(args):
     tuner = make_tuner(
         hypermodel, tuner=args.tuner, objective=objective, max_trials=args.max_trials,
         directory=args.output_dir, project_name=args.project, seed=args.seed,
-        max_epochs=args.epochs, distribution_strategy=strategy if strategy.num_replicas_in_sync > 1 else None,
+        max_epochs=args.epochs, distribution_strategy=(
+            strategy if strategy is not None and strategy.num_replicas_in_sync > 1 else None),
         max_consecutive_failed_trials=args.max_consecutive_failed_trials,
         overwrite=args.overwrite,
     )

@@ -49,8 +49,14 @@ def _tpu_resolver():
 
 
 def get_strategy(name="auto"):
-    """The `tf.distribute.Strategy` called `name` (see the module docstring)."""
+    """The `tf.distribute.Strategy` called `name` (see the module docstring).
+
+    Raises:
+        ValueError: an unknown `name`, or `multi_worker` without `TF_CONFIG`.
+        RuntimeError: Keras does not run on its TensorFlow backend.
+    """
     _validation.choice("strategy", name, STRATEGIES)
+    _validation.tensorflow_backend(f"get_strategy({name!r})")
     if name == "default":
         return tf.distribute.get_strategy()
     if name == "multi_worker":
@@ -164,7 +170,11 @@ def multi_worker_fit(
         `(model, history)`; `history` maps `"loss"` (and `"accuracy"` for
         classifiers) to one value per epoch of this session, reduced over
         all workers.
+
+    Raises:
+        RuntimeError: Keras does not run on its TensorFlow backend.
     """
+    _validation.tensorflow_backend("multi_worker_fit")
     if not callable(build_and_compile):
         raise TypeError(
             "`build_and_compile` must be a function returning a compiled model. "

@@ -430,6 +430,8 @@ def _check_strategy(strategy):
             "`strategy` must be a tf.distribute.Strategy or None, e.g. "
             f"get_strategy('mirrored'). Received: strategy={strategy!r}"
         )
+    if strategy is not None:
+        _validation.tensorflow_backend("Training under a tf.distribute strategy")
 
 
 def _check_callback(name, callback):
@@ -468,6 +470,8 @@ def train(config, strategy=None, task=None, callbacks=None):
         ValueError: `config.output_dir` holds a run of another configuration
             (fields that only change how it runs, such as `verbose` or
             `steps_per_execution`, may differ), or `task` does not match.
+        RuntimeError: a `strategy` while Keras runs on a backend other than
+            TensorFlow, where the strategy would not distribute the model.
     """
     if not isinstance(config, TrainConfig):
         raise TypeError(f"`config` must be a TrainConfig. Received: {type(config).__name__}")

@@ -256,7 +256,8 @@ def make_tuner(hypermodel, tuner="random", objective="val_accuracy", max_trials=
         max_trials: trial budget (for Hyperband, `max_epochs` sets the budget).
         directory, project_name: where trials live; the same values resume.
         max_consecutive_failed_trials: failed trials tolerated in a row.
-        distribution_strategy: a `tf.distribute.Strategy` for every trial.
+        distribution_strategy: a `tf.distribute.Strategy` for every trial
+            (Keras's TensorFlow backend only: a RuntimeError on another).
         overwrite: start afresh instead of resuming.
     """
     check_tuner_available(tuner)
@@ -266,6 +267,8 @@ def make_tuner(hypermodel, tuner="random", objective="val_accuracy", max_trials=
     _validation.seed("seed", seed)
     _validation.boolean("overwrite", overwrite)
     _validation.plain_name("project_name", project_name)
+    if distribution_strategy is not None:
+        _validation.tensorflow_backend("make_tuner(distribution_strategy=...)")
     if isinstance(objective, str) and isinstance(hypermodel, SpinalHyperModel):
         # A misspelt objective would fail only after the first trial trained.
         logged = ["loss"] + [m if isinstance(m, str) else m.name for m in hypermodel.metrics]

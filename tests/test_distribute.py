@@ -75,6 +75,32 @@ def test_strategy_selection_on_cpu(monkeypatch):
         distribute.get_strategy("tpu")
 
 
+def test_strategies_are_refused_on_another_keras_backend(tmp_path):
+    # A tf.distribute scope does not reach a JAX model's variables: it would
+    # train on one device while the strategy reports several replicas. So
+    # every way in says so; without a strategy, training runs there.
+    job = os.path.join(REPO, "tests", "scripts", "other_backend_job.py")
+    proc = subprocess.run([sys.executable, job, str(tmp_path), str(tmp_path / "report.json")],
+                          capture_output=True, text=True, timeout=600,
+                          env={**ENV, "KERAS_BACKEND": "jax"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["backend"] == "jax"
+    for call, what in [("get_strategy", "get_strategy('mirrored')"),
+                       ("train", "Training under a tf.distribute strategy"),
+                       ("make_tuner", "make_tuner(distribution_strategy=...)"),
+                       ("multi_worker_fit", "multi_worker_fit")]:
+        assert report[call] is not None, call
+        assert report[call].startswith(
+            f"{what} needs Keras's TensorFlow backend, and Keras runs on 'jax'"), report[call]
+        assert "KERAS_BACKEND=tensorflow" in report[call]
+    assert not report["refused_run_folder"]  # refused before anything is written
+    mirrored = report["cli_mirrored"]
+    assert mirrored["code"] == 2 and not mirrored["result"]
+    assert "error: get_strategy('mirrored') needs Keras's TensorFlow backend" in mirrored["stderr"]
+    assert report["cli_auto"] == {"code": 0, "stderr": "", "result": True}
+
+
 def test_worker_info(monkeypatch):
     monkeypatch.setenv("TF_CONFIG", json.dumps({
         "cluster": {"worker": ["a:1", "b:1", "c:1"]}, "task": {"type": "worker", "index": 2}}))
