@@ -50,8 +50,19 @@ def test_every_example_is_tested():
     assert tested == {f for f in os.listdir(os.path.join(REPO, "examples")) if f.endswith(".py")}
 
 
-@pytest.mark.parametrize("script,args,expected", EXAMPLES, ids=[e[0] for e in EXAMPLES])
-def test_example_runs(script, args, expected, tmp_path):
+# Each example as the tests run it, on the suite's TensorFlow backend; and
+# the quickstart, which is Keras alone, also on JAX (in the [test] extra):
+# the file it saves there must load under TensorFlow.
+RUNS = [(script, args, expected, {}) for script, args, expected in EXAMPLES] + [
+    ("quickstart.py", ["--epochs", "2"],
+     ["Keras backend: jax", "saved to runs/quickstart/spinal.keras; reloaded outputs identical: True"],
+     {"KERAS_BACKEND": "jax"}),
+]
+
+
+@pytest.mark.parametrize("script,args,expected,env", RUNS,
+                         ids=["-".join([script, *env.values()]) for script, _, _, env in RUNS])
+def test_example_runs(script, args, expected, env, tmp_path):
     if script == "train_and_compare.py":
         args = args + ["--output-dir", str(tmp_path / "runs")]
     work, tmp = tmp_path / "work", tmp_path / "tmp"
@@ -60,7 +71,7 @@ def test_example_runs(script, args, expected, tmp_path):
     proc = subprocess.run(
         [sys.executable, os.path.join(REPO, "examples", script), *args],
         capture_output=True, text=True, timeout=600, cwd=work,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "TMPDIR": str(tmp)},
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "TMPDIR": str(tmp), **env},
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     for text in expected:
@@ -76,17 +87,3 @@ def test_example_runs(script, args, expected, tmp_path):
     assert left == []
     if script == "quickstart.py":
         assert keras_file_loads(work / "runs" / "quickstart" / "spinal.keras")
-
-
-def test_quickstart_runs_on_the_jax_backend(tmp_path):
-    # The quickstart is Keras alone, so it runs unchanged on JAX (in the
-    # [test] extra), and the file it saves there loads under TensorFlow.
-    proc = subprocess.run(
-        [sys.executable, os.path.join(REPO, "examples", "quickstart.py"), "--epochs", "2"],
-        capture_output=True, text=True, timeout=600, cwd=tmp_path,
-        env={**os.environ, "KERAS_BACKEND": "jax", "TF_CPP_MIN_LOG_LEVEL": "3"},
-    )
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-    assert "Keras backend: jax" in proc.stdout, proc.stdout[-3000:]
-    assert "reloaded outputs identical: True" in proc.stdout, proc.stdout[-3000:]
-    assert keras_file_loads(tmp_path / "runs" / "quickstart" / "spinal.keras")
