@@ -28,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import warnings
 
 import keras
 import numpy as np
@@ -172,7 +173,8 @@ def export_model(
             (SavedModel and ONNX in a fresh process without this package).
         tolerance: largest absolute output difference accepted.
         sample: batch of inputs for the check (default: 4 random inputs of
-            the model's input shape, uniform in [0, 255]).
+            the model's input shape, uniform in [0, 255]; needed where the
+            input shape has unknown dimensions). Only with `verify`.
         version: SavedModel version directory (TensorFlow Serving).
 
     Returns:
@@ -180,11 +182,18 @@ def export_model(
 
     Raises:
         FileExistsError: `output_dir` exists and `overwrite` is False.
-        ExportError: a format failed to write or to verify; nothing is left
-            at `output_dir` (an existing export is kept). Also, before
-            anything is written, when `"onnx"` is asked for and a module of
-            the `[onnx]` extra is missing, or installed but fails to import
-            (the message names it, its cause and the versions installed).
+        ExportError: a format did not verify (outputs beyond `tolerance`,
+            or its fresh-process check failed); Keras could not write the
+            SavedModel or ONNX file on a backend other than TensorFlow (the
+            message gives the cause and how to export from TensorFlow); or,
+            before anything is written, `"onnx"` is asked for and a module
+            of the `[onnx]` extra is missing, or installed but fails to
+            import (the message names it, its cause and the versions
+            installed).
+        OSError: the file system's, as raised.
+
+        Whatever the error, nothing is left at `output_dir`, and an existing
+        export there is kept.
     """
     if not isinstance(model, keras.Model):
         model = load_model_file(model)
@@ -213,12 +222,23 @@ def export_model(
         )
     if "onnx" in formats:
         _require_onnx()
+    wanted = tuple(model.input_shape[1:])
+    if not verify and sample is not None:
+        raise ValueError(
+            "`sample` is the batch the exported formats are checked on, and "
+            "verify=False skips the check; pass one or the other. Received: "
+            "verify=False and a sample"
+        )
     if verify:  # the reference outputs, only needed to verify
         if sample is None:
-            shape = (4,) + tuple(model.input_shape[1:])
-            sample = np.random.default_rng(0).uniform(0, 255, shape).astype("float32")
+            if None in wanted:
+                raise ValueError(
+                    f"The model's input shape {model.input_shape} has unknown "
+                    "dimensions, so no sample can be drawn to verify the export; "
+                    "pass `sample`, a batch of the model's inputs."
+                )
+            sample = np.random.default_rng(0).uniform(0, 255, (4,) + wanted)
         sample = np.asarray(sample, dtype="float32")
-        wanted = tuple(model.input_shape[1:])
         if sample.ndim != len(wanted) + 1 or any(
             w is not None and w != d for w, d in zip(wanted, sample.shape[1:])
         ):
@@ -236,7 +256,8 @@ def export_model(
     try:
         if "saved_model" in formats:
             path = os.path.join(staging, name, str(version))
-            model.export(path, format="tf_saved_model", verbose=False)
+            _write("saved_model", lambda: model.export(
+                path, format="tf_saved_model", verbose=False))
             entry = {"path": os.path.join(name, str(version)),
                      "signature": "serving_default"}
             if verify:
@@ -254,8 +275,17 @@ def export_model(
                 entry.update(_compare("keras", expected, got, tolerance))
             report["formats"]["keras"] = entry
         if "onnx" in formats:
+            # Keras refuses to convert a model that was never called (one
+            # just built or loaded; on JAX, predict does not count). Keras
+            # 3.10 warns that a loaded model's inputs are a list of one,
+            # which is harmless here.
+            one = sample[:1] if verify else np.zeros((1,) + tuple(d or 1 for d in wanted),
+                                                     "float32")
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", "The structure of `inputs` doesn't match")
+                model(one, training=False)
             path = os.path.join(staging, f"{name}.onnx")
-            model.export(path, format="onnx", verbose=False)
+            _write("onnx", lambda: model.export(path, format="onnx", verbose=False))
             entry = {"path": f"{name}.onnx"}
             if verify:
                 got, _ = _run_fresh(_ONNX_CHECK, path, sample, staging)
@@ -278,6 +308,29 @@ def export_model(
     return report
 
 
+def _write(fmt, write):
+    """Run `write`; on a Keras backend other than TensorFlow, a failure other
+    than the file system's becomes an ExportError that says how to export
+    from TensorFlow instead (Keras's converters differ per backend and
+    version; the .keras file loads on any backend)."""
+    try:
+        write()
+    except OSError:
+        raise  # the disk's error (full, read-only), as it is
+    except Exception as e:
+        backend = keras.backend.backend()
+        if backend == "tensorflow":
+            raise
+        raise ExportError(
+            f"Keras could not write the {fmt} export on its {backend!r} backend "
+            f"({_dependencies.describe_error(e)}). This package's export is "
+            "tested on the TensorFlow backend, and a .keras file loads on any "
+            "backend: save the model with model.save('model.keras'), then run "
+            "`KERAS_BACKEND=tensorflow spinalnet-keras export model.keras "
+            "--output-dir DIR` (or export_model there)."
+        ) from e
+
+
 def _publish(staging, output_dir):
     """Rename `staging` to `output_dir`; an old export is moved aside first
     and removed only once the new one is in place."""
@@ -291,10 +344,13 @@ def _publish(staging, output_dir):
 
 
 def _require_onnx():
+    # tf2onnx converts on TensorFlow; on JAX and PyTorch Keras picks its own
+    # converter (which one depends on its version) and names it if missing.
+    modules = {"onnxruntime": "onnxruntime", "onnx": "onnx"}
+    if keras.backend.backend() == "tensorflow":
+        modules = {"tf2onnx": "tf2onnx", **modules}
     _dependencies.import_optional(
-        "ONNX export", "onnx",
-        {"tf2onnx": "tf2onnx", "onnxruntime": "onnxruntime", "onnx": "onnx"},
-        also=("numpy", "protobuf"), error=ExportError,
+        "ONNX export", "onnx", modules, also=("numpy", "protobuf"), error=ExportError,
     )
 
 

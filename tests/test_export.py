@@ -97,6 +97,61 @@ def test_outputs_that_differ_fail_the_export(tmp_path, monkeypatch):
     assert _listing(tmp_path) == []
 
 
+def test_keras_failing_to_export_on_another_backend_says_how_to_export(tmp_path, monkeypatch):
+    # What Keras 3.15 with torch 2.13 does to any SavedModel export, and
+    # Keras 3.10 on JAX to an ONNX one; here on TensorFlow with the backend's
+    # name and Keras's export replaced, since a process has one backend.
+    import sys
+
+    model = paper_model("regression", head="spinal")
+    failure = ValueError("The model provided has never called.")
+
+    def failing_export(self, *args, **kwargs):
+        raise failure
+
+    monkeypatch.setattr(keras.Model, "export", failing_export)
+    with pytest.raises(ValueError) as err:  # on TensorFlow a failure is Keras's own
+        export_model(model, tmp_path / "e", formats="saved_model", verify=False)
+    assert err.value is failure
+    monkeypatch.setattr(keras.backend, "backend", lambda: "torch")
+    # tf2onnx converts on TensorFlow only, so elsewhere it is not asked for.
+    monkeypatch.setitem(sys.modules, "tf2onnx", None)
+    for fmt, what in [("saved_model", "saved_model"), ("keras,onnx", "onnx")]:
+        with pytest.raises(ExportError) as err:
+            export_model(model, tmp_path / "e", formats=fmt, verify=False)
+        message = str(err.value)
+        assert message.startswith(
+            f"Keras could not write the {what} export on its 'torch' backend "
+            "(ValueError: The model provided has never called.)."), message
+        assert ("`KERAS_BACKEND=tensorflow spinalnet-keras export model.keras "
+                "--output-dir DIR`") in message
+        assert err.value.__cause__ is failure
+    failure = OSError("disk full")  # the file system's error stays as it is
+    with pytest.raises(OSError, match="disk full"):
+        export_model(model, tmp_path / "e", formats="saved_model", verify=False)
+    assert _listing(tmp_path) == []  # nothing written, no staging directory
+    monkeypatch.setattr(keras.backend, "backend", lambda: "tensorflow")
+    with pytest.raises(ExportError, match="ONNX export needs tf2onnx, from the optional extra"):
+        export_model(model, tmp_path / "e", formats="onnx")
+
+
+def test_onnx_without_verification_from_a_loaded_model(tmp_path):
+    # Keras converts only a model that was called; one just loaded never
+    # was, and without verification nothing else calls it.
+    import onnxruntime
+
+    model = paper_model("regression", head="spinal")
+    model.save(tmp_path / "m.keras")
+    report = export_model(str(tmp_path / "m.keras"), tmp_path / "e", name="m",
+                          formats="onnx", verify=False)
+    assert report["verified"] is False and "max_abs_error" not in report["formats"]["onnx"]
+    session = onnxruntime.InferenceSession(str(tmp_path / "e" / "m.onnx"),
+                                           providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(2).normal(size=(5, 8)).astype("float32")
+    (y,) = session.run(None, {session.get_inputs()[0].name: x})
+    np.testing.assert_allclose(y, model.predict(x, verbose=0), rtol=1e-5, atol=1e-5)
+
+
 def test_onnx_export_names_a_missing_or_broken_onnx_module(tmp_path, monkeypatch):
     import sys
 
@@ -140,9 +195,18 @@ def test_bad_inputs(tmp_path):
         (dict(verify="no"), "verify='no'"),
         (dict(overwrite=1), "overwrite=1"),
         (dict(sample=np.zeros((2, 5))), r"shape \(batch, 8\). Received: shape \(2, 5\)"),
+        (dict(sample=np.zeros((2, 8)), verify=False),
+         "verify=False skips the check; pass one or the other"),
     ]:
         with pytest.raises(ValueError, match=match):
             export_model(model, tmp_path / "x", **kwargs)
+    sized_later = keras.Sequential([keras.Input((None, 3)), keras.layers.GlobalAveragePooling1D()])
+    with pytest.raises(ValueError, match=r"input shape \(None, None, 3\) has unknown "
+                       "dimensions.*pass `sample`"):
+        export_model(sized_later, tmp_path / "x")
+    report = export_model(sized_later, tmp_path / "free", sample=np.ones((2, 5, 3)),
+                          formats="keras")
+    assert report["verified"] and report["formats"]["keras"]["shape"] == [2, 3]
     two = keras.Input((4,)), keras.Input((4,))
     joined = keras.Model(two, keras.layers.Dense(2)(keras.layers.Concatenate()(list(two))))
     with pytest.raises(ValueError, match="one input and one output.*2 inputs and 1 outputs"):

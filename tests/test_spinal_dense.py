@@ -429,7 +429,7 @@ def test_other_keras_backends_load_predict_and_train_alike(backend, tmp_path):
     # TensorFlow must give the same outputs, and one SGD step the same
     # weights, on every backend. The numpy backend predicts but cannot
     # train, and imports jax; jax is in the [test] extra, torch runs where
-    # installed.
+    # installed. On JAX the file is also exported (SavedModel and .keras).
     import importlib.util
     import subprocess
     import sys
@@ -460,7 +460,17 @@ def test_other_keras_backends_load_predict_and_train_alike(backend, tmp_path):
     np.testing.assert_allclose(out["prediction"], expected, rtol=1e-5, atol=1e-5)
     if backend == "numpy":
         return
-    assert len(out.files) == 2 + len(model.weights)
+    if backend == "jax":
+        # The SavedModel written from JAX serves TensorFlow's predictions.
+        assert bool(out["export_verified"])
+        import tensorflow as tf
+
+        serve = tf.saved_model.load(str(tmp_path / "export" / "m" / "1")).signatures[
+            "serving_default"]
+        (name,) = serve.structured_input_signature[1]
+        (served,) = serve(**{name: tf.constant(x)}).values()
+        np.testing.assert_allclose(served.numpy(), expected, rtol=1e-5, atol=1e-5)
+    assert len(out.files) == 2 + (backend == "jax") + len(model.weights)
     for n, weight in enumerate(model.weights):  # kernels, biases, batch-norm statistics
         np.testing.assert_allclose(out[f"weight_{n}"], keras.ops.convert_to_numpy(weight),
                                    rtol=1e-5, atol=1e-6, err_msg=weight.path)
