@@ -277,7 +277,8 @@ def _tune(args):
     import json
 
     from spinalnet_keras.export import export_model
-    from spinalnet_keras.training import is_backbone, load_config_task, steps_per_execution_for
+    from spinalnet_keras.training import JIT_COMPILE, is_backbone, load_config_task
+    from spinalnet_keras.training import steps_per_execution_for
     from spinalnet_keras.tuning import SearchSpace, SpinalHyperModel, format_trial_table
     from spinalnet_keras.tuning import check_tuner_available, chosen_splits, make_tuner
     from spinalnet_keras.tuning import trial_table
@@ -306,6 +307,7 @@ def _tune(args):
         momentum=args.momentum,
         steps_per_execution=steps_per_execution_for(args.steps_per_execution,
                                                     task.steps_per_epoch),
+        jit_compile=JIT_COMPILE[args.jit_compile],
     )
     objective = args.objective or ("val_loss" if regression else "val_accuracy")
     tuner = make_tuner(

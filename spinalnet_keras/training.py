@@ -39,6 +39,8 @@ from spinalnet_keras.paper_models import paper_model
 
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
 HEAD_OPTIONS = ("width", "depth", "splits", "dropout", "batch_norm")
+# TrainConfig.jit_compile (as on the command line) -> Model.compile's.
+JIT_COMPILE = {"auto": "auto", "on": True, "off": False}
 
 
 @dataclasses.dataclass
@@ -101,7 +103,7 @@ class TrainConfig:
         _validation.positive_int("epochs", self.epochs)
         _validation.positive_int("batch_size", self.batch_size)
         _validation.positive_int("steps_per_execution", self.steps_per_execution)
-        _validation.choice("jit_compile", self.jit_compile, ("auto", "on", "off"))
+        _validation.choice("jit_compile", self.jit_compile, tuple(JIT_COMPILE))
         _validation.positive_number("learning_rate", self.learning_rate)
         _validation.rate("momentum", self.momentum)
         _validation.non_negative_int("seed", self.seed)
@@ -282,7 +284,7 @@ def compile_model(model, config, task, steps_per_execution=None):
         steps_per_execution=supported_steps_per_execution(
             steps_per_execution or config.steps_per_execution
         ),
-        jit_compile={"auto": "auto", "on": True, "off": False}[config.jit_compile],
+        jit_compile=JIT_COMPILE[config.jit_compile],
     )
     return model
 

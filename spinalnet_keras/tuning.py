@@ -112,6 +112,7 @@ class SpinalHyperModel(kt.HyperModel):
         learning_rate: used when the space does not search it.
         momentum: SGD momentum.
         steps_per_execution: as for `Model.compile`.
+        jit_compile: `"auto"`, True or False, as for `Model.compile`.
         loss, metrics: compile arguments (default: classification).
         backbone_options: extra `backbone_model` arguments (weights, ...),
             for backbones only.
@@ -120,7 +121,7 @@ class SpinalHyperModel(kt.HyperModel):
     def __init__(self, model, input_shape, num_classes, space=None, optimizer="adam",
                  learning_rate=1e-3, loss="sparse_categorical_crossentropy",
                  metrics=("accuracy",), backbone_options=None, momentum=0.0,
-                 steps_per_execution=1, name="spinal"):
+                 steps_per_execution=1, jit_compile="auto", name="spinal"):
         super().__init__(name=name)
         from spinalnet_keras.training import OPTIMIZERS, resolve_model_name
 
@@ -149,6 +150,12 @@ class SpinalHyperModel(kt.HyperModel):
         self.momentum = _validation.rate("momentum", momentum)
         self.steps_per_execution = _validation.positive_int(
             "steps_per_execution", steps_per_execution)
+        if not (isinstance(jit_compile, bool) or jit_compile == "auto"):
+            raise ValueError(
+                "`jit_compile` must be 'auto', True or False, as for Model.compile. "
+                f"Received: jit_compile={jit_compile!r}"
+            )
+        self.jit_compile = jit_compile
         self.features = self._feature_count()
         if not allowed_splits(self.space, max(self.space.depths), self.features):
             raise ValueError(
@@ -198,7 +205,8 @@ class SpinalHyperModel(kt.HyperModel):
         # keras-tuner builds inside the search's distribution strategy
         model.compile(optimizer=optimizer, loss=self.loss, metrics=self.metrics,
                       steps_per_execution=supported_steps_per_execution(
-                          self.steps_per_execution))
+                          self.steps_per_execution),
+                      jit_compile=self.jit_compile)
         # keras-tuner's get_best_models reloads a trial's checkpoint, which
         # holds the optimizer's state; an optimizer without its variables yet
         # skips that state with a warning, and the reloaded best model would

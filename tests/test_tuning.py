@@ -89,6 +89,7 @@ def test_bad_hypermodel_and_tuner_arguments(tmp_path):
     for kwargs, match in [
         (dict(learning_rate=0), "learning_rate=0"),
         (dict(momentum=1.5), "momentum=1.5"),
+        (dict(jit_compile="on"), r"'auto', True or False, as for Model.compile. Received: jit_compile='on'"),
         (dict(backbone_options={"weights": None}), "`backbone_options` apply to keras.applications"),
     ]:
         with pytest.raises(ValueError, match=match):
@@ -250,7 +251,8 @@ def _tune_cmd(out, extra=()):
 
 def test_cli_tune_writes_table_best_model_and_export(tmp_path, capsys):
     out = tmp_path / "tune"
-    argv = _tune_cmd(out, ["--export", str(tmp_path / "best_export")])[3:]
+    argv = _tune_cmd(out, ["--export", str(tmp_path / "best_export"),
+                           "--jit-compile", "on"])[3:]
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "| trial | status | width | depth | splits | score | params | multiplications |" in printed
@@ -261,6 +263,7 @@ def test_cli_tune_writes_table_best_model_and_export(tmp_path, capsys):
     # 256 examples / batch 128 = 2 steps an epoch: the default 32 steps per
     # execution become the epoch's nearest divisor, as in `train`.
     assert best.steps_per_execution == 2
+    assert best.jit_compile is True  # as asked; Keras's "auto" is off on a CPU
     assert len(json.loads((out / "search" / "trials.json").read_text())) == 4
     assert (tmp_path / "best_export" / "search" / "1" / "saved_model.pb").is_file()
 
