@@ -219,6 +219,36 @@ def test_train_config_normalises_what_it_accepts():
         "ResNet50", ("rotate", "flip"), (64, 48))
 
 
+def test_every_train_option_reaches_the_config():
+    # Each field set from the command line to a value other than its default;
+    # a field the command forgot would keep the default unnoticed.
+    from spinalnet_keras.cli import _config
+    from spinalnet_keras.cli import build_parser
+
+    expected = dict(
+        model="MobileNetV2", head="spinal", width=4, depth=3, splits=2, dropout=0.1,
+        batch_norm=True, dataset="cifar10", epochs=2, batch_size=16, optimizer="adam",
+        learning_rate=0.5, momentum=0.9, seed=7, output_dir="o", data_dir="d",
+        manual_dir="m", augment=("flip",), image_size=(48, 40), weights="imagenet",
+        freeze_backbone=True, pooling="max", deterministic=True, steps_per_execution=3,
+        jit_compile="on", train_examples=10, test_examples=5, verbose=2)
+    assert set(expected) == {f.name for f in dataclasses.fields(TrainConfig)}
+    defaults = TrainConfig()  # the spinal head is the default, and the head options need it
+    assert [k for k, v in expected.items() if getattr(defaults, k) == v] == ["head"]
+    argv = ["train", "--model", "mobilenetv2", "--head", "spinal", "--width", "4",
+            "--depth", "3", "--splits", "2", "--dropout", "0.1", "--batch-norm",
+            "--dataset", "cifar10", "--epochs", "2", "--batch-size", "16",
+            "--optimizer", "adam", "--learning-rate", "0.5", "--momentum", "0.9",
+            "--seed", "7", "--output-dir", "o", "--data-dir", "d", "--manual-dir", "m",
+            "--augment", "flip", "--image-size", "48x40", "--weights", "imagenet",
+            "--freeze-backbone", "--pooling", "max", "--deterministic",
+            "--steps-per-execution", "3", "--jit-compile", "on", "--train-examples", "10",
+            "--test-examples", "5", "--verbose", "2"]
+    args = build_parser().parse_args(argv)
+    config = _config(args, head=args.head, seed=args.seed)
+    assert dataclasses.asdict(config) == expected
+
+
 def test_compare_refuses_repeated_seeds_and_datasets(tmp_path):
     from spinalnet_keras.training import compare
 

@@ -152,6 +152,20 @@ def test_onnx_without_verification_from_a_loaded_model(tmp_path):
     np.testing.assert_allclose(y, model.predict(x, verbose=0), rtol=1e-5, atol=1e-5)
 
 
+def test_cli_export_options_reach_the_export(tmp_path, capsys):
+    paper_model("regression", head="spinal").save(tmp_path / "final.keras")
+    out = tmp_path / "serve"
+    out.mkdir()
+    (out / "old.txt").write_text("an earlier export")
+    assert main(["export", str(tmp_path / "final.keras"), "--output-dir", str(out),
+                 "--name", "reg", "--formats", "keras,onnx", "--overwrite", "--no-verify",
+                 "--tolerance", "0.01"]) == 0
+    assert "onnx         reg.onnx                 written, not verified" in capsys.readouterr().out
+    assert _listing(out) == ["export_report.json", "reg.keras", "reg.onnx"]
+    report = json.loads((out / "export_report.json").read_text())
+    assert (report["name"], report["tolerance"], report["verified"]) == ("reg", 0.01, False)
+
+
 def test_onnx_export_names_a_missing_or_broken_onnx_module(tmp_path, monkeypatch):
     import sys
 

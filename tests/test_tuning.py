@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import os
 import subprocess
@@ -266,6 +267,38 @@ def test_cli_tune_writes_table_best_model_and_export(tmp_path, capsys):
     assert best.jit_compile is True  # as asked; Keras's "auto" is off on a CPU
     assert len(json.loads((out / "search" / "trials.json").read_text())) == 4
     assert (tmp_path / "best_export" / "search" / "1" / "saved_model.pb").is_file()
+
+
+def test_every_tune_option_reaches_the_search(tmp_path, monkeypatch):
+    # The search itself is stopped where the tuner would be made: what
+    # matters here is that no option is dropped on the way.
+    from spinalnet_keras import tuning
+
+    seen = {}
+
+    def recording_make_tuner(hypermodel, **kwargs):
+        seen.update(kwargs, hypermodel=hypermodel)
+        raise RuntimeError("stopped before the search")
+
+    monkeypatch.setattr(tuning, "make_tuner", recording_make_tuner)
+    argv = _tune_cmd(tmp_path, [
+        "--dropouts", "0", "0.3", "--search-batch-norm", "--learning-rates", "1e-4", "1e-2",
+        "--tuner", "hyperband", "--objective", "val_loss", "--project", "p", "--seed", "3",
+        "--max-consecutive-failed-trials", "5", "--overwrite", "--optimizer", "sgd",
+        "--momentum", "0.8", "--learning-rate", "0.05", "--steps-per-execution", "2",
+        "--jit-compile", "off"])[3:]
+    assert main(argv) == 2
+    hm = seen.pop("hypermodel")
+    assert dataclasses.asdict(hm.space) == dict(
+        widths=(4, 8), depths=(1, 2), splits=(1, 2), dropouts=(0.0, 0.3), batch_norm=True,
+        learning_rates=(1e-4, 1e-2))
+    assert (hm.model, hm.input_shape, hm.optimizer, hm.learning_rate, hm.momentum,
+            hm.steps_per_execution, hm.jit_compile) == (
+        "regression", (8,), "sgd", 0.05, 0.8, 2, False)
+    assert seen == dict(tuner="hyperband", objective="val_loss", max_trials=4,
+                        directory=str(tmp_path), project_name="p", seed=3, max_epochs=1,
+                        distribution_strategy=None, max_consecutive_failed_trials=5,
+                        overwrite=True)
 
 
 def test_distributed_search_chief_and_two_workers(tmp_path):
