@@ -280,12 +280,16 @@ def main():
     try:
         data_dir = os.path.join(work, "tfds")
         os.makedirs(data_dir)
-        # The tfds copy and the decoded split, once and untimed.
-        manual = os.path.abspath(args.manual_dir)
-        run_snippet("from spinalnet_keras.data import load_task\n"
-                    f"load_task('mnist', data_dir=DATA_DIR, manual_dir={manual!r})\n"
-                    "load_task('mnist', data_dir=DATA_DIR, train_examples=6400, test_examples=1000)\n"
-                    "report(ok=1)", data_dir, args.pythonpath)
+        chosen = args.only or list(EXPERIMENTS)
+        if any("DATA_DIR" in code for name in chosen for _, code in EXPERIMENTS[name][1:]):
+            # The tfds copy and the decoded split, once and untimed (15 s),
+            # where an experiment reads MNIST.
+            manual = os.path.abspath(args.manual_dir)
+            run_snippet("from spinalnet_keras.data import load_task\n"
+                        f"load_task('mnist', data_dir=DATA_DIR, manual_dir={manual!r})\n"
+                        "load_task('mnist', data_dir=DATA_DIR, train_examples=6400, "
+                        "test_examples=1000)\n"
+                        "report(ok=1)", data_dir, args.pythonpath)
         import importlib.util
 
         print(f"{args.pairs} alternating pairs of fresh processes, {os.cpu_count()} cores; "
@@ -293,7 +297,7 @@ def main():
               f"{'; package from ' + args.pythonpath if args.pythonpath else ''}\n")
         print("| experiment | measure | A | B | A median | B median | B / A (IQR) | other |")
         print("|---|---|---|---|---:|---:|---:|---|")
-        for name in args.only or EXPERIMENTS:
+        for name in chosen:
             measure, (label_a, code_a), (label_b, code_b) = EXPERIMENTS[name]
             a, b = [], []
             for _ in range(args.pairs):
