@@ -284,6 +284,9 @@ def _tune(args):
     from spinalnet_keras.tuning import trial_table
 
     check_tuner_available(args.tuner)  # before any data is loaded
+    if args.tuner == "hyperband" and args.max_trials is not None:
+        raise ValueError("--max-trials does not apply to --tuner hyperband, whose budget "
+                         "is --epochs, the most epochs a trial trains.")
     strategy = _strategy(args)
     space = SearchSpace(
         widths=args.widths, depths=args.depths, splits=args.split_counts,
@@ -310,10 +313,13 @@ def _tune(args):
         jit_compile=JIT_COMPILE[args.jit_compile],
     )
     objective = args.objective or ("val_loss" if regression else "val_accuracy")
+    # Hyperband's budget is the epochs a trial may train; the others' a trial count.
+    budget = ({"max_epochs": args.epochs} if args.tuner == "hyperband"
+              else {"max_trials": args.max_trials})
     tuner = make_tuner(
-        hypermodel, tuner=args.tuner, objective=objective, max_trials=args.max_trials,
+        hypermodel, tuner=args.tuner, objective=objective, **budget,
         directory=args.output_dir, project_name=args.project, seed=args.seed,
-        max_epochs=args.epochs, distribution_strategy=(
+        distribution_strategy=(
             strategy if strategy is not None and strategy.num_replicas_in_sync > 1 else None),
         max_consecutive_failed_trials=args.max_consecutive_failed_trials,
         overwrite=args.overwrite,
@@ -399,7 +405,9 @@ def build_parser():
     p.add_argument("--learning-rates", type=_positive_float, nargs=2, metavar=("LOW", "HIGH"),
                    help="search the learning rate on a log scale")
     p.add_argument("--tuner", choices=("random", "bayesian", "hyperband"), default="random")
-    p.add_argument("--max-trials", type=_positive_int, default=10)
+    p.add_argument("--max-trials", type=_positive_int,
+                   help="trials of the random and bayesian searches (default 10); "
+                   "hyperband's budget is --epochs")
     p.add_argument("--objective", help="default val_accuracy (val_loss for regression)")
     p.add_argument("--project", default="search", help="name of the search under --output-dir")
     p.add_argument("--max-consecutive-failed-trials", type=_positive_int, default=3)

@@ -250,9 +250,9 @@ def check_tuner_available(tuner):
         )
 
 
-def make_tuner(hypermodel, tuner="random", objective="val_accuracy", max_trials=10,
+def make_tuner(hypermodel, tuner="random", objective="val_accuracy", max_trials=None,
                directory="runs/tune", project_name="search", seed=0,
-               max_epochs=10, executions_per_trial=1, max_consecutive_failed_trials=3,
+               max_epochs=None, executions_per_trial=1, max_consecutive_failed_trials=3,
                distribution_strategy=None, overwrite=False):
     """A keras-tuner tuner for `hypermodel`.
 
@@ -261,7 +261,11 @@ def make_tuner(hypermodel, tuner="random", objective="val_accuracy", max_trials=
             `pip install 'spinalnet-keras[bayesian]'`) or `"hyperband"`.
         objective: metric to optimise, e.g. `"val_accuracy"` (maximised) or
             `"val_loss"` (minimised).
-        max_trials: trial budget (for Hyperband, `max_epochs` sets the budget).
+        max_trials: trial budget of the random and Bayesian searches
+            (default 10).
+        max_epochs: Hyperband's budget, the most epochs a trial trains
+            (default 10). Each budget belongs to its tuners: giving the
+            other one is an error, not ignored.
         directory, project_name: where trials live; the same values resume.
         max_consecutive_failed_trials: failed trials tolerated in a row.
         distribution_strategy: a `tf.distribute.Strategy` for every trial
@@ -269,7 +273,16 @@ def make_tuner(hypermodel, tuner="random", objective="val_accuracy", max_trials=
         overwrite: start afresh instead of resuming.
     """
     check_tuner_available(tuner)
-    _validation.positive_int("max_trials", max_trials)
+    budget, other = ("max_epochs", "max_trials") if tuner == "hyperband" else (
+        "max_trials", "max_epochs")
+    given = {"max_trials": max_trials, "max_epochs": max_epochs}
+    if given[other] is not None:
+        raise ValueError(
+            f"`{other}` does not apply to tuner={tuner!r}, whose budget is `{budget}`. "
+            f"Received: {other}={given[other]!r}"
+        )
+    budget_value = _validation.positive_int(
+        budget, 10 if given[budget] is None else given[budget])
     _validation.positive_int("executions_per_trial", executions_per_trial)
     _validation.positive_int("max_consecutive_failed_trials", max_consecutive_failed_trials)
     _validation.seed("seed", seed)
@@ -286,12 +299,9 @@ def make_tuner(hypermodel, tuner="random", objective="val_accuracy", max_trials=
                   seed=seed, executions_per_trial=executions_per_trial,
                   max_consecutive_failed_trials=max_consecutive_failed_trials,
                   distribution_strategy=distribution_strategy, overwrite=overwrite)
-    if tuner == "random":
-        return kt.RandomSearch(hypermodel, max_trials=max_trials, **common)
-    if tuner == "bayesian":
-        return kt.BayesianOptimization(hypermodel, max_trials=max_trials, **common)
-    return kt.Hyperband(hypermodel, max_epochs=_validation.positive_int(
-        "max_epochs", max_epochs), **common)
+    kind = {"random": kt.RandomSearch, "bayesian": kt.BayesianOptimization,
+            "hyperband": kt.Hyperband}[tuner]
+    return kind(hypermodel, **{budget: budget_value}, **common)
 
 
 def trial_table(tuner, hypermodel):

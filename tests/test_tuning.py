@@ -106,6 +106,12 @@ def test_bad_hypermodel_and_tuner_arguments(tmp_path):
         (dict(max_consecutive_failed_trials=0), "max_consecutive_failed_trials=0"),
         (dict(overwrite="yes"), "overwrite='yes'"),
         (dict(max_trials=0), "max_trials=0"),
+        (dict(tuner="hyperband", max_epochs=0), "max_epochs=0"),
+        # each tuner's budget, the other one refused rather than ignored
+        (dict(tuner="hyperband", max_trials=5), "`max_trials` does not apply to "
+         "tuner='hyperband', whose budget is `max_epochs`. Received: max_trials=5"),
+        (dict(max_epochs=3), "`max_epochs` does not apply to tuner='random', whose "
+         "budget is `max_trials`. Received: max_epochs=3"),
         (dict(tuner="grid"), "tuner='grid'"),
         # the regression hypermodel logs loss only: refused before any trial
         (dict(objective="val_accuracy"), r"\['loss', 'val_loss'\]. Received: objective='val_accuracy'"),
@@ -139,8 +145,8 @@ def test_tiny_random_search_and_best_model(tmp_path):
 @pytest.mark.parametrize("kind", ["bayesian", "hyperband"])
 def test_other_tuners_run(kind, tmp_path):
     hm = _hypermodel(SearchSpace(widths=(4, 8), depths=(2,), splits=(1, 2)))
-    tuner = make_tuner(hm, kind, objective="val_loss", max_trials=2, max_epochs=2,
-                       directory=tmp_path)
+    budget = {"max_epochs": 2} if kind == "hyperband" else {"max_trials": 2}
+    tuner = make_tuner(hm, kind, objective="val_loss", directory=tmp_path, **budget)
     task = _task()
     tuner.search(task.train, validation_data=task.test, epochs=2, verbose=0)
     assert any(t.status == "COMPLETED" for t in tuner.oracle.trials.values())
@@ -269,7 +275,7 @@ def test_cli_tune_writes_table_best_model_and_export(tmp_path, capsys):
     assert (tmp_path / "best_export" / "search" / "1" / "saved_model.pb").is_file()
 
 
-def test_every_tune_option_reaches_the_search(tmp_path, monkeypatch):
+def test_every_tune_option_reaches_the_search(tmp_path, monkeypatch, capsys):
     # The search itself is stopped where the tuner would be made: what
     # matters here is that no option is dropped on the way.
     from spinalnet_keras import tuning
@@ -283,7 +289,7 @@ def test_every_tune_option_reaches_the_search(tmp_path, monkeypatch):
     monkeypatch.setattr(tuning, "make_tuner", recording_make_tuner)
     argv = _tune_cmd(tmp_path, [
         "--dropouts", "0", "0.3", "--search-batch-norm", "--learning-rates", "1e-4", "1e-2",
-        "--tuner", "hyperband", "--objective", "val_loss", "--project", "p", "--seed", "3",
+        "--objective", "val_loss", "--project", "p", "--seed", "3",
         "--max-consecutive-failed-trials", "5", "--overwrite", "--optimizer", "sgd",
         "--momentum", "0.8", "--learning-rate", "0.05", "--steps-per-execution", "2",
         "--jit-compile", "off"])[3:]
@@ -295,10 +301,20 @@ def test_every_tune_option_reaches_the_search(tmp_path, monkeypatch):
     assert (hm.model, hm.input_shape, hm.optimizer, hm.learning_rate, hm.momentum,
             hm.steps_per_execution, hm.jit_compile) == (
         "regression", (8,), "sgd", 0.05, 0.8, 2, False)
-    assert seen == dict(tuner="hyperband", objective="val_loss", max_trials=4,
-                        directory=str(tmp_path), project_name="p", seed=3, max_epochs=1,
+    assert seen == dict(tuner="random", objective="val_loss", max_trials=4,
+                        directory=str(tmp_path), project_name="p", seed=3,
                         distribution_strategy=None, max_consecutive_failed_trials=5,
                         overwrite=True)
+    # Hyperband's budget is --epochs; --max-trials would be ignored there, so
+    # it is refused before any data is loaded.
+    hyperband = argv + ["--tuner", "hyperband"]
+    assert main(hyperband) == 2
+    assert "error: --max-trials does not apply to --tuner hyperband, whose budget is --epochs" \
+        in capsys.readouterr().err
+    seen.clear()
+    at = hyperband.index("--max-trials")
+    assert main(hyperband[:at] + hyperband[at + 2:]) == 2
+    assert (seen["tuner"], seen["max_epochs"], "max_trials" in seen) == ("hyperband", 1, False)
 
 
 def test_distributed_search_chief_and_two_workers(tmp_path):
