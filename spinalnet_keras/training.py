@@ -48,6 +48,8 @@ class TrainConfig:
     """Everything that defines a training run (see `spinalnet-keras train -h`).
 
     `batch_size` is the global batch size (all replicas together).
+    `momentum` is SGD's (0.5, the paper's, unless given); other optimizers
+    take none.
     Head options left as None keep the network's own (the paper's) values.
     """
 
@@ -63,7 +65,7 @@ class TrainConfig:
     batch_size: int = 64
     optimizer: str = "sgd"
     learning_rate: float = 0.01
-    momentum: float = 0.5
+    momentum: float = None
     seed: int = 0
     output_dir: str = "runs/train"
     data_dir: str = None
@@ -105,7 +107,14 @@ class TrainConfig:
         _validation.positive_int("steps_per_execution", self.steps_per_execution)
         _validation.choice("jit_compile", self.jit_compile, tuple(JIT_COMPILE))
         _validation.positive_number("learning_rate", self.learning_rate)
-        _validation.rate("momentum", self.momentum)
+        if self.optimizer == "sgd":  # the paper's 0.5 unless given
+            self.momentum = 0.5 if self.momentum is None else self.momentum
+            _validation.rate("momentum", self.momentum)
+        elif self.momentum is not None:
+            raise ValueError(
+                f"`momentum` applies to optimizer='sgd' only; {self.optimizer!r} is "
+                f"made without one. Received: momentum={self.momentum!r}"
+            )
         _validation.non_negative_int("seed", self.seed)
         _validation.boolean("deterministic", self.deterministic)
         _validation.choice("verbose", self.verbose, (0, 1, 2))
@@ -416,6 +425,9 @@ def _check_same_run(out, config):
     current = json.loads(config.to_json())
     differ = {k: (stored[k], current[k]) for k in stored
               if k in current and k not in _EXECUTION_FIELDS and stored[k] != current[k]}
+    if current["optimizer"] != "sgd":
+        # Means nothing there; version 0.4 stored its default 0.5 for any optimizer.
+        differ.pop("momentum", None)
     if differ:
         raise ValueError(
             f"{out} holds a run of another configuration ("

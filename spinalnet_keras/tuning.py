@@ -110,7 +110,8 @@ class SpinalHyperModel(kt.HyperModel):
         space: a `SearchSpace`.
         optimizer: `"sgd"`, `"adam"`, ... (see `training.OPTIMIZERS`).
         learning_rate: used when the space does not search it.
-        momentum: SGD momentum.
+        momentum: SGD's momentum (default 0, Keras's); other optimizers
+            take none.
         steps_per_execution: as for `Model.compile`.
         jit_compile: `"auto"`, True or False, as for `Model.compile`.
         loss, metrics: compile arguments (default: classification).
@@ -120,7 +121,7 @@ class SpinalHyperModel(kt.HyperModel):
 
     def __init__(self, model, input_shape, num_classes, space=None, optimizer="adam",
                  learning_rate=1e-3, loss="sparse_categorical_crossentropy",
-                 metrics=("accuracy",), backbone_options=None, momentum=0.0,
+                 metrics=("accuracy",), backbone_options=None, momentum=None,
                  steps_per_execution=1, jit_compile="auto", name="spinal"):
         super().__init__(name=name)
         from spinalnet_keras.training import OPTIMIZERS, resolve_model_name
@@ -147,7 +148,15 @@ class SpinalHyperModel(kt.HyperModel):
                 f"backbone_options={backbone_options!r}"
             )
         self.backbone_options = dict(backbone_options or {})
-        self.momentum = _validation.rate("momentum", momentum)
+        if self.optimizer == "sgd":
+            self.momentum = _validation.rate("momentum", 0.0 if momentum is None else momentum)
+        elif momentum is not None:
+            raise ValueError(
+                f"`momentum` applies to optimizer='sgd' only; {self.optimizer!r} is "
+                f"made without one. Received: momentum={momentum!r}"
+            )
+        else:
+            self.momentum = None
         self.steps_per_execution = _validation.positive_int(
             "steps_per_execution", steps_per_execution)
         if not (isinstance(jit_compile, bool) or jit_compile == "auto"):

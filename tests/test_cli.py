@@ -94,6 +94,12 @@ def test_a_folder_holds_one_configuration(tmp_path):
     # how the run is shown or executed may change; the stored result comes back
     again = train(dataclasses.replace(config, verbose=2, steps_per_execution=4))
     assert again == first
+    # Version 0.4 stored SGD's default momentum for any optimizer; to Adam
+    # it means nothing, so such a folder is still this run.
+    stored = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert stored["momentum"] is None
+    (tmp_path / "r" / "config.json").write_text(json.dumps({**stored, "momentum": 0.5}))
+    assert train(config) == first
     # what it computes may not: neither reported as done nor resumed
     with pytest.raises(ValueError, match=r"another configuration \(width: None there, 10 here, "
                                          r"epochs: 1 there, 2 here\)"):
@@ -188,6 +194,8 @@ _REGRESSION = dict(model="regression", dataset="table1/sum")
     (dict(seed=True), "seed=True"),
     (dict(seed=-1), "seed=-1"),
     (dict(momentum="0.9"), "momentum='0.9'"),
+    (dict(optimizer="adam", momentum=0.9), "`momentum` applies to optimizer='sgd' only; "
+     "'adam' is made without one. Received: momentum=0.9"),
     (dict(learning_rate=float("inf")), "learning_rate=inf"),
     (dict(learning_rate=True), "learning_rate=True"),
     (dict(verbose=3), r"one of \[0, 1, 2\]. Received: verbose=3"),
@@ -227,18 +235,19 @@ def test_every_train_option_reaches_the_config():
 
     expected = dict(
         model="MobileNetV2", head="spinal", width=4, depth=3, splits=2, dropout=0.1,
-        batch_norm=True, dataset="cifar10", epochs=2, batch_size=16, optimizer="adam",
+        batch_norm=True, dataset="cifar10", epochs=2, batch_size=16, optimizer="sgd",
         learning_rate=0.5, momentum=0.9, seed=7, output_dir="o", data_dir="d",
         manual_dir="m", augment=("flip",), image_size=(48, 40), weights="imagenet",
         freeze_backbone=True, pooling="max", deterministic=True, steps_per_execution=3,
         jit_compile="on", train_examples=10, test_examples=5, verbose=2)
     assert set(expected) == {f.name for f in dataclasses.fields(TrainConfig)}
-    defaults = TrainConfig()  # the spinal head is the default, and the head options need it
-    assert [k for k, v in expected.items() if getattr(defaults, k) == v] == ["head"]
+    # The head options need the spinal head, and momentum SGD: both defaults.
+    defaults = TrainConfig()
+    assert [k for k, v in expected.items() if getattr(defaults, k) == v] == ["head", "optimizer"]
     argv = ["train", "--model", "mobilenetv2", "--head", "spinal", "--width", "4",
             "--depth", "3", "--splits", "2", "--dropout", "0.1", "--batch-norm",
             "--dataset", "cifar10", "--epochs", "2", "--batch-size", "16",
-            "--optimizer", "adam", "--learning-rate", "0.5", "--momentum", "0.9",
+            "--optimizer", "sgd", "--learning-rate", "0.5", "--momentum", "0.9",
             "--seed", "7", "--output-dir", "o", "--data-dir", "d", "--manual-dir", "m",
             "--augment", "flip", "--image-size", "48x40", "--weights", "imagenet",
             "--freeze-backbone", "--pooling", "max", "--deterministic",
@@ -247,6 +256,8 @@ def test_every_train_option_reaches_the_config():
     args = build_parser().parse_args(argv)
     config = _config(args, head=args.head, seed=args.seed)
     assert dataclasses.asdict(config) == expected
+    other = build_parser().parse_args(["train", "--optimizer", "rmsprop"])
+    assert (_config(other).optimizer, _config(other).momentum) == ("rmsprop", None)
 
 
 def test_compare_refuses_repeated_seeds_and_datasets(tmp_path):

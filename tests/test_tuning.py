@@ -89,7 +89,9 @@ def test_bad_search_spaces(kwargs, match):
 def test_bad_hypermodel_and_tuner_arguments(tmp_path):
     for kwargs, match in [
         (dict(learning_rate=0), "learning_rate=0"),
-        (dict(momentum=1.5), "momentum=1.5"),
+        (dict(optimizer="sgd", momentum=1.5), "momentum=1.5"),
+        (dict(momentum=0.9), "`momentum` applies to optimizer='sgd' only; 'adam' is made "
+         "without one. Received: momentum=0.9"),
         (dict(jit_compile="on"), r"'auto', True or False, as for Model.compile. Received: jit_compile='on'"),
         (dict(backbone_options={"weights": None}), "`backbone_options` apply to keras.applications"),
     ]:
