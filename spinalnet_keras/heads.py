@@ -84,6 +84,13 @@ class Head:
             check_sizes(self.width, self.depth, self.splits)
         for name in ("dropout", "output_dropout"):
             _validation.rate(name, getattr(self, name))
+        if self.kind == "dense" and self.dropout and len(self.hidden_units) < 2:
+            raise ValueError(
+                "`dropout` of a dense head acts before each hidden Dense after the "
+                f"first, and this head has one (hidden_units={self.hidden_units}), so "
+                "it would change nothing; `input_dropout` and `output_dropout` act "
+                f"before its hidden and its output Dense. Received: dropout={self.dropout!r}"
+            )
         _validation.boolean("batch_norm", self.batch_norm)
         _validation.unit_interval("batch_norm_momentum", self.batch_norm_momentum)
         _validation.positive_number("batch_norm_epsilon", self.batch_norm_epsilon)

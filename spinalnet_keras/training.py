@@ -95,8 +95,10 @@ class TrainConfig:
         if self.dropout is not None:
             _validation.rate("dropout", self.dropout)
         _validation.boolean("batch_norm", self.batch_norm, allow_none=True)
-        if self.head == "dense":
-            Head("dense", **{k: getattr(self, k) for k in ("width", "depth", "splits")})
+        if self.head == "dense":  # the options, checked against the head they change
+            base = (PAPER_MODELS[self.model].dense_head if self.model in PAPER_MODELS
+                    else Head("dense"))
+            base.replace(**self.head_options())
         # The data options, as load_task will check them.
         self.image_size, self.augment = check_options(
             self.dataset, image_size=self.image_size, augment=self.augment

@@ -310,6 +310,12 @@ def test_spinal_option_on_a_dense_head_is_refused_before_loading_data(tmp_path, 
     assert code == 2
     assert "`width`: spinal heads only; this head is 'dense'. Received: width=8" in (
         capsys.readouterr().err)
+    # likewise an option the dense head would not use
+    code = main(["train", "--model", "mnist_cnn", "--dataset", "mnist", "--head", "dense",
+                 "--dropout", "0.2", "--output-dir", str(tmp_path / "x"), "--verbose", "0"])
+    assert code == 2
+    assert "`dropout` of a dense head acts before each hidden Dense after the first" in (
+        capsys.readouterr().err)
 
 
 def test_console_script_and_module_entry_points():

@@ -105,6 +105,12 @@ def test_head_options_and_errors():
     with pytest.raises(ValueError, match="activation='swishy'"):
         Head("dense", activation="swishy")
     assert (Head("dense").hidden_units, Head("dense").input_dropout) == ((512,), 0.0)
+    # a dense head's dropout acts between hidden layers: with one, it would do nothing
+    with pytest.raises(ValueError, match=r"one \(hidden_units=\(50,\)\), so it would change "
+                       r"nothing;.*Received: dropout=0.2"):
+        paper_model("mnist_cnn", head="dense", dropout=0.2)
+    two = paper_model("regression", head="dense", dropout=0.2)  # 200 -> dropout -> 100
+    assert [l.rate for l in two.layers if isinstance(l, keras.layers.Dropout)] == [0.2]
     # the dense head's BatchNormalization would take these without a word
     with pytest.raises(ValueError, match=r"\[0, 1\].*batch_norm_momentum=5"):
         paper_model("vgg5", head="dense", batch_norm_momentum=5)
