@@ -664,6 +664,23 @@ def image_pipeline(
     return out.prefetch(tf.data.AUTOTUNE)
 
 
+def _first_examples(info, split, limit, what):
+    """The tfds split of the first `limit` examples of `split`, which may be a
+    union such as "train+validation" (where a slice at the end of the string
+    would cut only its last part). More than the split holds is an error."""
+    chosen, left = [], limit
+    for part in split.split("+"):
+        size = info.splits[part].num_examples
+        if left <= size:
+            return "+".join(chosen + [part if left == size else f"{part}[:{left}]"])
+        chosen.append(part)
+        left -= size
+    raise ValueError(
+        f"`{what}` asks for more examples than the {split!r} split of {info.name!r} "
+        f"holds ({limit - left}). Received: {what}={limit}"
+    )
+
+
 def load_task(
     name,
     batch_size=64,
@@ -767,7 +784,7 @@ def load_task(
         ("test", spec.test_split, test_examples),
     ):
         if limit:
-            split = f"{split}[:{limit}]"
+            split = _first_examples(info, split, limit, f"{key}_examples")
         # Opened only if its decoded copy is missing: opening both MNIST
         # splits took 0.07 s of every run (benchmarks/RESULTS.md).
         source = functools.partial(

@@ -98,6 +98,24 @@ def test_mnist_for_backbones_and_augmentation(mnist_data_dir):
                      train_examples=64, test_examples=16)
     xu, _ = next(iter(unit.train))
     assert float(np.min(xu)) >= 0 and float(np.max(xu)) <= 1
+    # more than the split holds is refused, not quietly cut to what there is
+    with pytest.raises(ValueError, match=r"more examples than the 'train' split of 'mnist' "
+                       r"holds \(60000\). Received: train_examples=60001"):
+        load_task("mnist", data_dir=mnist_data_dir, train_examples=60001)
+
+
+def test_first_examples_of_a_union_of_splits():
+    # oxford_flowers102 trains on "train+validation": a slice at the end of
+    # that string would cut the validation part only.
+    info = types.SimpleNamespace(name="oxford_flowers102", splits={
+        "train": types.SimpleNamespace(num_examples=1020),
+        "validation": types.SimpleNamespace(num_examples=1020)})
+    for limit, split in [(100, "train[:100]"), (1020, "train"),
+                         (1500, "train+validation[:480]"), (2040, "train+validation")]:
+        assert data._first_examples(info, "train+validation", limit, "train_examples") == split
+    with pytest.raises(ValueError, match=r"the 'train\+validation' split of 'oxford_flowers102' "
+                       r"holds \(2040\). Received: train_examples=2041"):
+        data._first_examples(info, "train+validation", 2041, "train_examples")
 
 
 @pytest.mark.parametrize("image_size", [None, (32, 32)])
