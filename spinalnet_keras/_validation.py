@@ -89,6 +89,20 @@ def rate(name, value):
     return float(value)
 
 
+def sgd_momentum(optimizer, momentum, default):
+    """The momentum `optimizer` is made with: SGD's (`default` when None, a
+    rate otherwise); None for the others, which take none, so a value given
+    for them is refused rather than ignored."""
+    if optimizer == "sgd":
+        return rate("momentum", default if momentum is None else momentum)
+    if momentum is not None:
+        raise ValueError(
+            f"`momentum` applies to optimizer='sgd' only; {optimizer!r} is made "
+            f"without one. Received: momentum={momentum!r}"
+        )
+    return None
+
+
 def unit_interval(name, value):
     """Return `value` as a float in [0, 1] (e.g. a momentum), else raise."""
     if not is_real(value) or not 0.0 <= float(value) <= 1.0:

@@ -109,14 +109,8 @@ class TrainConfig:
         _validation.positive_int("steps_per_execution", self.steps_per_execution)
         _validation.choice("jit_compile", self.jit_compile, tuple(JIT_COMPILE))
         _validation.positive_number("learning_rate", self.learning_rate)
-        if self.optimizer == "sgd":  # the paper's 0.5 unless given
-            self.momentum = 0.5 if self.momentum is None else self.momentum
-            _validation.rate("momentum", self.momentum)
-        elif self.momentum is not None:
-            raise ValueError(
-                f"`momentum` applies to optimizer='sgd' only; {self.optimizer!r} is "
-                f"made without one. Received: momentum={self.momentum!r}"
-            )
+        # The paper's 0.5 unless given.
+        self.momentum = _validation.sgd_momentum(self.optimizer, self.momentum, 0.5)
         _validation.non_negative_int("seed", self.seed)
         _validation.boolean("deterministic", self.deterministic)
         _validation.choice("verbose", self.verbose, (0, 1, 2))

@@ -148,15 +148,7 @@ class SpinalHyperModel(kt.HyperModel):
                 f"backbone_options={backbone_options!r}"
             )
         self.backbone_options = dict(backbone_options or {})
-        if self.optimizer == "sgd":
-            self.momentum = _validation.rate("momentum", 0.0 if momentum is None else momentum)
-        elif momentum is not None:
-            raise ValueError(
-                f"`momentum` applies to optimizer='sgd' only; {self.optimizer!r} is "
-                f"made without one. Received: momentum={momentum!r}"
-            )
-        else:
-            self.momentum = None
+        self.momentum = _validation.sgd_momentum(self.optimizer, momentum, 0.0)
         self.steps_per_execution = _validation.positive_int(
             "steps_per_execution", steps_per_execution)
         if not (isinstance(jit_compile, bool) or jit_compile == "auto"):
