@@ -37,7 +37,13 @@ from spinalnet_keras.heads import Head
 from spinalnet_keras.paper_models import PAPER_MODELS
 from spinalnet_keras.paper_models import paper_model
 
-OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
+_OPTIMIZER_CLASSES = {
+    "sgd": keras.optimizers.SGD,
+    "adam": keras.optimizers.Adam,
+    "adamw": keras.optimizers.AdamW,
+    "rmsprop": keras.optimizers.RMSprop,
+}
+OPTIMIZERS = tuple(_OPTIMIZER_CLASSES)
 HEAD_OPTIONS = ("width", "depth", "splits", "dropout", "batch_norm")
 # TrainConfig.jit_compile (as on the command line) -> Model.compile's.
 JIT_COMPILE = {"auto": "auto", "on": True, "off": False}
@@ -242,15 +248,15 @@ def head_label(model, head):
     return "dense " + "-".join(str(u) for u in hidden) if hidden else "dense"
 
 
+def new_optimizer(name, learning_rate, momentum=None):
+    """A fresh optimizer of `OPTIMIZERS`; `momentum` as resolved by
+    `_validation.sgd_momentum` (None for all but SGD)."""
+    extra = {} if momentum is None else {"momentum": momentum}
+    return _OPTIMIZER_CLASSES[name](learning_rate=learning_rate, **extra)
+
+
 def make_optimizer(config):
-    name = config.optimizer
-    if name == "sgd":
-        return keras.optimizers.SGD(config.learning_rate, momentum=config.momentum)
-    if name == "adam":
-        return keras.optimizers.Adam(config.learning_rate)
-    if name == "adamw":
-        return keras.optimizers.AdamW(config.learning_rate)
-    return keras.optimizers.RMSprop(config.learning_rate)
+    return new_optimizer(config.optimizer, config.learning_rate, config.momentum)
 
 
 def steps_per_execution_for(requested, steps_per_epoch):

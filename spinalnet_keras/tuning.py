@@ -33,14 +33,9 @@ from spinalnet_keras.paper_models import PAPER_MODELS
 from spinalnet_keras.paper_models import paper_model
 from spinalnet_keras.spinal_dense import SpinalDense
 from spinalnet_keras.training import build_training_state
+from spinalnet_keras.training import new_optimizer
 
 TUNERS = ("random", "bayesian", "hyperband")
-_OPTIMIZER_CLASSES = {
-    "sgd": keras.optimizers.SGD,
-    "adam": keras.optimizers.Adam,
-    "adamw": keras.optimizers.AdamW,
-    "rmsprop": keras.optimizers.RMSprop,
-}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -201,8 +196,7 @@ class SpinalHyperModel(kt.HyperModel):
         if space.learning_rates is not None:
             lr = hp.Float("learning_rate", *space.learning_rates, sampling="log")
         model = self._build_with_head(**head)
-        extra = {"momentum": self.momentum} if self.optimizer == "sgd" else {}
-        optimizer = _OPTIMIZER_CLASSES[self.optimizer](learning_rate=lr, **extra)
+        optimizer = new_optimizer(self.optimizer, lr, self.momentum)
         # keras-tuner builds inside the search's distribution strategy
         model.compile(optimizer=optimizer, loss=self.loss, metrics=self.metrics,
                       steps_per_execution=supported_steps_per_execution(
