@@ -255,7 +255,8 @@ class SpinalDense(keras.layers.Layer):
 
     Input shape:
         N-D tensor with shape `(batch_size, ..., input_dim)`, N >= 2, with a
-        known `input_dim`.
+        known `input_dim`. A sparse input (`keras.Input(sparse=True)`) is
+        made dense first.
 
     Output shape:
         `(batch_size, ..., units)`, or `(batch_size, ..., depth * width)`
@@ -493,6 +494,10 @@ class SpinalDense(keras.layers.Layer):
         return pre
 
     def call(self, inputs, training=None, mask=None):
+        # Dense takes sparse inputs (TF-IDF, multi-hot) into its one product;
+        # here the input is cut into parts first, which sparse tensors do not
+        # support on every backend, so they are made dense (a no-op otherwise).
+        inputs = ops.convert_to_tensor(inputs, sparse=False)
         parts = _split_last_axis(inputs, self.split_sizes)
         pre = self._split_products(parts, training)
         recurrent = (

@@ -319,6 +319,30 @@ def test_batch_norm_leaves_masked_positions_out():
     assert not np.allclose(a[mask], c[mask], atol=1e-2)
 
 
+def test_sparse_input_predicts_and_trains_as_its_dense_form():
+    import tensorflow as tf  # a TensorFlow SparseTensor, as keras.Input(sparse=True) takes
+
+    rng = np.random.default_rng(0)
+    x = (rng.random((8, 21)) * (rng.random((8, 21)) > 0.7)).astype("float32")
+    y = rng.normal(size=(8, 3)).astype("float32")
+
+    def model(sparse):
+        keras.utils.set_random_seed(0)
+        inputs = keras.Input((21,), sparse=sparse)
+        m = keras.Model(inputs, SpinalDense(3, width=4, depth=5, splits=3)(inputs))
+        m.compile(keras.optimizers.SGD(0.1), "mse")
+        return m
+
+    sparse, dense = model(True), model(False)
+    sp = tf.sparse.from_dense(x)
+    np.testing.assert_allclose(sparse.predict(sp, verbose=0), dense.predict(x, verbose=0), rtol=1e-6)
+    sparse.fit(sp, y, batch_size=4, shuffle=False, verbose=0)
+    dense.fit(x, y, batch_size=4, shuffle=False, verbose=0)
+    for a, b in zip(sparse.get_weights(), dense.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(sparse.get_weights()[0], model(True).get_weights()[0])  # it trained
+
+
 def test_quantize_leaves_the_layer_in_float_with_a_warning():
     # README says so: no quantize mode of its own; the Dense beside it is quantized.
     model = keras.Sequential([keras.Input((16,)), keras.layers.Dense(8),
