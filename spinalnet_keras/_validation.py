@@ -3,6 +3,8 @@
 import numbers
 import os
 
+import numpy as np
+
 IMAGE_DIMS = ("height", "width", "channels")
 
 
@@ -57,10 +59,14 @@ def non_negative_int(name, value):
 
 def values(name, value, check):
     """Return the tuple of `value`'s items, each passed through
-    `check(name, item)`; `value` must be a non-empty list, tuple or range."""
-    if not isinstance(value, (list, tuple, range)) or not value:
+    `check(name, item)`; `value` must be a non-empty list, tuple, range or
+    1-D numpy array (`np.arange(4, 33, 4)`)."""
+    sequence = isinstance(value, (list, tuple, range)) or (
+        isinstance(value, np.ndarray) and value.ndim == 1)
+    if not sequence or not len(value):
         raise ValueError(
-            f"`{name}` must be a non-empty list, tuple or range. Received: {name}={value!r}"
+            f"`{name}` must be a non-empty list, tuple, range or 1-D array. "
+            f"Received: {name}={value!r}"
         )
     return tuple(check(name, v) for v in value)
 
@@ -139,13 +145,30 @@ def seed(name, value):
     return None if value is None else int(value)
 
 
+def is_bool(value):
+    # numpy's bool is no Python bool, yet a flag read from an array is one
+    return isinstance(value, (bool, np.bool_))
+
+
 def boolean(name, value, allow_none=False):
+    """Return `value` as a Python bool if it is True or False, else raise."""
     if value is None and allow_none:
         return None
-    if not isinstance(value, bool):
+    if not is_bool(value):
         raise ValueError(
             f"`{name}` must be True or False. Received: {name}={value!r}"
         )
+    return bool(value)
+
+
+def path(name, value, allow_none=False):
+    """Return `value` as a str if it is a path (str or os.PathLike), else raise."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"`{name}` must be a path. Received: {name}={value!r}")
     return value
 
 
@@ -169,9 +192,12 @@ def comma_list(value):
 
 
 def choice(name, value, allowed):
-    """Return `value` if it is one of `allowed`, else raise listing them."""
-    if value not in allowed:
-        raise ValueError(
-            f"`{name}` must be one of {sorted(allowed)}. Received: {name}={value!r}"
-        )
-    return value
+    """Return the item of `allowed` that `value` equals, else raise listing
+    them. The item itself comes back, so a numpy scalar becomes the plain
+    value a JSON file can hold; True and 1 are told apart."""
+    for item in allowed:
+        if item == value and is_bool(item) == is_bool(value):
+            return item
+    raise ValueError(
+        f"`{name}` must be one of {sorted(allowed, key=repr)}. Received: {name}={value!r}"
+    )

@@ -6,6 +6,7 @@ the `keras.applications` builder and the tuner all describe heads this way.
 """
 
 import dataclasses
+import numbers
 
 import keras
 
@@ -64,7 +65,9 @@ class Head:
     batch_norm_epsilon: float = 1e-3
 
     def __post_init__(self):
-        _validation.choice("head", self.kind, HEAD_KINDS)
+        # Fields keep the values their checks return (plain ints, floats and
+        # bools, where numpy scalars may have been given).
+        self._set("kind", _validation.choice("head", self.kind, HEAD_KINDS))
         # Fields of the other kind would be ignored: refuse them, and give
         # this kind's fields their defaults.
         other = "dense" if self.kind == "spinal" else "spinal"
@@ -77,13 +80,15 @@ class Head:
             )
         for field, default in _DEFAULTS[self.kind].items():
             if getattr(self, field) is None:
-                object.__setattr__(self, field, default)
+                self._set(field, default)
         if self.kind == "dense":
             self._check_dense()
         else:
-            check_sizes(self.width, self.depth, self.splits)
+            sizes = check_sizes(self.width, self.depth, self.splits)
+            for field, value in zip(("width", "depth", "splits"), sizes):
+                self._set(field, value)
         for name in ("dropout", "output_dropout"):
-            _validation.rate(name, getattr(self, name))
+            self._set(name, _validation.rate(name, getattr(self, name)))
         if self.kind == "dense" and self.dropout and len(self.hidden_units) < 2:
             raise ValueError(
                 "`dropout` of a dense head acts before each hidden Dense after the "
@@ -91,24 +96,28 @@ class Head:
                 "it would change nothing; `input_dropout` and `output_dropout` act "
                 f"before its hidden and its output Dense. Received: dropout={self.dropout!r}"
             )
-        _validation.boolean("batch_norm", self.batch_norm)
-        _validation.unit_interval("batch_norm_momentum", self.batch_norm_momentum)
-        _validation.positive_number("batch_norm_epsilon", self.batch_norm_epsilon)
+        self._set("batch_norm", _validation.boolean("batch_norm", self.batch_norm))
+        self._set("batch_norm_momentum", _validation.unit_interval(
+            "batch_norm_momentum", self.batch_norm_momentum))
+        self._set("batch_norm_epsilon", _validation.positive_number(
+            "batch_norm_epsilon", self.batch_norm_epsilon))
         _get_activation("activation", self.activation)  # fail here, not at build
+
+    def _set(self, field, value):
+        object.__setattr__(self, field, value)  # the dataclass is frozen
 
     def _check_dense(self):
         units = self.hidden_units
-        if isinstance(units, int) and not isinstance(units, bool):
+        if isinstance(units, numbers.Integral) and not isinstance(units, bool):
             units = (units,)
         if not isinstance(units, (tuple, list)):
             raise ValueError(
                 "`hidden_units` must be a tuple of positive integers. "
                 f"Received: hidden_units={self.hidden_units!r}"
             )
-        for u in units:
-            _validation.positive_int("hidden_units", u)
-        object.__setattr__(self, "hidden_units", tuple(int(u) for u in units))
-        _validation.rate("input_dropout", self.input_dropout)
+        self._set("hidden_units", tuple(_validation.positive_int("hidden_units", u)
+                                        for u in units))
+        self._set("input_dropout", _validation.rate("input_dropout", self.input_dropout))
 
     def replace(self, **changes):
         """A copy with `changes`; unknown fields raise a clear error."""

@@ -55,7 +55,8 @@ class TrainConfig:
 
     `batch_size` is the global batch size (all replicas together).
     `momentum` is SGD's (0.5, the paper's, unless given); other optimizers
-    take none.
+    take none. `jit_compile` is `"auto"`, `"on"` or `"off"` (True and False
+    are taken for `"on"` and `"off"`).
     Head options left as None keep the network's own (the paper's) values.
     """
 
@@ -94,13 +95,16 @@ class TrainConfig:
         from spinalnet_keras.backbones import POOLINGS, check_weights
         from spinalnet_keras.data import REGRESSION_DATASETS, check_options
 
+        # Each value is kept as its check returns it: numpy scalars and path
+        # objects become the plain values config.json holds.
+        check = _validation
         self.model = resolve_model_name(self.model)
-        _validation.choice("head", self.head, ("dense", "spinal"))
-        for name in ("width", "depth", "splits"):
-            _validation.positive_int(name, getattr(self, name), allow_none=True)
+        self.head = check.choice("head", self.head, ("dense", "spinal"))
+        for name in ("width", "depth", "splits", "train_examples", "test_examples"):
+            setattr(self, name, check.positive_int(name, getattr(self, name), allow_none=True))
         if self.dropout is not None:
-            _validation.rate("dropout", self.dropout)
-        _validation.boolean("batch_norm", self.batch_norm, allow_none=True)
+            self.dropout = check.rate("dropout", self.dropout)
+        self.batch_norm = check.boolean("batch_norm", self.batch_norm, allow_none=True)
         if self.head == "dense":  # the options, checked against the head they change
             base = (PAPER_MODELS[self.model].dense_head if self.model in PAPER_MODELS
                     else Head("dense"))
@@ -109,26 +113,24 @@ class TrainConfig:
         self.image_size, self.augment = check_options(
             self.dataset, image_size=self.image_size, augment=self.augment
         )
-        _validation.choice("optimizer", self.optimizer, OPTIMIZERS)
-        _validation.positive_int("epochs", self.epochs)
-        _validation.positive_int("batch_size", self.batch_size)
-        _validation.positive_int("steps_per_execution", self.steps_per_execution)
-        _validation.choice("jit_compile", self.jit_compile, tuple(JIT_COMPILE))
-        _validation.positive_number("learning_rate", self.learning_rate)
+        self.optimizer = check.choice("optimizer", self.optimizer, OPTIMIZERS)
+        for name in ("epochs", "batch_size", "steps_per_execution"):
+            setattr(self, name, check.positive_int(name, getattr(self, name)))
+        if check.is_bool(self.jit_compile):  # Model.compile's spelling
+            self.jit_compile = "on" if self.jit_compile else "off"
+        self.jit_compile = check.choice("jit_compile", self.jit_compile, tuple(JIT_COMPILE))
+        self.learning_rate = check.positive_number("learning_rate", self.learning_rate)
         # The paper's 0.5 unless given.
-        self.momentum = _validation.sgd_momentum(self.optimizer, self.momentum, 0.5)
-        _validation.non_negative_int("seed", self.seed)
-        _validation.boolean("deterministic", self.deterministic)
-        _validation.choice("verbose", self.verbose, (0, 1, 2))
-        for name in ("train_examples", "test_examples"):
-            _validation.positive_int(name, getattr(self, name), allow_none=True)
-        if not isinstance(self.output_dir, (str, os.PathLike)):
-            raise ValueError(
-                f"`output_dir` must be a path. Received: output_dir={self.output_dir!r}"
-            )
+        self.momentum = check.sgd_momentum(self.optimizer, self.momentum, 0.5)
+        self.seed = check.non_negative_int("seed", self.seed)
+        self.deterministic = check.boolean("deterministic", self.deterministic)
+        self.verbose = check.choice("verbose", self.verbose, (0, 1, 2))
+        self.output_dir = check.path("output_dir", self.output_dir)
+        for name in ("data_dir", "manual_dir"):
+            setattr(self, name, check.path(name, getattr(self, name), allow_none=True))
         _check_pairing(self.model, self.dataset, self.dataset in REGRESSION_DATASETS)
-        _validation.boolean("freeze_backbone", self.freeze_backbone)
-        _validation.choice("pooling", self.pooling, POOLINGS)
+        self.freeze_backbone = check.boolean("freeze_backbone", self.freeze_backbone)
+        self.pooling = check.choice("pooling", self.pooling, POOLINGS)
         if not is_backbone(self.model) and (
             self.weights is not None or self.freeze_backbone or self.pooling != "avg"
         ):

@@ -68,7 +68,7 @@ class SearchSpace:
         if self.dropouts is not None:
             object.__setattr__(self, "dropouts", _validation.values(
                 "dropouts", self.dropouts, _validation.rate))
-        _validation.boolean("batch_norm", self.batch_norm)
+        object.__setattr__(self, "batch_norm", _validation.boolean("batch_norm", self.batch_norm))
         if self.learning_rates is not None:
             pair = self.learning_rates
             if (not isinstance(pair, (list, tuple)) or len(pair) != 2
@@ -146,12 +146,12 @@ class SpinalHyperModel(kt.HyperModel):
         self.momentum = _validation.sgd_momentum(self.optimizer, momentum, 0.0)
         self.steps_per_execution = _validation.positive_int(
             "steps_per_execution", steps_per_execution)
-        if not (isinstance(jit_compile, bool) or jit_compile == "auto"):
+        if not (_validation.is_bool(jit_compile) or jit_compile == "auto"):
             raise ValueError(
                 "`jit_compile` must be 'auto', True or False, as for Model.compile. "
                 f"Received: jit_compile={jit_compile!r}"
             )
-        self.jit_compile = jit_compile
+        self.jit_compile = jit_compile if jit_compile == "auto" else bool(jit_compile)
         self.features = self._feature_count()
         if not allowed_splits(self.space, max(self.space.depths), self.features):
             raise ValueError(

@@ -199,6 +199,10 @@ _REGRESSION = dict(model="regression", dataset="table1/sum")
     (dict(learning_rate=float("inf")), "learning_rate=inf"),
     (dict(learning_rate=True), "learning_rate=True"),
     (dict(verbose=3), r"one of \[0, 1, 2\]. Received: verbose=3"),
+    (dict(verbose=True), r"one of \[0, 1, 2\]. Received: verbose=True"),  # not taken for 1
+    (dict(jit_compile=1), r"one of \['auto', 'off', 'on'\]. Received: jit_compile=1"),
+    (dict(data_dir=3), "`data_dir` must be a path. Received: data_dir=3"),
+    (dict(output_dir=""), "`output_dir` must be a path. Received: output_dir=''"),
     (dict(train_examples=0), "train_examples=0"),
     (dict(width=0), "width=0"),
     (dict(dropout=1.0), "dropout=1.0"),
@@ -225,6 +229,27 @@ def test_train_config_normalises_what_it_accepts():
                          image_size=[64, 48])
     assert (config.model, config.augment, config.image_size) == (
         "ResNet50", ("rotate", "flip"), (64, 48))
+
+
+def test_numpy_scalars_and_path_objects_train_and_are_stored_plain(tmp_path):
+    # A sweep such as `for width in np.arange(...)` hands numpy scalars; they
+    # are checked as numbers, and config.json must still hold plain values.
+    given = TrainConfig(**_REGRESSION, width=np.int64(6), epochs=np.int64(1),
+                        dropout=np.float32(0.25), batch_norm=np.True_, seed=np.int64(3),
+                        learning_rate=np.float64(0.01), optimizer=np.str_("adam"),
+                        verbose=np.int64(0), jit_compile=False, train_examples=np.int32(256),
+                        output_dir=tmp_path / "np", data_dir=tmp_path / "data")
+    plain = TrainConfig(**_REGRESSION, width=6, epochs=1, dropout=0.25, batch_norm=True,
+                        seed=3, learning_rate=0.01, optimizer="adam", verbose=0,
+                        jit_compile="off", train_examples=256,
+                        output_dir=str(tmp_path / "np"), data_dir=str(tmp_path / "data"))
+    assert given == plain
+    assert [type(getattr(given, f.name)) for f in dataclasses.fields(given)] == [
+        type(getattr(plain, f.name)) for f in dataclasses.fields(plain)]
+    result = train(given)
+    stored = json.loads((tmp_path / "np" / "config.json").read_text())
+    assert stored == json.loads(plain.to_json())
+    assert train(plain) == result  # the same run, found done
 
 
 def test_every_train_option_reaches_the_config():
@@ -270,7 +295,7 @@ def test_compare_refuses_repeated_seeds_and_datasets(tmp_path):
         compare(config, seeds=[0], datasets=["table1/sum", "table1/sum"])
     with pytest.raises(ValueError, match="Unknown dataset 'table1/cube'"):
         compare(config, seeds=[0], datasets=["table1/sum", "table1/cube"])
-    with pytest.raises(ValueError, match="non-empty list, tuple or range. Received: seeds=0"):
+    with pytest.raises(ValueError, match="non-empty list, tuple, range or 1-D array. Received: seeds=0"):
         compare(config, seeds=0)
     with pytest.raises(TypeError, match="get_strategy.*Received: strategy='mirrored'"):
         compare(config, seeds=range(2), strategy="mirrored")

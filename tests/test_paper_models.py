@@ -102,6 +102,11 @@ def test_head_options_and_errors():
     with pytest.raises(ValueError, match=r"`hidden_units`: dense heads only.*hidden_units=\(64,\)"):
         paper_model("mnist_cnn", head="spinal", hidden_units=(64,))
     assert (Head().width, Head().depth, Head().splits) == (20, 4, 2)
+    # numpy scalars are taken as numbers and kept as plain ones
+    head = Head("spinal", width=np.int64(8), dropout=np.float32(0.5), batch_norm=np.True_)
+    assert head == Head("spinal", width=8, dropout=0.5, batch_norm=True)
+    assert (type(head.width), type(head.dropout), type(head.batch_norm)) == (int, float, bool)
+    assert Head("dense", hidden_units=np.int64(7)).hidden_units == (7,)
     with pytest.raises(ValueError, match="activation='swishy'"):
         Head("dense", activation="swishy")
     assert (Head("dense").hidden_units, Head("dense").input_dropout) == ((512,), 0.0)

@@ -36,6 +36,10 @@ def _task():
 def test_search_space_is_what_the_arguments_say():
     space = SearchSpace(widths=(4, 8), depths=(1, 3, 6), splits=(1, 2, 4, 16),
                         dropouts=(0.0, 0.2), batch_norm=True, learning_rates=(1e-4, 1e-1))
+    # a numpy range (np.arange) and numpy scalars are taken, and kept plain
+    assert space == SearchSpace(widths=np.arange(4, 9, 4), depths=(1, 3, 6),
+                                splits=np.array([16, 4, 2, 1]), dropouts=(0.0, np.float64(0.2)),
+                                batch_norm=np.True_, learning_rates=(1e-4, 1e-1))
     hm = _hypermodel(space)
     assert hm.features == 8
     hp = kt.HyperParameters()
@@ -71,15 +75,16 @@ def test_impossible_combinations_are_never_built(tmp_path):
 
 
 @pytest.mark.parametrize("kwargs,match", [
-    (dict(widths=()), r"`widths` must be a non-empty list, tuple or range. Received: widths=\(\)"),
+    (dict(widths=()), r"`widths` must be a non-empty list, tuple, range or 1-D array. Received: widths=\(\)"),
     (dict(depths=(0,)), "depths=0"),
     (dict(splits=(5,), depths=(2, 4)), "splits must be <= depth"),
     (dict(dropouts=(1.5,)), "dropouts=1.5"),
     (dict(learning_rates=(0.1, 0.01)), "0 < low < high"),
     (dict(learning_rates=(0.1,)), r"0 < low < high. Received: learning_rates=\(0.1,\)"),
-    (dict(widths=8), "non-empty list, tuple or range. Received: widths=8"),
+    (dict(widths=8), "non-empty list, tuple, range or 1-D array. Received: widths=8"),
     (dict(dropouts=0.2), "dropouts=0.2"),
     (dict(splits=(1, True)), "splits=True"),
+    (dict(widths=np.array([[4, 8]])), r"1-D array. Received: widths=array\(\[\[4, 8\]\]\)"),
 ])
 def test_bad_search_spaces(kwargs, match):
     with pytest.raises(ValueError, match=match):
