@@ -23,6 +23,7 @@ import math
 
 import keras
 import keras_tuner as kt
+import numpy as np
 
 from spinalnet_keras import _dependencies
 from spinalnet_keras import _validation
@@ -122,6 +123,8 @@ class SpinalHyperModel(kt.HyperModel):
         from spinalnet_keras.training import OPTIMIZERS, resolve_model_name
 
         self.model = resolve_model_name(model)
+        if isinstance(input_shape, np.ndarray) and input_shape.ndim == 1:
+            input_shape = input_shape.tolist()  # plain ints, as the builders check them
         if not isinstance(input_shape, (list, tuple)):
             raise ValueError(
                 "`input_shape` must be a tuple of positive integers. "
@@ -278,11 +281,14 @@ def make_tuner(hypermodel, tuner="random", objective="val_accuracy", max_trials=
         )
     budget_value = _validation.positive_int(
         budget, 10 if given[budget] is None else given[budget])
-    _validation.positive_int("executions_per_trial", executions_per_trial)
-    _validation.positive_int("max_consecutive_failed_trials", max_consecutive_failed_trials)
-    _validation.seed("seed", seed)
-    _validation.boolean("overwrite", overwrite)
-    _validation.plain_name("project_name", project_name)
+    # The checked values go on: keras-tuner's own random.seed takes no numpy int.
+    executions_per_trial = _validation.positive_int("executions_per_trial", executions_per_trial)
+    max_consecutive_failed_trials = _validation.positive_int(
+        "max_consecutive_failed_trials", max_consecutive_failed_trials)
+    seed = _validation.seed("seed", seed)
+    overwrite = _validation.boolean("overwrite", overwrite)
+    project_name = _validation.plain_name("project_name", project_name)
+    directory = _validation.path("directory", directory, allow_none=True)
     if distribution_strategy is not None:
         _validation.tensorflow_backend("make_tuner(distribution_strategy=...)")
     if isinstance(objective, str) and isinstance(hypermodel, SpinalHyperModel):

@@ -149,6 +149,21 @@ def test_tiny_random_search_and_best_model(tmp_path):
     assert noise == []
 
 
+def test_numpy_values_and_a_path_object_search(tmp_path):
+    # keras-tuner's random.seed takes no numpy int: the checked values go on
+    hm = SpinalHyperModel("regression", np.array([8]), np.int64(1), loss="mse", metrics=(),
+                          space=SearchSpace(widths=np.array([4]), depths=(2,), splits=(1,)),
+                          steps_per_execution=np.int64(2), jit_compile=np.False_)
+    assert (hm.input_shape, hm.num_classes, hm.jit_compile) == ((8,), 1, False)
+    tuner = make_tuner(hm, "random", objective="val_loss", max_trials=np.int64(1),
+                       directory=tmp_path / "search", seed=np.int64(1),
+                       executions_per_trial=np.int64(1), overwrite=np.False_)
+    task = _task()
+    tuner.search(task.train, validation_data=task.test, epochs=1, verbose=0)
+    assert [r["status"] for r in trial_table(tuner, hm)] == ["COMPLETED"]
+    assert (tmp_path / "search" / "search" / "oracle.json").is_file()
+
+
 @pytest.mark.parametrize("kind", ["bayesian", "hyperband"])
 def test_other_tuners_run(kind, tmp_path):
     hm = _hypermodel(SearchSpace(widths=(4, 8), depths=(2,), splits=(1, 2)))
