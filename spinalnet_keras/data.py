@@ -729,6 +729,12 @@ def load_task(
 
     Returns:
         A `Task`.
+
+    Example:
+
+    >>> task = load_task("table1/sum", batch_size=64)  # generated, no download
+    >>> task.input_shape, task.num_outputs, task.steps_per_epoch
+    ((8,), 1, 16)
     """
     batch_size = _validation.positive_int("batch_size", batch_size)
     _validation.positive_int("train_examples", train_examples, allow_none=True)

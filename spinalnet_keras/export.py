@@ -194,6 +194,13 @@ def export_model(
 
         Whatever the error, nothing is left at `output_dir`, and an existing
         export there is kept.
+
+    Example:
+
+    >>> from spinalnet_keras import paper_model
+    >>> report = export_model(paper_model("regression"), "exported")
+    >>> report["formats"]["saved_model"]["path"], report["verified"]
+    ('regression_spinal/1', True)
     """
     if not isinstance(model, keras.Model):
         model = load_model_file(model)

@@ -48,7 +48,9 @@ class Head:
 
     Example:
 
-    >>> Head("spinal", width=128, depth=4, dropout=0.5, batch_norm=True)
+    >>> head = Head("spinal", width=128, depth=4, dropout=0.5, batch_norm=True)
+    >>> head.splits
+    2
     """
 
     kind: str = "spinal"

@@ -67,7 +67,14 @@ def spinalize(model, layers=None, width=None, depth=4, splits=2, **spinal_option
 
     Example:
 
+    >>> dense_model = keras.Sequential([
+    ...     keras.Input((320,)),
+    ...     keras.layers.Dense(50, activation="relu", name="hidden"),
+    ...     keras.layers.Dense(10, activation="softmax", name="output"),
+    ... ])
     >>> spinal = spinalize(dense_model, width=8, depth=6)
+    >>> [type(layer).__name__ for layer in spinal.layers]
+    ['SpinalDense', 'Dense']
     """
     if not isinstance(model, keras.Model) or not _is_graph_model(model):
         raise ValueError(

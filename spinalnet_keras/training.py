@@ -490,6 +490,16 @@ def train(config, strategy=None, task=None, callbacks=None):
             `steps_per_execution`, may differ), or `task` does not match.
         RuntimeError: a `strategy` while Keras runs on a backend other than
             TensorFlow, where the strategy would not distribute the model.
+
+    Example:
+
+    >>> config = TrainConfig(model="regression", dataset="table1/sum", epochs=2,
+    ...                      verbose=0, output_dir="runs/sum")
+    >>> result = train(config)  # writes runs/sum/: best.keras, history.csv, ...
+    >>> result["head_label"], result["epochs"], result["metric"]
+    ('spinal 6 x 50', 2, 'mse')
+    >>> train(config) == result  # a finished run is found, not trained again
+    True
     """
     if not isinstance(config, TrainConfig):
         raise TypeError(f"`config` must be a TrainConfig. Received: {type(config).__name__}")

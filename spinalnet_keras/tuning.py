@@ -269,6 +269,19 @@ def make_tuner(hypermodel, tuner="random", objective="val_accuracy", max_trials=
         distribution_strategy: a `tf.distribute.Strategy` for every trial
             (Keras's TensorFlow backend only: a RuntimeError on another).
         overwrite: start afresh instead of resuming.
+
+    Example:
+
+    >>> from spinalnet_keras import load_task
+    >>> space = SearchSpace(widths=(4, 8), depths=(2, 4), splits=(1, 2))
+    >>> hypermodel = SpinalHyperModel("regression", (8,), 1, space=space,
+    ...                               loss="mse", metrics=())
+    >>> tuner = make_tuner(hypermodel, "random", objective="val_loss",
+    ...                    max_trials=2, directory="runs/tune")
+    >>> task = load_task("table1/sum", batch_size=64)
+    >>> tuner.search(task.train, validation_data=task.test, epochs=1, verbose=0)
+    >>> [row["status"] for row in trial_table(tuner, hypermodel)]
+    ['COMPLETED', 'COMPLETED']
     """
     check_tuner_available(tuner)
     budget, other = ("max_epochs", "max_trials") if tuner == "hyperband" else (

@@ -1,6 +1,8 @@
 """The public API: everything users need is importable from `spinalnet_keras`."""
 
+import doctest
 import glob
+import importlib
 import os
 import re
 import subprocess
@@ -25,6 +27,28 @@ def test_every_public_name_resolves_to_the_package_object():
     assert spinalnet_keras.load_task is data.load_task
     assert set(spinalnet_keras.__all__) <= set(dir(spinalnet_keras))
     assert len(spinalnet_keras.__all__) == len(set(spinalnet_keras.__all__))
+
+
+def _documented_modules():
+    package = os.path.dirname(spinalnet_keras.__file__)
+    return sorted(
+        f"spinalnet_keras.{name[:-3]}" for name in os.listdir(package)
+        if name.endswith(".py") and ">>> " in open(os.path.join(package, name)).read()
+    )
+
+
+def test_the_main_entry_points_have_examples():
+    documented = {m.rsplit(".", 1)[1] for m in _documented_modules()}
+    assert {"spinal_dense", "heads", "paper_models", "backbones", "spinalize", "costs",
+            "data", "training", "tuning", "export"} <= documented
+
+
+@pytest.mark.parametrize("module", _documented_modules())
+def test_docstring_examples_run(module, tmp_path, monkeypatch):
+    # The examples write runs/ and exported/ where they are run.
+    monkeypatch.chdir(tmp_path)
+    result = doctest.testmod(importlib.import_module(module), optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0, result
 
 
 def test_unknown_attribute_is_an_attribute_error():
