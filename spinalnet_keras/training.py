@@ -97,14 +97,14 @@ class TrainConfig:
 
         # Each value is kept as its check returns it: numpy scalars and path
         # objects become the plain values config.json holds.
-        check = _validation
         self.model = resolve_model_name(self.model)
-        self.head = check.choice("head", self.head, ("dense", "spinal"))
+        self.head = _validation.choice("head", self.head, ("dense", "spinal"))
         for name in ("width", "depth", "splits", "train_examples", "test_examples"):
-            setattr(self, name, check.positive_int(name, getattr(self, name), allow_none=True))
+            value = _validation.positive_int(name, getattr(self, name), allow_none=True)
+            setattr(self, name, value)
         if self.dropout is not None:
-            self.dropout = check.rate("dropout", self.dropout)
-        self.batch_norm = check.boolean("batch_norm", self.batch_norm, allow_none=True)
+            self.dropout = _validation.rate("dropout", self.dropout)
+        self.batch_norm = _validation.boolean("batch_norm", self.batch_norm, allow_none=True)
         if self.head == "dense":  # the options, checked against the head they change
             base = (PAPER_MODELS[self.model].dense_head if self.model in PAPER_MODELS
                     else Head("dense"))
@@ -113,24 +113,24 @@ class TrainConfig:
         self.image_size, self.augment = check_options(
             self.dataset, image_size=self.image_size, augment=self.augment
         )
-        self.optimizer = check.choice("optimizer", self.optimizer, OPTIMIZERS)
+        self.optimizer = _validation.choice("optimizer", self.optimizer, OPTIMIZERS)
         for name in ("epochs", "batch_size", "steps_per_execution"):
-            setattr(self, name, check.positive_int(name, getattr(self, name)))
-        if check.is_bool(self.jit_compile):  # Model.compile's spelling
+            setattr(self, name, _validation.positive_int(name, getattr(self, name)))
+        if _validation.is_bool(self.jit_compile):  # Model.compile's spelling
             self.jit_compile = "on" if self.jit_compile else "off"
-        self.jit_compile = check.choice("jit_compile", self.jit_compile, tuple(JIT_COMPILE))
-        self.learning_rate = check.positive_number("learning_rate", self.learning_rate)
+        self.jit_compile = _validation.choice("jit_compile", self.jit_compile, tuple(JIT_COMPILE))
+        self.learning_rate = _validation.positive_number("learning_rate", self.learning_rate)
         # The paper's 0.5 unless given.
-        self.momentum = check.sgd_momentum(self.optimizer, self.momentum, 0.5)
-        self.seed = check.non_negative_int("seed", self.seed)
-        self.deterministic = check.boolean("deterministic", self.deterministic)
-        self.verbose = check.choice("verbose", self.verbose, (0, 1, 2))
-        self.output_dir = check.path("output_dir", self.output_dir)
+        self.momentum = _validation.sgd_momentum(self.optimizer, self.momentum, 0.5)
+        self.seed = _validation.non_negative_int("seed", self.seed)
+        self.deterministic = _validation.boolean("deterministic", self.deterministic)
+        self.verbose = _validation.choice("verbose", self.verbose, (0, 1, 2))
+        self.output_dir = _validation.path("output_dir", self.output_dir)
         for name in ("data_dir", "manual_dir"):
-            setattr(self, name, check.path(name, getattr(self, name), allow_none=True))
+            setattr(self, name, _validation.path(name, getattr(self, name), allow_none=True))
         _check_pairing(self.model, self.dataset, self.dataset in REGRESSION_DATASETS)
-        self.freeze_backbone = check.boolean("freeze_backbone", self.freeze_backbone)
-        self.pooling = check.choice("pooling", self.pooling, POOLINGS)
+        self.freeze_backbone = _validation.boolean("freeze_backbone", self.freeze_backbone)
+        self.pooling = _validation.choice("pooling", self.pooling, POOLINGS)
         if not is_backbone(self.model) and (
             self.weights is not None or self.freeze_backbone or self.pooling != "avg"
         ):
