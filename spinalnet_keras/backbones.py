@@ -233,13 +233,13 @@ def backbone_model(
     """
     key, _ = _lookup(backbone)
     num_classes = _validation.positive_int("num_classes", num_classes)
-    _validation.choice("pooling", pooling, POOLINGS)
-    _validation.boolean("freeze_backbone", freeze_backbone)
-    _validation.boolean("include_preprocessing", include_preprocessing)
+    pooling = _validation.choice("pooling", pooling, POOLINGS)
+    freeze_backbone = _validation.boolean("freeze_backbone", freeze_backbone)
+    include_preprocessing = _validation.boolean("include_preprocessing", include_preprocessing)
     if isinstance(head, Head):
         head_spec = head.replace(**head_options)
     else:
-        _validation.choice("head", head, ("dense", "spinal"))
+        head = _validation.choice("head", head, ("dense", "spinal"))
         head_spec = Head(head).replace(**head_options)
     input_shape = _validation.shape("input_shape", input_shape, _validation.IMAGE_DIMS)
     inputs = keras.Input(input_shape, name="images")

@@ -127,7 +127,7 @@ def regression_data(target, num_samples=1000, seed=0, noise=0.2):
         `(num_samples, 1)`.
     """
     targets = _regression_targets()
-    _validation.choice("target", target, tuple(targets))
+    target = _validation.choice("target", target, tuple(targets))
     num_samples = _validation.positive_int("num_samples", num_samples)
     noise = _validation.non_negative_number("noise", noise)
     rng = np.random.default_rng(seed)
@@ -525,17 +525,19 @@ def _validate_augment(augment):
 def check_options(name, normalization="paper", image_size=None, channels=None,
                   augment=(), rotation_degrees=10.0):
     """Check `load_task`'s data options for dataset `name`, before anything
-    is read; return `(image_size, augment)` as tuples. Options for images
-    are refused on the regression data rather than ignored."""
+    is read; return `(image_size, channels, augment)` as checked, the size
+    and the augmentations as tuples. Options for images are refused on the
+    regression data rather than ignored."""
     if name not in DATASETS and name not in REGRESSION_DATASETS:
         raise ValueError(f"Unknown dataset {name!r}. Available: {dataset_names()}")
-    _validation.choice("normalization", normalization, NORMALIZATIONS)
+    normalization = _validation.choice("normalization", normalization, NORMALIZATIONS)
     augment = _validate_augment(augment)
     _validation.positive_number("rotation_degrees", rotation_degrees)
     if image_size is not None:
         image_size = _validation.shape("image_size", image_size, ("height", "width"))
-    if channels not in (None, 1, 3):
-        raise ValueError(f"`channels` must be None, 1 or 3. Received: channels={channels!r}")
+    # The allowed item comes back: channels=3.0 or True would otherwise reach
+    # the input shape as a float or a bool.
+    channels = _validation.choice("channels", channels, (None, 1, 3))
     if name in REGRESSION_DATASETS:
         given = {k: v for k, v in (("image_size", image_size), ("channels", channels),
                                    ("augment", augment)) if v}
@@ -547,7 +549,7 @@ def check_options(name, normalization="paper", image_size=None, channels=None,
                 f"regression data. Received: "
                 + ", ".join(f"{k}={v!r}" for k, v in given.items())
             )
-    return image_size, augment
+    return image_size, channels, augment
 
 
 def image_pipeline(
@@ -585,7 +587,7 @@ def image_pipeline(
     gathered batch by batch. A larger one streams from disk through a
     shuffle buffer of 10,000 examples.
     """
-    _validation.choice("normalization", normalization, NORMALIZATIONS)
+    normalization = _validation.choice("normalization", normalization, NORMALIZATIONS)
     augment = _validate_augment(augment)
 
     def to_float(images, labels):
@@ -737,8 +739,8 @@ def load_task(
     ((8,), 1, 16)
     """
     batch_size = _validation.positive_int("batch_size", batch_size)
-    _validation.positive_int("train_examples", train_examples, allow_none=True)
-    _validation.positive_int("test_examples", test_examples, allow_none=True)
+    train_examples = _validation.positive_int("train_examples", train_examples, allow_none=True)
+    test_examples = _validation.positive_int("test_examples", test_examples, allow_none=True)
     epoch_range = None
     if epochs is not None:
         epochs = _validation.positive_int("epochs", epochs)
@@ -749,7 +751,7 @@ def load_task(
             )
         epoch_range = (initial_epoch, epochs)
     seed = _validation.non_negative_int("seed", seed)
-    image_size, augment = check_options(
+    image_size, channels, augment = check_options(
         name, normalization, image_size, channels, augment, rotation_degrees
     )
     if name in REGRESSION_DATASETS:

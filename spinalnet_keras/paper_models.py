@@ -201,7 +201,7 @@ def paper_model(
     if isinstance(head, Head):
         head_spec = head.replace(**head_options)
     else:
-        _validation.choice("head", head, ("dense", "spinal"))
+        head = _validation.choice("head", head, ("dense", "spinal"))
         base = spec.spinal_head if head == "spinal" else spec.dense_head
         head_spec = base.replace(**head_options)
     head_spec = _resolve_activation(head_spec)

@@ -110,7 +110,7 @@ class TrainConfig:
                     else Head("dense"))
             base.replace(**self.head_options())
         # The data options, as load_task will check them.
-        self.image_size, self.augment = check_options(
+        self.image_size, _, self.augment = check_options(
             self.dataset, image_size=self.image_size, augment=self.augment
         )
         self.optimizer = _validation.choice("optimizer", self.optimizer, OPTIMIZERS)

@@ -240,7 +240,7 @@ def check_tuner_available(tuner):
     to import (one built for NumPy 1 under NumPy 2) gets an ImportError
     that names its cause and the versions installed.
     """
-    _validation.choice("tuner", tuner, TUNERS)
+    tuner = _validation.choice("tuner", tuner, TUNERS)
     if tuner == "bayesian":
         _dependencies.import_optional(
             "tuner='bayesian'", "bayesian", {"sklearn": "scikit-learn"},

@@ -89,8 +89,12 @@ def test_mnist_for_backbones_and_augmentation(mnist_data_dir):
     assert x.shape == (8, 32, 32, 3)
     assert float(np.max(x)) > 100 and float(np.min(x)) >= -1e-3  # raw 0..255
     np.testing.assert_allclose(x[..., 0], x[..., 2])  # grey -> RGB
-    plain = load_task("mnist", batch_size=8, normalization="none", image_size=(32, 32),
-                      channels=3, data_dir=mnist_data_dir, train_examples=64, test_examples=16)
+    # numpy and float spellings of the same options give the same plain shape
+    plain = load_task("mnist", batch_size=8, normalization="none", image_size=np.array([32, 32]),
+                      channels=3.0, data_dir=mnist_data_dir, train_examples=np.int64(64),
+                      test_examples=16)
+    assert plain.input_shape == (32, 32, 3) and all(type(d) is int for d in plain.input_shape)
+    assert plain.train_size == 64
     assert not np.allclose(next(iter(plain.train))[0], x)
     xt, _ = next(iter(task.test))  # no augmentation at test time
     np.testing.assert_allclose(next(iter(plain.test))[0], xt)
@@ -220,7 +224,8 @@ def test_bad_arguments():
     for kwargs, match in [
         (dict(normalization="z"), "normalization='z'"),
         (dict(augment=("blur",)), "augment='blur'"),
-        (dict(channels=2), "channels=2"),
+        (dict(channels=2), r"`channels` must be one of \[1, 3, None\]. Received: channels=2"),
+        (dict(channels=True), "Received: channels=True"),  # not taken as 1
         (dict(image_size=(32,)), r"image_size=\(32,\)"),
         (dict(seed=-1), "seed=-1"),
         (dict(rotation_degrees=0), "rotation_degrees=0"),
