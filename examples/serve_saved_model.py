@@ -3,10 +3,13 @@
 Exports (SavedModel in TensorFlow Serving's NAME/1/ layout, .keras, report),
 then, in a separate Python process that only imports TensorFlow, loads the
 SavedModel and calls its `serving_default` signature the way a server does.
-Also prints the equivalent TensorFlow Serving REST request.
+Also prints the equivalent TensorFlow Serving REST request. With `--onnx` it
+also exports ONNX (`pip install 'spinalnet-keras[onnx]'`) and runs that file
+in a process that imports onnxruntime alone.
 
     python examples/serve_saved_model.py                          # paper CNN, random weights
     python examples/serve_saved_model.py --model-file runs/train/final.keras --overwrite
+    python examples/serve_saved_model.py --onnx --overwrite
 """
 
 import argparse
@@ -26,10 +29,13 @@ parser = argparse.ArgumentParser()
 parser.add_argument("--model-file", help="a .keras file (default: a fresh mnist_cnn)")
 parser.add_argument("--output-dir", default="exports/mnist")
 parser.add_argument("--overwrite", action="store_true")
+parser.add_argument("--onnx", action="store_true", help="also export and serve ONNX")
 args = parser.parse_args()
 
 model = load_model_file(args.model_file) if args.model_file else paper_model("mnist_cnn")
-report = export_model(model, args.output_dir, name="mnist", overwrite=args.overwrite)
+formats = ["saved_model", "keras"] + (["onnx"] if args.onnx else [])
+report = export_model(model, args.output_dir, formats=formats, name="mnist",
+                      overwrite=args.overwrite)
 print(format_report(report))
 
 # The client: plain TensorFlow, no spinalnet_keras.
@@ -44,6 +50,19 @@ client = textwrap.dedent("""
 """)
 saved_model = f"{args.output_dir}/mnist/1"
 subprocess.run([sys.executable, "-c", client, saved_model], check=True)
+
+if args.onnx:
+    onnx_client = textwrap.dedent("""
+        import sys, numpy as np, onnxruntime
+        session = onnxruntime.InferenceSession(sys.argv[1], providers=["CPUExecutionProvider"])
+        (feed,) = session.get_inputs()
+        probs = session.run(None, {feed.name: np.zeros((2, 28, 28, 1), "float32")})[0]
+        print("onnxruntime probabilities:", probs.shape, "argmax", probs.argmax(1).tolist())
+        print("imported by the ONNX client: tensorflow", "tensorflow" in sys.modules,
+              "spinalnet_keras", "spinalnet_keras" in sys.modules)
+    """)
+    onnx_file = f"{args.output_dir}/{report['formats']['onnx']['path']}"
+    subprocess.run([sys.executable, "-c", onnx_client, onnx_file], check=True)
 
 request = {"signature_name": "serving_default",
            "instances": np.zeros((1, 28, 28, 1)).tolist()}
