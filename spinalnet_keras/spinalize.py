@@ -150,7 +150,16 @@ def spinalize(model, layers=None, width=None, depth=4, splits=2, **spinal_option
             **{**inherited, **spinal_options},
         )
 
-    new = keras.models.clone_model(model, clone_function=clone)
+    # clone_model would give the copy plain dense inputs: a sparse input
+    # (bag-of-words features) would lose its flag and be densified on entry.
+    # (A Sequential model has `inputs` only; a functional one's structure is
+    # `input`, which clone_model matches.)
+    inputs = keras.tree.map_structure(
+        lambda x: keras.Input(batch_shape=x.shape, dtype=x.dtype, name=x.name,
+                              sparse=x.sparse, ragged=x.ragged),
+        model.inputs if isinstance(model, keras.Sequential) else model.input,
+    )
+    new = keras.models.clone_model(model, input_tensors=inputs, clone_function=clone)
     for layer in model.layers:
         if layer.name not in selected and layer.weights:
             new.get_layer(layer.name).set_weights(layer.get_weights())

@@ -50,6 +50,29 @@ def test_functional_selection_keeps_untouched_layers_and_outputs():
     assert np.isfinite(new.train_on_batch(x, np.zeros((3, 2))))
 
 
+def test_sparse_inputs_stay_sparse():
+    # Keras's clone_model alone gives the copy dense inputs (it drops `sparse`).
+    import tensorflow as tf
+
+    seq = keras.Sequential([keras.Input((50,), sparse=True, name="words"),
+                            keras.layers.Dense(16, activation="relu", name="h"),
+                            keras.layers.Dense(3, name="out")])
+    words, other = keras.Input((50,), sparse=True, name="words"), keras.Input((7,), name="other")
+    hidden = keras.layers.Dense(16, activation="relu", name="h")(
+        keras.layers.Concatenate()([words, other]))
+    functional = keras.Model({"words": words, "other": other}, keras.layers.Dense(2)(hidden))
+    for model in (seq, functional):
+        new = spinalize(model, width=4)
+        assert isinstance(new.get_layer("h"), SpinalDense)
+        assert [(x.name, x.sparse) for x in new.inputs] == [(x.name, x.sparse) for x in model.inputs]
+    x = _x(6, 50) * (_x(6, 50) > 1)
+    sparse = tf.sparse.from_dense(x)
+    new = spinalize(seq, width=4)
+    np.testing.assert_allclose(new.predict(sparse, verbose=0), new.predict(x, verbose=0), atol=1e-6)
+    new.compile("sgd", "mse")
+    assert np.isfinite(new.fit(sparse, np.zeros((6, 3)), epochs=1, verbose=0).history["loss"][0])
+
+
 def test_regularizers_initializers_and_constraints_carry_over():
     model = keras.Sequential([
         keras.Input((10,)),
