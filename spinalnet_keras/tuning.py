@@ -36,7 +36,12 @@ from spinalnet_keras.spinal_dense import SpinalDense
 from spinalnet_keras.training import build_training_state
 from spinalnet_keras.training import new_optimizer
 
-TUNERS = ("random", "bayesian", "hyperband")
+_TUNER_CLASSES = {
+    "random": kt.RandomSearch,
+    "bayesian": kt.BayesianOptimization,
+    "hyperband": kt.Hyperband,
+}
+TUNERS = tuple(_TUNER_CLASSES)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -313,9 +318,7 @@ def make_tuner(hypermodel, tuner="random", objective="val_accuracy", max_trials=
                   seed=seed, executions_per_trial=executions_per_trial,
                   max_consecutive_failed_trials=max_consecutive_failed_trials,
                   distribution_strategy=distribution_strategy, overwrite=overwrite)
-    kind = {"random": kt.RandomSearch, "bayesian": kt.BayesianOptimization,
-            "hyperband": kt.Hyperband}[tuner]
-    return kind(hypermodel, **{budget: budget_value}, **common)
+    return _TUNER_CLASSES[tuner](hypermodel, **{budget: budget_value}, **common)
 
 
 def trial_table(tuner, hypermodel):
