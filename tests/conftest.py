@@ -3,7 +3,6 @@ import os
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-import keras  # noqa: E402
 import pytest  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -32,6 +31,13 @@ def _temporary_folder_inside_pytests(tmp_path_factory):
 
 @pytest.fixture(autouse=True)
 def _fresh_keras_state():
+    # Imported here, not at the top: under pytest-xdist the controlling
+    # process loads this file too but runs no test, and importing Keras
+    # would cost it TensorFlow's start-up (and print TensorFlow's start-up
+    # messages, which TensorFlow 2.21 writes whatever TF_CPP_MIN_LOG_LEVEL
+    # says, at the end of the run).
+    import keras
+
     keras.utils.set_random_seed(1234)
     keras.config.set_dtype_policy("float32")
     yield

@@ -129,7 +129,7 @@ def test_version_floors_are_the_versions_ci_tests_as_lowest():
             if not line or line.startswith("#"):
                 continue
             name, _, floor = line.partition(">=")
-            if section == "test" and name in ("pytest", "pytest-timeout"):
+            if section == "test" and name in ("pytest", "pytest-timeout", "pytest-xdist"):
                 continue  # the test runner only
             # A requirement without a floor would claim every version ever
             # released; one the lowest run does not pin would be untested.
