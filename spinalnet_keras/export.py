@@ -122,7 +122,13 @@ _ONNX_CHECK = textwrap.dedent(
 
 
 def _run_fresh(script, artifact, batch, workdir):
-    """Run `script` in a fresh Python that does not import this package."""
+    """Run `script` in a fresh Python that does not import this package.
+
+    A failure becomes an ExportError with the script's error. From a Keras
+    backend other than TensorFlow it also says how to export from
+    TensorFlow: e.g. TensorFlow 2.21 cannot run the StableHLO that jax 0.11
+    and later write into a SavedModel made on JAX.
+    """
     x_path = os.path.join(workdir, "verify_inputs.npy")
     y_path = os.path.join(workdir, "verify_outputs.npy")
     np.save(x_path, batch)
@@ -133,8 +139,12 @@ def _run_fresh(script, artifact, batch, workdir):
         cwd=workdir,  # not the source tree, so nothing local is importable
     )
     if proc.returncode != 0:
+        backend = keras.backend.backend()
+        advice = "" if backend == "tensorflow" else (
+            f"\nThe export was made on Keras's {backend!r} backend. "
+            + _FROM_TENSORFLOW)
         raise ExportError(
-            f"Fresh-process check of {artifact} failed:\n{proc.stderr[-3000:]}"
+            f"Fresh-process check of {artifact} failed:\n{proc.stderr[-3000:].rstrip()}{advice}"
         )
     y = np.load(y_path)
     os.remove(x_path)
@@ -330,12 +340,16 @@ def _write(fmt, write):
             raise
         raise ExportError(
             f"Keras could not write the {fmt} export on its {backend!r} backend "
-            f"({_dependencies.describe_error(e)}). This package's export is "
-            "tested on the TensorFlow backend, and a .keras file loads on any "
-            "backend: save the model with model.save('model.keras'), then run "
-            "`KERAS_BACKEND=tensorflow spinalnet-keras export model.keras "
-            "--output-dir DIR` (or export_model there)."
+            f"({_dependencies.describe_error(e)}). " + _FROM_TENSORFLOW
         ) from e
+
+
+_FROM_TENSORFLOW = (
+    "This package's export is tested on the TensorFlow backend, and a .keras "
+    "file loads on any backend: save the model with model.save('model.keras'), "
+    "then run `KERAS_BACKEND=tensorflow spinalnet-keras export model.keras "
+    "--output-dir DIR` (or export_model there)."
+)
 
 
 def _publish(staging, output_dir):

@@ -90,6 +90,7 @@ def test_import_leaves_the_garbage_collector_as_it_found_it(enabled):
     # and TensorFlow; the importer's setting must come back either way.
     code = (
         "import gc, sys\n"
+        "frozen_before = gc.get_freeze_count()\n"
         f"{'gc.enable()' if enabled else 'gc.disable()'}\n"
         "during = []\n"
         "def seen(phase, info):\n"
@@ -98,7 +99,8 @@ def test_import_leaves_the_garbage_collector_as_it_found_it(enabled):
         "        during.append(info['generation'])\n"
         "gc.callbacks.append(seen)\n"
         "import spinalnet_keras\n"
-        "print(gc.isenabled(), len(during), gc.get_freeze_count(), 'keras' in sys.modules)\n"
+        "print(gc.isenabled(), len(during), gc.get_freeze_count() - frozen_before,\n"
+        "      'keras' in sys.modules)\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=300, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
@@ -107,7 +109,9 @@ def test_import_leaves_the_garbage_collector_as_it_found_it(enabled):
     assert is_on == str(enabled) and keras_loaded == "True"
     # No collection ran from the start of Keras's import to the package's last module.
     assert collections == "0"
-    assert frozen == "0"  # a library import freezes nothing; only the console command does
+    # A library import freezes nothing; only the console command does. (Python
+    # 3.12 starts with objects frozen already, hence the difference.)
+    assert frozen == "0"
 
 
 def test_version_floors_are_the_versions_ci_tests_as_lowest():

@@ -133,6 +133,20 @@ def test_keras_failing_to_export_on_another_backend_says_how_to_export(tmp_path,
     monkeypatch.setattr(keras.backend, "backend", lambda: "tensorflow")
     with pytest.raises(ExportError, match="ONNX export needs tf2onnx, from the optional extra"):
         export_model(model, tmp_path / "e", formats="onnx")
+    # A SavedModel written on another backend that TensorFlow cannot run
+    # (jax >= 0.11's StableHLO under TensorFlow 2.21) fails its check, and
+    # the error says the same.
+    monkeypatch.undo()
+    monkeypatch.setattr(export_module, "_SAVED_MODEL_CHECK", "raise SystemExit('cannot run')")
+    with pytest.raises(ExportError) as err:
+        export_model(model, tmp_path / "e", formats="saved_model")
+    assert str(err.value).endswith("failed:\ncannot run")  # TensorFlow's own: no advice
+    monkeypatch.setattr(keras.backend, "backend", lambda: "jax")
+    with pytest.raises(ExportError) as err:
+        export_model(model, tmp_path / "e", formats="saved_model")
+    message = str(err.value)
+    assert "failed:\ncannot run\nThe export was made on Keras's 'jax' backend." in message
+    assert "`KERAS_BACKEND=tensorflow spinalnet-keras export model.keras" in message
 
 
 def test_onnx_without_verification_from_a_loaded_model(tmp_path):
