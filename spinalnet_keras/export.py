@@ -193,7 +193,10 @@ def export_model(
     Raises:
         FileExistsError: `output_dir` exists and `overwrite` is False.
         ExportError: a format did not verify (outputs beyond `tolerance`,
-            or its fresh-process check failed); Keras could not write the
+            or its fresh-process check failed, as TensorFlow 2.21's does on
+            a SavedModel written on JAX 0.11 or later: made on a backend
+            other than TensorFlow, the message says how to export from
+            TensorFlow); Keras could not write the
             SavedModel or ONNX file on a backend other than TensorFlow (the
             message gives the cause and how to export from TensorFlow); or,
             before anything is written, `"onnx"` is asked for and a module
