@@ -126,8 +126,8 @@ def _run_fresh(script, artifact, batch, workdir):
 
     A failure becomes an ExportError with the script's error. From a Keras
     backend other than TensorFlow it also says how to export from
-    TensorFlow: e.g. TensorFlow 2.21 cannot run the StableHLO that jax 0.11
-    and later write into a SavedModel made on JAX.
+    TensorFlow: e.g. TensorFlow 2.21 cannot run the StableHLO that jax
+    0.11.2 and later write into a SavedModel made on JAX.
     """
     x_path = os.path.join(workdir, "verify_inputs.npy")
     y_path = os.path.join(workdir, "verify_outputs.npy")
@@ -194,7 +194,7 @@ def export_model(
         FileExistsError: `output_dir` exists and `overwrite` is False.
         ExportError: a format did not verify (outputs beyond `tolerance`,
             or its fresh-process check failed, as TensorFlow 2.21's does on
-            a SavedModel written on JAX 0.11 or later: made on a backend
+            a SavedModel written on jax 0.11.2 or later: made on a backend
             other than TensorFlow, the message says how to export from
             TensorFlow); Keras could not write the
             SavedModel or ONNX file on a backend other than TensorFlow (the
