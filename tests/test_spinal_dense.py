@@ -451,10 +451,11 @@ def test_keras_file_loads_in_a_fresh_process_that_imports_the_package(tmp_path):
 def _assert_refused_for_newer_stablehlo(message, export_dir):
     # A SavedModel written on JAX holds StableHLO, which TensorFlow reads only
     # up to its own version: TensorFlow 2.21 (StableHLO 1.13.7) cannot run
-    # what jax 0.11.2 and later write (1.18.0), and no jax2tf option makes
-    # them write an older one. export_model's fresh-process check must then
-    # refuse the export, publish nothing and say how to export from
-    # TensorFlow. Any other failure fails the test.
+    # what jax 0.11.2 and later write (1.18.0; the op it trips on is the
+    # batch size's shape assertion, which jax 0.12's DisabledSafetyCheck
+    # cannot turn off). export_model's fresh-process check must then refuse
+    # the export, publish nothing and say how to export from TensorFlow.
+    # Any other failure fails the test.
     found = {
         side: re.search(pattern + r"StableHLO_v(\d+)\.(\d+)\.(\d+)", message)
         for side, pattern in [("written", r"produced by: "),

@@ -2,10 +2,10 @@
 when Keras is imported, so each backend needs a process of its own.
 
 Loads a .keras file saved under TensorFlow, predicts, on JAX exports it
-(SavedModel and .keras, next to the .npz; an ExportError's message is
-kept), and (where the backend can train)
-takes one SGD step, writing the outputs and the stepped weights to an .npz
-file for the test to compare with TensorFlow's."""
+(SavedModel and .keras, next to the .npz; an ExportError's message is kept),
+and (where the backend can train) takes one SGD step, writing the outputs and
+the stepped weights to an .npz file for the test to compare with
+TensorFlow's."""
 
 import os
 import sys
