@@ -134,7 +134,7 @@ def test_keras_failing_to_export_on_another_backend_says_how_to_export(tmp_path,
     with pytest.raises(ExportError, match="ONNX export needs tf2onnx, from the optional extra"):
         export_model(model, tmp_path / "e", formats="onnx")
     # A SavedModel written on another backend that TensorFlow cannot run
-    # (jax >= 0.11's StableHLO under TensorFlow 2.21) fails its check, and
+    # (jax >= 0.11.2's StableHLO under TensorFlow 2.21) fails its check, and
     # the error says the same.
     monkeypatch.undo()
     monkeypatch.setattr(export_module, "_SAVED_MODEL_CHECK", "raise SystemExit('cannot run')")
