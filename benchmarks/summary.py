@@ -8,7 +8,11 @@ def spread(values):
     """Median and interquartile range, as text (the value alone if only one)."""
     if len(values) < 2:
         return f"{values[0]:.2f}"
-    q1, median, q3 = statistics.quantiles(values, n=4)
+    # The default ("exclusive") quartiles, which RESULTS.md's figures use,
+    # lie within the values from three on; of two they extrapolate beyond
+    # both, even below 0 for a ratio. Two get the inclusive ones instead.
+    method = "exclusive" if len(values) > 2 else "inclusive"
+    q1, median, q3 = statistics.quantiles(values, n=4, method=method)
     return f"{median:.2f} ({q1:.2f}-{q3:.2f})"
 
 

@@ -96,3 +96,21 @@ def test_epoch_bench_trains_both_to_a_useful_accuracy():
         assert float(rows[framework][3]) > 0.9, rows[framework]
     for ratio in ("whole process", "train+test"):
         assert re.fullmatch(r"\d+\.\d\d", rows[ratio][1]), rows[ratio]
+
+
+def test_spread_keeps_the_quartiles_within_the_values():
+    # The smoke tests above run 2 repeats; the default quartiles of two
+    # values extrapolate beyond both (of 0.61 and 2.88: 0.04 to 3.45), and a
+    # noisy run printed a ratio's range as "-0.03-2.82".
+    sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+    try:
+        from summary import paired_ratio
+        from summary import spread
+    finally:
+        sys.path.remove(os.path.join(REPO, "benchmarks"))
+    assert spread([0.61, 2.88]) == "1.74 (1.18-2.31)"
+    assert paired_ratio([1.0, 3.0], [1.0, 1.0]) == "2.00 (1.50-2.50)"
+    # From three values on, the quartiles RESULTS.md's figures were printed with.
+    assert spread([1.0, 2.0, 3.0]) == "2.00 (1.00-3.00)"
+    assert spread([float(v) for v in range(1, 10)]) == "5.00 (2.50-7.50)"
+    assert spread([0.5]) == "0.50"
