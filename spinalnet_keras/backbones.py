@@ -19,6 +19,7 @@ from keras import ops
 from spinalnet_keras import _validation
 from spinalnet_keras.heads import Head
 from spinalnet_keras.heads import build_head
+from spinalnet_keras.heads import check_output_activation
 from spinalnet_keras.spinal_dense import PACKAGE
 
 POOLINGS = ("flatten", "avg", "max")
@@ -233,6 +234,7 @@ def backbone_model(
     """
     key, _ = _lookup(backbone)
     num_classes = _validation.positive_int("num_classes", num_classes)
+    check_output_activation(output_activation)
     pooling = _validation.choice("pooling", pooling, POOLINGS)
     freeze_backbone = _validation.boolean("freeze_backbone", freeze_backbone)
     include_preprocessing = _validation.boolean("include_preprocessing", include_preprocessing)

@@ -154,14 +154,16 @@ def build_head(
         num_outputs: classes (or regression outputs).
         head: a `Head`, or `"spinal"` / `"dense"` for one with defaults.
         output_activation: activation of the last Dense (`"softmax"`, or
-            None for logits / regression). Computed in float32 so that mixed
+            None for logits / regression; any name or callable that
+            `keras.activations.get` takes). Computed in float32 so that mixed
             precision keeps probabilities exact.
         name: prefix of the layer names.
 
     Returns:
         The output tensor of shape `(batch, num_outputs)`.
     """
-    num_outputs = _validation.positive_int("num_classes", num_outputs)
+    num_outputs = _validation.positive_int("num_outputs", num_outputs)
+    check_output_activation(output_activation)
     if isinstance(head, str):
         head = Head(head)
     elif not isinstance(head, Head):
@@ -202,6 +204,21 @@ def build_head(
         x = keras.layers.Dropout(head.output_dropout, name=f"{name}_output_dropout")(x)
     x = keras.layers.Dense(num_outputs, name=f"{name}_output")(x)
     return _output_activation(x, output_activation, name)
+
+
+def check_output_activation(activation):
+    """Return `activation` if `keras.layers.Activation` takes it, else raise
+    a ValueError naming `output_activation` (Keras's own error names no
+    argument). The builders call it before making a (possibly pretrained)
+    backbone."""
+    try:
+        keras.activations.get(activation)
+    except (ValueError, TypeError) as e:
+        raise ValueError(
+            "`output_activation` must be an activation name (e.g. 'softmax'), "
+            f"a callable or None (linear). Received: output_activation={activation!r}"
+        ) from e
+    return activation
 
 
 def _output_activation(x, activation, name):

@@ -14,6 +14,7 @@ import keras
 from spinalnet_keras import _validation
 from spinalnet_keras.heads import Head
 from spinalnet_keras.heads import build_head
+from spinalnet_keras.heads import check_output_activation
 
 # PyTorch BatchNorm defaults (momentum 0.1 there, 0.9 in Keras's convention),
 # used where the paper's networks have BatchNorm.
@@ -210,9 +211,14 @@ def paper_model(
     else:
         dims = _validation.IMAGE_DIMS if len(spec.input_shape) == 3 else ("features",)
         input_shape = _validation.shape("input_shape", input_shape, dims)
-    num_classes = spec.num_outputs if num_classes is None else num_classes
+    num_classes = (
+        spec.num_outputs
+        if num_classes is None
+        else _validation.positive_int("num_classes", num_classes)
+    )
     if output_activation == "default":
         output_activation = spec.output_activation
+    check_output_activation(output_activation)
     inputs = keras.Input(input_shape, name="inputs")
     features = spec.features(inputs)
     outputs = build_head(features, num_classes, head_spec, output_activation)

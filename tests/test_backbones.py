@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from spinalnet_keras import ImagePreprocessing
+from spinalnet_keras import backbones
 from spinalnet_keras import SpinalDense
 from spinalnet_keras import available_backbones
 from spinalnet_keras import backbone_model
@@ -73,6 +74,18 @@ def test_bad_options():
             backbone_model("VGG16", (32, 32, 3), 3, **kwargs)
     with pytest.raises(ValueError, match="num_classes=0"):
         backbone_model("VGG16", (32, 32, 3), 0)
+
+
+def test_bad_output_activation_fails_before_the_backbone_is_made(monkeypatch):
+    # A pretrained backbone takes seconds to build and load; a typo in the
+    # head's activation must not wait for it, nor surface as Keras's error
+    # that names no argument.
+    def no_backbone(*args):
+        raise AssertionError("the backbone was made")
+
+    monkeypatch.setattr(backbones, "make_backbone", no_backbone)
+    with pytest.raises(ValueError, match=r"`output_activation`.*output_activation='softmx'"):
+        backbone_model("VGG16", (32, 32, 3), 3, output_activation="softmx")
     for shape in [(32, 32), (32, 32, 3.5), (32, 0, 3), "abc", None]:
         with pytest.raises(ValueError, match=re.escape(f"input_shape={shape!r}")):
             backbone_model("VGG16", shape, 3)

@@ -91,6 +91,10 @@ def test_head_options_and_errors():
         paper_model("vgg5", width=0)
     with pytest.raises(ValueError, match=r"num_classes=0"):
         paper_model("vgg5", num_classes=0)
+    with pytest.raises(ValueError, match=r"num_classes=2.5"):
+        paper_model("vgg5", num_classes=2.5)
+    with pytest.raises(ValueError, match=r"`output_activation`.*output_activation='softmx'"):
+        paper_model("vgg5", output_activation="softmx")
     with pytest.raises(ValueError, match=r"\(height, width, channels\).*input_shape=\(28, 28\)"):
         paper_model("mnist_cnn", input_shape=(28, 28))
     with pytest.raises(ValueError, match=r"\(features,\).*input_shape=\(8, 1\)"):
@@ -137,6 +141,16 @@ def test_build_head_on_a_feature_tensor():
         build_head(features, 3, "wide")
     with pytest.raises(TypeError, match="Received: head=5"):
         build_head(features, 3, 5)
+    # errors name this function's own arguments
+    with pytest.raises(ValueError, match=r"`num_outputs`.*Received: num_outputs=0"):
+        build_head(features, 0, "spinal")
+    with pytest.raises(ValueError, match=r"`output_activation`.*output_activation='softmx'"):
+        build_head(features, 3, "spinal", output_activation="softmx")
+    # a Keras layer is taken as an activation, as keras.layers.Activation takes it
+    model = keras.Model(features, build_head(features, 3, "dense",
+                                             output_activation=keras.layers.Softmax()))
+    np.testing.assert_allclose(model.predict(np.ones((2, 16)), verbose=0).sum(axis=1), 1.0,
+                               rtol=1e-5)
 
 
 def test_paper_counts_match_cost_report():
