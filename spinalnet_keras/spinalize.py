@@ -22,9 +22,12 @@ def _is_graph_model(model):
 
 
 _INHERITED = (
-    "kernel_initializer", "bias_initializer", "kernel_regularizer",
+    "use_bias", "kernel_initializer", "bias_initializer", "kernel_regularizer",
     "bias_regularizer", "activity_regularizer", "kernel_constraint", "bias_constraint",
 )
+# A converted layer keeps these of its Dense layer: its output size and name
+# (the rest of the graph and `get_layer` rely on them) and its dtype policy.
+_KEPT = ("units", "name", "dtype")
 
 
 def hidden_dense_layers(model):
@@ -51,14 +54,15 @@ def spinalize(model, layers=None, width=None, depth=4, splits=2, **spinal_option
         depth: number of spinal sub-layers.
         splits: number of input splits (at most the layer's input size).
         **spinal_options: other `SpinalDense` arguments (`dropout`,
-            `batch_norm`, `activation`, initializers, ...).
+            `batch_norm`, `activation`, initializers, ...). `units`, `name`
+            and `dtype` are the Dense layer's and cannot be given.
 
     Returns:
         A new model of the same class. Converted layers are `SpinalDense`
         with the Dense layer's `units`, `use_bias`, initializers,
-        regularizers and constraints (unless `spinal_options` set them) and,
-        as `output_activation`, its activation; they start from fresh
-        weights. All other layers keep their weights. The input model is
+        regularizers and constraints and, as `output_activation`, its
+        activation (unless `spinal_options` set them); they start from
+        fresh weights. All other layers keep their weights. The input model is
         not changed. Call `compile` on the result.
 
     Raises:
@@ -88,6 +92,13 @@ def spinalize(model, layers=None, width=None, depth=4, splits=2, **spinal_option
         )
     depth = _validation.positive_int("depth", depth)
     width = _validation.positive_int("width", width, allow_none=True)
+    kept = [k for k in _KEPT if k in spinal_options]
+    if kept:
+        received = ", ".join(f"{k}={spinal_options[k]!r}" for k in kept)
+        raise ValueError(
+            f"{', '.join(f'`{k}`' for k in kept)}: a converted layer keeps its "
+            f"Dense layer's units, name and dtype. Received: {received}"
+        )
     hidden = hidden_dense_layers(model)
     if layers is None:
         selected = hidden
@@ -143,11 +154,9 @@ def spinalize(model, layers=None, width=None, depth=4, splits=2, **spinal_option
             width=width or math.ceil(cfg["units"] / depth),
             depth=depth,
             splits=splits,
-            output_activation=cfg["activation"],
-            use_bias=cfg["use_bias"],
             name=layer.name,
             dtype=layer.dtype_policy,
-            **{**inherited, **spinal_options},
+            **{"output_activation": cfg["activation"], **inherited, **spinal_options},
         )
 
     # clone_model would give the copy plain dense inputs: a sparse input

@@ -92,6 +92,10 @@ def test_regularizers_initializers_and_constraints_carry_over():
     # the caller's options win
     plain = spinalize(model, depth=2, kernel_regularizer=None)
     assert plain.get_layer("h").kernel_regularizer is None and plain.losses == []
+    # ... also over the Dense layer's bias and activation
+    layer = spinalize(model, depth=2, use_bias=False, output_activation="tanh").get_layer("h")
+    assert layer.use_bias is False and not [w for w in layer.weights if "bias" in w.path]
+    assert keras.activations.serialize(layer.output_activation) == "tanh"
 
 
 def test_errors():
@@ -107,6 +111,11 @@ def test_errors():
         spinalize(model, depth=0)
     with pytest.raises(ValueError, match=r"`layers` names no layer. Received: layers=\[\]"):
         spinalize(model, layers=[])
+    # what the rest of the graph relies on stays the Dense layer's
+    with pytest.raises(ValueError, match=r"`units`, `name`: .*Received: units=5, name='x'"):
+        spinalize(model, units=5, name="x")
+    with pytest.raises(ValueError, match=r"`dtype`: .*Received: dtype='float64'"):
+        spinalize(model, dtype="float64")
     model.get_layer("h").enable_lora(2)
     with pytest.raises(ValueError, match="'h' has LoRA enabled"):
         spinalize(model)
