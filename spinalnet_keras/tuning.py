@@ -20,6 +20,7 @@ chief and on workers with `KERASTUNER_TUNER_ID` (`chief`, `tuner0`, ...),
 
 import dataclasses
 import math
+from collections.abc import Mapping
 
 import keras
 import keras_tuner as kt
@@ -116,8 +117,9 @@ class SpinalHyperModel(kt.HyperModel):
         steps_per_execution: as for `Model.compile`.
         jit_compile: `"auto"`, True or False, as for `Model.compile`.
         loss, metrics: compile arguments (default: classification).
-        backbone_options: extra `backbone_model` arguments (weights, ...),
-            for backbones only.
+        backbone_options: extra `backbone_model` arguments (`weights`,
+            `freeze_backbone`, `pooling`, ...) and head options the space
+            does not search (e.g. `dropout`), for backbones only.
     """
 
     def __init__(self, model, input_shape, num_classes, space=None, optimizer="adam",
@@ -150,7 +152,25 @@ class SpinalHyperModel(kt.HyperModel):
                 f"{model!r} is one of the paper's networks. Received: "
                 f"backbone_options={backbone_options!r}"
             )
+        if backbone_options is not None and not isinstance(backbone_options, Mapping):
+            raise ValueError(
+                "`backbone_options` must be a dict of backbone_model arguments, e.g. "
+                f"{{'weights': 'imagenet'}}. Received: backbone_options={backbone_options!r}"
+            )
         self.backbone_options = dict(backbone_options or {})
+        # What the hypermodel passes itself, or searches, cannot come from here.
+        set_here = ["backbone", "input_shape", "num_classes", "head", "kind",
+                    "width", "depth", "splits"]
+        set_here += ["dropout"] if self.space.dropouts is not None else []
+        set_here += ["batch_norm"] if self.space.batch_norm else []
+        clash = [k for k in set_here if k in self.backbone_options]
+        if clash:
+            raise ValueError(
+                f"{', '.join(f'`{k}`' for k in clash)}: the hypermodel sets these "
+                "itself (the model, the task, and the spinal head and what the "
+                "space searches), so `backbone_options` cannot. Received: "
+                f"backbone_options={backbone_options!r}"
+            )
         self.momentum = _validation.sgd_momentum(self.optimizer, momentum, 0.0)
         self.steps_per_execution = _validation.positive_int(
             "steps_per_execution", steps_per_execution)

@@ -388,3 +388,31 @@ def test_strategy_is_passed_to_every_trial(tmp_path):
                        distribution_strategy=strategy)
     tuner.search(epochs=1, verbose=0)
     assert [t.status for t in tuner.oracle.trials.values()] == ["COMPLETED"]
+
+
+def test_backbone_hypermodel_takes_backbone_options_and_refuses_its_own(tmp_path):
+    space = SearchSpace(widths=(2, 4), depths=(2,), splits=(1, 2))
+    hm = SpinalHyperModel("MobileNetV2", (32, 32, 3), 3, space=space, backbone_options={
+        "freeze_backbone": True, "pooling": "max", "dropout": 0.25})
+    assert hm.features == 1280  # MobileNetV2's last feature map, pooled
+    tuner = make_tuner(hm, "random", objective="loss", max_trials=1,
+                       directory=tmp_path, project_name="backbone")
+    images = np.random.default_rng(0).uniform(0, 255, (8, 32, 32, 3)).astype("float32")
+    tuner.search(images, np.arange(8) % 3, epochs=1, batch_size=4, verbose=0)
+    (row,) = trial_table(tuner, hm)
+    assert row["status"] == "COMPLETED" and row["width"] in (2, 4)
+    model = hm.build(tuner.oracle.get_best_trials(1)[0].hyperparameters)
+    (spinal,) = [l for l in model.layers if isinstance(l, SpinalDense)]
+    assert (spinal.width, spinal.depth, spinal.dropout) == (row["width"], 2, 0.25)
+    assert model.get_layer("backbone").trainable is False
+    assert [l.name for l in model.layers if "pool" in l.name] == ["max_pool"]
+    # what the hypermodel sets or searches is refused, not a Python TypeError
+    for options, clash in [({"num_classes": 5}, "`num_classes`"), ({"width": 3}, "`width`"),
+                           ({"head": "dense", "splits": 2}, "`head`, `splits`")]:
+        with pytest.raises(ValueError, match=rf"^{clash}: the hypermodel sets these itself"):
+            SpinalHyperModel("MobileNetV2", (32, 32, 3), 3, space=space, backbone_options=options)
+    with pytest.raises(ValueError, match=r"`dropout`: the hypermodel"):
+        SpinalHyperModel("MobileNetV2", (32, 32, 3), 3, backbone_options={"dropout": 0.25},
+                         space=SearchSpace(widths=(2,), depths=(2,), dropouts=(0.1, 0.2)))
+    with pytest.raises(ValueError, match=r"must be a dict.*Received: backbone_options='weights'"):
+        SpinalHyperModel("MobileNetV2", (32, 32, 3), 3, backbone_options="weights")
