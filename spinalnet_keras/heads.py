@@ -129,6 +129,15 @@ class Head:
             raise ValueError(
                 f"Unknown head option(s) {unknown}. Allowed: {sorted(fields)}"
             )
+        if "kind" in changes and changes["kind"] != self.kind:
+            # The fields of this kind, defaults included, would be refused
+            # by the other kind, with a message about fields never given.
+            raise ValueError(
+                f"A {self.kind!r} head cannot become another kind with `replace`: its "
+                f"fields belong to its kind. Make a new Head({changes['kind']!r}, ...), "
+                f"or pass head={changes['kind']!r} to the model builders. Received: "
+                f"kind={changes['kind']!r}"
+            )
         return dataclasses.replace(self, **changes)
 
 

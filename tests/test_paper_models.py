@@ -106,6 +106,11 @@ def test_head_options_and_errors():
     with pytest.raises(ValueError, match=r"`hidden_units`: dense heads only.*hidden_units=\(64,\)"):
         paper_model("mnist_cnn", head="spinal", hidden_units=(64,))
     assert (Head().width, Head().depth, Head().splits) == (20, 4, 2)
+    # a head's kind stays: the fields of one kind would be refused by the other
+    with pytest.raises(ValueError, match=r"A 'spinal' head cannot become another kind.*"
+                       r"head='dense' to the model builders. Received: kind='dense'"):
+        paper_model("mnist_cnn", kind="dense")
+    assert Head("dense").replace(kind="dense", hidden_units=(4,)).hidden_units == (4,)
     # numpy scalars are taken as numbers and kept as plain ones
     head = Head("spinal", width=np.int64(8), dropout=np.float32(0.5), batch_norm=np.True_)
     assert head == Head("spinal", width=8, dropout=0.5, batch_norm=True)
