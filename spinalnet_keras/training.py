@@ -105,10 +105,12 @@ class TrainConfig:
         if self.dropout is not None:
             self.dropout = _validation.rate("dropout", self.dropout)
         self.batch_norm = _validation.boolean("batch_norm", self.batch_norm, allow_none=True)
-        if self.head == "dense":  # the options, checked against the head they change
-            base = (PAPER_MODELS[self.model].dense_head if self.model in PAPER_MODELS
-                    else Head("dense"))
-            base.replace(**self.head_options())
+        # The options, checked against the head they change (a spinal head's
+        # splits against its depth, a dense head refuses spinal sizes).
+        spec = PAPER_MODELS.get(self.model)
+        base = (Head(self.head) if spec is None
+                else spec.dense_head if self.head == "dense" else spec.spinal_head)
+        base.replace(**self.head_options())
         # The data options, as load_task will check them.
         self.image_size, _, self.augment = check_options(
             self.dataset, image_size=self.image_size, augment=self.augment

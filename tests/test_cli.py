@@ -205,6 +205,9 @@ _REGRESSION = dict(model="regression", dataset="table1/sum")
     (dict(output_dir=""), "`output_dir` must be a path. Received: output_dir=''"),
     (dict(train_examples=0), "train_examples=0"),
     (dict(width=0), "width=0"),
+    # a spinal head's split count against its depth, the paper's or the given one
+    (dict(splits=7), r"between 1 and `depth`.*Received: splits=7, depth=6"),
+    (dict(model="ResNet50", dataset="mnist", depth=2, splits=4), r"splits=4, depth=2"),
     (dict(dropout=1.0), "dropout=1.0"),
     (dict(batch_norm="yes"), "batch_norm='yes'"),
     (dict(deterministic=1), "deterministic=1"),
