@@ -10,10 +10,12 @@ Layout written under `output_dir` (`NAME` defaults to the model's name):
       NAME.onnx          ONNX (optional extra: pip install spinalnet-keras[onnx])
       export_report.json what was written and how it verified
 
-The SavedModel's `serving_default` signature takes one float32 input named
-after the model's input (`inputs` for the paper's networks, `images` for
-backbone models) of shape `(batch, *input_shape)` and returns `output_0`, of
-shape `(batch, num_outputs)` (class probabilities for classifiers).
+The SavedModel's `serving_default` signature takes one input of the model's
+input dtype (float32 for the paper's networks and backbone models, int32 for
+token ids), named after the model's input (`inputs` for the paper's networks,
+`images` for backbone models), of shape `(batch, *input_shape)`, and returns
+`output_0`, of shape `(batch, num_outputs)` (class probabilities for
+classifiers).
 
 Writing is atomic: everything goes to a temporary sibling directory that is
 renamed to `output_dir` only after every format verified, so a server never
@@ -184,7 +186,9 @@ def export_model(
         tolerance: largest absolute output difference accepted.
         sample: batch of inputs for the check (default: 4 random inputs of
             the model's input shape, uniform in [0, 255]; needed where the
-            input shape has unknown dimensions). Only with `verify`.
+            input shape has unknown dimensions or the input is not a float,
+            such as token ids). Its values must be exact in the model's
+            input dtype. Only with `verify`.
         version: SavedModel version directory (TensorFlow Serving).
 
     Returns:
@@ -243,6 +247,9 @@ def export_model(
     if "onnx" in formats:
         _require_onnx()
     wanted = tuple(model.input_shape[1:])
+    # The serving signature takes the model's input dtype (int32 token ids
+    # for an Embedding model), so the check's batch must have it too.
+    dtype = keras.backend.standardize_dtype(model.inputs[0].dtype)
     if not verify and sample is not None:
         raise ValueError(
             "`sample` is the batch the exported formats are checked on, and "
@@ -257,14 +264,35 @@ def export_model(
                     "dimensions, so no sample can be drawn to verify the export; "
                     "pass `sample`, a batch of the model's inputs."
                 )
+            if "float" not in dtype:
+                raise ValueError(
+                    f"The model's input is {dtype}, and random values could be "
+                    "ones it does not take (e.g. token ids beyond an Embedding's "
+                    "vocabulary), so no sample can be drawn to verify the export; "
+                    "pass `sample`, a batch of the model's inputs."
+                )
             sample = np.random.default_rng(0).uniform(0, 255, (4,) + wanted)
-        sample = np.asarray(sample, dtype="float32")
-        if sample.ndim != len(wanted) + 1 or any(
-            w is not None and w != d for w, d in zip(wanted, sample.shape[1:])
+        given = np.asarray(sample)
+        if given.ndim != len(wanted) + 1 or any(
+            w is not None and w != d for w, d in zip(wanted, given.shape[1:])
         ):
             raise ValueError(
                 f"`sample` must be a batch of the model's inputs, shape (batch, "
-                f"{', '.join(map(str, wanted))}). Received: shape {sample.shape}"
+                f"{', '.join(map(str, wanted))}). Received: shape {given.shape}"
+            )
+        try:
+            sample = given.astype(dtype)
+        except (TypeError, ValueError) as e:
+            raise ValueError(
+                f"`sample` must hold numbers of the model's input dtype, {dtype}. "
+                f"Received: dtype {given.dtype}"
+            ) from e
+        if "float" not in dtype and not np.array_equal(sample, given):
+            # e.g. 2.5 as a token id: the check would run on 2, not on 2.5
+            bad = given.flat[np.flatnonzero(sample != given)[0]]
+            raise ValueError(
+                f"`sample` must hold values of the model's input dtype, {dtype}, "
+                f"exactly. Received: a {given.dtype} sample holding {bad!r}"
             )
         expected = np.asarray(model.predict(sample, verbose=0), dtype="float32")
 
@@ -272,7 +300,8 @@ def export_model(
     os.makedirs(parent, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=f".{os.path.basename(output_dir)}.tmp-", dir=parent)
     report = {"name": name, "formats": {}, "input_shape": list(model.input_shape),
-              "output_shape": list(model.output_shape), "tolerance": tolerance}
+              "input_dtype": dtype, "output_shape": list(model.output_shape),
+              "tolerance": tolerance}
     try:
         if "saved_model" in formats:
             path = os.path.join(staging, name, str(version))
@@ -300,7 +329,7 @@ def export_model(
             # 3.10 warns that a loaded model's inputs are a list of one,
             # which is harmless here.
             one = sample[:1] if verify else np.zeros((1,) + tuple(d or 1 for d in wanted),
-                                                     "float32")
+                                                     dtype)
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", "The structure of `inputs` doesn't match")
                 model(one, training=False)

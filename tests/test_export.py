@@ -202,6 +202,38 @@ def test_onnx_export_names_a_missing_or_broken_onnx_module(tmp_path, monkeypatch
     assert sorted(os.listdir(tmp_path)) == ["site"]
 
 
+def test_token_id_model_exports_and_serves_its_integer_input(tmp_path):
+    # A text model takes int32 token ids; its serving signature does too, so
+    # the check's batch must keep that dtype (it was cast to float32, and the
+    # SavedModel check failed for every such model).
+    from spinalnet_keras import SpinalDense
+
+    ids = keras.Input((10,), dtype="int32", name="tokens")
+    x = keras.layers.Flatten()(keras.layers.Embedding(50, 4)(ids))
+    model = keras.Model(ids, SpinalDense(3, width=4, depth=2, output_activation="softmax")(x),
+                        name="text")
+    # random values may be no valid ids (here, none beyond 49), so none are drawn
+    with pytest.raises(ValueError, match=r"input is int32.*pass `sample`"):
+        export_model(model, tmp_path / "x")
+    with pytest.raises(ValueError, match=r"input dtype, int32, exactly. Received: a float64 "
+                       r"sample holding np.float64\(2.5\)"):
+        export_model(model, tmp_path / "x", sample=np.full((2, 10), 2.5))
+    assert not (tmp_path / "x").exists()
+    sample = np.random.default_rng(0).integers(0, 50, (4, 10))
+    report = export_model(model, tmp_path / "text", sample=sample)
+    assert report["verified"] and report["input_dtype"] == "int32"
+    assert report["formats"]["saved_model"]["max_abs_error"] <= 1e-6
+    assert "input tokens" in report["formats"]["saved_model"]["signature_io"]
+    import tensorflow as tf
+
+    serve = tf.saved_model.load(str(tmp_path / "text" / "text" / "1")).signatures[
+        "serving_default"]
+    (spec,) = serve.structured_input_signature[1].values()
+    assert spec.dtype == tf.int32
+    (probs,) = serve(tokens=tf.constant(sample, tf.int32)).values()
+    np.testing.assert_allclose(probs.numpy(), model.predict(sample, verbose=0), atol=1e-6)
+
+
 def test_bad_inputs(tmp_path):
     with pytest.raises(FileNotFoundError, match="No model file"):
         load_model_file(tmp_path / "missing.keras")
