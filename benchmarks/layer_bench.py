@@ -27,11 +27,20 @@ the same run.
     python benchmarks/layer_bench.py --quick --per-call
     python benchmarks/layer_bench.py --layouts --sizes 512x4x64 1024x8x128 2048x4x256
     python benchmarks/layer_bench.py --layouts --optimizer adam --sizes 512x4x128
+    python benchmarks/layer_bench.py --bias-add --sizes 512x2x8 512x4x128 4096x4x512
 
 `--layouts` adds SpinalDense with its input-split products laid out one
 way at every width: one product per split, shared by the split's
 sub-layers (the layer's layout below OWN_KERNEL_WIDTH = 128), and one
 product per sub-layer (its layout from there on).
+
+`--bias-add` adds SpinalDense with every input product's bias added as a
+BiasAdd, as the layer did before: where a sub-layer that has its input
+product to itself then adds its recurrent product (widths from 128, or
+depth 2 or 3 at 2 splits), TensorFlow 2.21's oneDNN graph rewrite breaks
+on MatMul -> BiasAdd -> Add -> ReLU, logs a warning, and runs the whole
+step without graph optimizations. The layer now adds those biases as a
+plain Add.
 
 `--optimizer sgd|adam` makes each step a training step as `fit` runs it:
 the gradients also update the weights with that optimizer, whose work
@@ -183,6 +192,17 @@ class LayoutSpinal(SpinalDense):
 LAYOUTS = {"per_split_products": "split", "per_sublayer_products": "sublayer"}
 
 
+class BiasAddSpinal(SpinalDense):
+    """SpinalDense with every input product's bias added as Keras makes
+    `add(z, bias)`, a BiasAdd, as the layer did up to version 0.4.0, also
+    where a lone sub-layer then adds its recurrent product and TensorFlow's
+    oneDNN graph rewrite breaks (the layer now adds those biases as a plain
+    Add)."""
+
+    def _add_split_bias(self, z, bias, group):
+        return keras.ops.add(z, bias)
+
+
 def check_custom_gradient(depth, width, batch):
     """Refuse to time a hand-written backward that disagrees with autodiff."""
     pre = tf.random.normal((batch, depth * width))
@@ -216,6 +236,8 @@ def build(kind, features, depth, width):
     if kind in LAYOUTS:
         outputs = LayoutSpinal(LAYOUTS[kind], width=width, depth=depth)(inputs)
         return keras.Model(inputs, outputs)
+    if kind == "bias_add":
+        return keras.Model(inputs, BiasAddSpinal(width=width, depth=depth)(inputs))
     if kind == "composed":
         return composed_spinal(features, units=None, width=width, depth=depth)
     return keras.Model(inputs, keras.layers.Dense(depth * width, activation="relu")(inputs))
@@ -315,6 +337,9 @@ def main():
     parser.add_argument("--layouts", action="store_true",
                         help="also time one product per split against one per sub-layer "
                              "(see above)")
+    parser.add_argument("--bias-add", action="store_true",
+                        help="also time the layer with every input bias a BiasAdd, as "
+                             "before the graph-rewrite fix (see above)")
     parser.add_argument("--optimizer", choices=sorted(OPTIMIZERS),
                         help="each step also updates the weights with this optimizer "
                              "(default: gradients only)")
@@ -336,11 +361,12 @@ def main():
           + (" chain ms | chain/dense (IQR) | custom-gradient chain / chain (IQR) |"
              if args.chain else "")
           + (" per-split products ms | per-sub-layer products ms "
-             "| per-sub-layer / per-split (IQR) |" if args.layouts else ""))
+             "| per-sub-layer / per-split (IQR) |" if args.layouts else "")
+          + (" all-BiasAdd ms | spinal / all-BiasAdd (IQR) |" if args.bias_add else ""))
     print("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|" + ("---:|---:|---:|" if args.chain else "")
-          + ("---:|---:|---:|" if args.layouts else ""))
+          + ("---:|---:|---:|" if args.layouts else "") + ("---:|---:|" if args.bias_add else ""))
     kinds = (["spinal", "composed", "dense"] + (list(CHAINS) if args.chain else [])
-             + (list(LAYOUTS) if args.layouts else []))
+             + (list(LAYOUTS) if args.layouts else []) + (["bias_add"] if args.bias_add else []))
     for features, depth, width in sizes:
         for batch in args.batches:
             for jit in (False, True):
@@ -379,7 +405,10 @@ def main():
                       + (f" {1e3 * med['per_split_products']:.3f} "
                          f"| {1e3 * med['per_sublayer_products']:.3f} "
                          f"| {paired_ratio(times['per_sublayer_products'], times['per_split_products'])} |"
-                         if args.layouts else ""), flush=True)
+                         if args.layouts else "")
+                      + (f" {1e3 * med['bias_add']:.3f} "
+                         f"| {paired_ratio(times['spinal'], times['bias_add'])} |"
+                         if args.bias_add else ""), flush=True)
 
 
 if __name__ == "__main__":

@@ -486,12 +486,23 @@ class SpinalDense(keras.layers.Layer):
                 continue
             z = ops.matmul(part, kernel)
             if bias is not None:
-                z = ops.add(z, bias)
+                z = self._add_split_bias(z, bias, group)
             # One split op (its gradient is one concat) rather than a slice
             # per sub-layer: at small sizes op count is what costs.
             for i, piece in zip(group, _split_last_axis(z, [w] * len(group))):
                 pre[i] = piece
         return pre
+
+    def _add_split_bias(self, z, bias, group):
+        """`z + bias` for the input product of the sub-layers in `group`."""
+        if len(group) == 1 and group[0]:
+            # A lone sub-layer with a recurrent input: TensorFlow 2.21's
+            # oneDNN graph rewrite breaks on MatMul -> BiasAdd -> Add ->
+            # activation, and then logs a warning and runs the whole function
+            # (the training step) without graph optimizations. Keras makes
+            # add(z, bias) a BiasAdd and add(bias, z) an Add, which it leaves.
+            return ops.add(bias, z)
+        return ops.add(z, bias)
 
     def call(self, inputs, training=None, mask=None):
         # Dense takes sparse inputs (TF-IDF, multi-hot) into its one product;

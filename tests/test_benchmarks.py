@@ -38,12 +38,13 @@ def test_layer_bench_runs_every_variant():
     # --chain also checks the hand-written gradient against autodiff and
     # exits non-zero if they differ.
     out = _run("layer_bench.py", "--sizes", "320x6x8", "--batches", "8", "--repeats", "2",
-               "--target-seconds", "0.01", "--chain", "--layouts",
+               "--target-seconds", "0.01", "--chain", "--layouts", "--bias-add",
                "--optimizer", "sgd").stdout
     assert "; each step updates the weights with sgd" in out
     header, *rows = _rows(out)
     assert header[:3] == ["features -> depth x width", "batch", "jit"]
-    assert header[-1] == "per-sub-layer / per-split (IQR)" and len(header) == 16
+    assert header[-3] == "per-sub-layer / per-split (IQR)" and len(header) == 18
+    assert header[-1] == "spinal / all-BiasAdd (IQR)"
     assert [row[:3] for row in rows] == [["320 -> 6 x 8", "8", "off"],
                                          ["320 -> 6 x 8", "8", "on"]]
     for row in rows:
@@ -51,7 +52,7 @@ def test_layer_bench_runs_every_variant():
         # 8,000 multiplications against Dense's 320 x 48 = 15,360
         assert row[header.index("mults spinal/dense")] == "0.52"
         ratios = [cell for name, cell in zip(header, row) if "(IQR)" in name]
-        assert len(ratios) == 5 and all(RATIO.match(cell) for cell in ratios), row
+        assert len(ratios) == 6 and all(RATIO.match(cell) for cell in ratios), row
 
 
 def test_layer_bench_refuses_bad_arguments():

@@ -448,6 +448,36 @@ def test_keras_file_loads_in_a_fresh_process_that_imports_the_package(tmp_path):
     assert "Could not locate class 'SpinalDense'" in bare.stderr
 
 
+def test_tensorflow_keeps_its_graph_optimizations_for_the_layer():
+    # TensorFlow 2.21's oneDNN graph rewrite breaks on MatMul -> BiasAdd ->
+    # Add -> activation; it then logs this warning and runs the whole
+    # function (the training step, predict) without graph optimizations. A
+    # sub-layer alone in its kernel group with a recurrent input (any width
+    # from OWN_KERNEL_WIDTH up; depth 2 or 3 at 2 splits) made that pattern.
+    # TensorFlow writes the warning to stderr below TF_CPP_MIN_LOG_LEVEL 2.
+    import subprocess
+    import sys
+
+    job = (
+        "import keras, numpy as np\n"
+        "from spinalnet_keras import SpinalDense\n"
+        "for cfg in [dict(width=4, depth=2), dict(width=4, depth=3),\n"
+        "            dict(width=128, depth=4), dict(width=128, depth=4, batch_norm=True)]:\n"
+        "    inputs = keras.Input((260,))\n"
+        "    model = keras.Model(inputs, SpinalDense(3, **cfg)(inputs))\n"
+        "    model.compile('sgd', 'mse')\n"
+        "    model.fit(np.ones((8, 260)), np.ones((8, 3)), batch_size=4, verbose=0)\n"
+        "    print(np.isfinite(model.predict(np.ones((2, 260)), verbose=0)).all())\n"
+    )
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "1", "KERAS_BACKEND": "tensorflow"}
+    proc = subprocess.run([sys.executable, "-c", job], capture_output=True, text=True,
+                          env=env, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.split() == ["True"] * 4, proc.stderr[-2000:]
+    failures = [line for line in proc.stderr.splitlines()
+                if "Ignoring multi-device function optimization failure" in line]
+    assert not failures, failures[0]
+
+
 def _assert_refused_for_newer_stablehlo(message, export_dir):
     # A SavedModel written on JAX holds StableHLO, which TensorFlow reads only
     # up to its own version: TensorFlow 2.21 (StableHLO 1.13.7) cannot run
