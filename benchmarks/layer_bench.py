@@ -194,7 +194,7 @@ LAYOUTS = {"per_split_products": "split", "per_sublayer_products": "sublayer"}
 
 class BiasAddSpinal(SpinalDense):
     """SpinalDense with every input product's bias added as Keras makes
-    `add(z, bias)`, a BiasAdd, as the layer did up to version 0.4.0, also
+    `add(z, bias)`, a BiasAdd, as the layer did up to commit 6df5623, also
     where a lone sub-layer then adds its recurrent product and TensorFlow's
     oneDNN graph rewrite breaks (the layer now adds those biases as a plain
     Add)."""
