@@ -191,6 +191,17 @@ def comma_list(value):
     return value
 
 
+def refuse(given, why, received=None):
+    """Raise a ValueError naming the options in `given` (a dict, name ->
+    value) and `why` they cannot be given; do nothing if it is empty.
+    `received` replaces the default `name=value, ...` text."""
+    if given:
+        names = ", ".join(f"`{k}`" for k in given)
+        if received is None:
+            received = ", ".join(f"{k}={v!r}" for k, v in given.items())
+        raise ValueError(f"{names}: {why}. Received: {received}")
+
+
 def choice(name, value, allowed):
     """Return the item of `allowed` that `value` equals, else raise listing
     them. The item itself comes back, so a numpy scalar becomes the plain

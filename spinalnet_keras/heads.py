@@ -74,12 +74,7 @@ class Head:
         # this kind's fields their defaults.
         other = "dense" if self.kind == "spinal" else "spinal"
         given = {f: getattr(self, f) for f in _DEFAULTS[other] if getattr(self, f) is not None}
-        if given:
-            received = ", ".join(f"{k}={v!r}" for k, v in given.items())
-            raise ValueError(
-                f"{', '.join(f'`{k}`' for k in given)}: {other} heads only; this head "
-                f"is {self.kind!r}. Received: {received}"
-            )
+        _validation.refuse(given, f"{other} heads only; this head is {self.kind!r}")
         for field, default in _DEFAULTS[self.kind].items():
             if getattr(self, field) is None:
                 self._set(field, default)

@@ -92,13 +92,10 @@ def spinalize(model, layers=None, width=None, depth=4, splits=2, **spinal_option
         )
     depth = _validation.positive_int("depth", depth)
     width = _validation.positive_int("width", width, allow_none=True)
-    kept = [k for k in _KEPT if k in spinal_options]
-    if kept:
-        received = ", ".join(f"{k}={spinal_options[k]!r}" for k in kept)
-        raise ValueError(
-            f"{', '.join(f'`{k}`' for k in kept)}: a converted layer keeps its "
-            f"Dense layer's units, name and dtype. Received: {received}"
-        )
+    _validation.refuse(
+        {k: spinal_options[k] for k in _KEPT if k in spinal_options},
+        "a converted layer keeps its Dense layer's units, name and dtype",
+    )
     hidden = hidden_dense_layers(model)
     if layers is None:
         selected = hidden

@@ -163,14 +163,12 @@ class SpinalHyperModel(kt.HyperModel):
                     "width", "depth", "splits"]
         set_here += ["dropout"] if self.space.dropouts is not None else []
         set_here += ["batch_norm"] if self.space.batch_norm else []
-        clash = [k for k in set_here if k in self.backbone_options]
-        if clash:
-            raise ValueError(
-                f"{', '.join(f'`{k}`' for k in clash)}: the hypermodel sets these "
-                "itself (the model, the task, and the spinal head and what the "
-                "space searches), so `backbone_options` cannot. Received: "
-                f"backbone_options={backbone_options!r}"
-            )
+        _validation.refuse(
+            {k: self.backbone_options[k] for k in set_here if k in self.backbone_options},
+            "the hypermodel sets these itself (the model, the task, and the spinal head "
+            "and what the space searches), so `backbone_options` cannot",
+            received=f"backbone_options={backbone_options!r}",
+        )
         self.momentum = _validation.sgd_momentum(self.optimizer, momentum, 0.0)
         self.steps_per_execution = _validation.positive_int(
             "steps_per_execution", steps_per_execution)
