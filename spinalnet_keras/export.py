@@ -250,6 +250,7 @@ def export_model(
     # The serving signature takes the model's input dtype (int32 token ids
     # for an Embedding model), so the check's batch must have it too.
     dtype = keras.backend.standardize_dtype(model.inputs[0].dtype)
+    is_float = "float" in dtype
     if not verify and sample is not None:
         raise ValueError(
             "`sample` is the batch the exported formats are checked on, and "
@@ -264,7 +265,7 @@ def export_model(
                     "dimensions, so no sample can be drawn to verify the export; "
                     "pass `sample`, a batch of the model's inputs."
                 )
-            if "float" not in dtype:
+            if not is_float:
                 raise ValueError(
                     f"The model's input is {dtype}, and random values could be "
                     "ones it does not take (e.g. token ids beyond an Embedding's "
@@ -287,7 +288,7 @@ def export_model(
                 f"`sample` must hold numbers of the model's input dtype, {dtype}. "
                 f"Received: dtype {given.dtype}"
             ) from e
-        if "float" not in dtype and not np.array_equal(sample, given):
+        if not is_float and not np.array_equal(sample, given):
             # e.g. 2.5 as a token id: the check would run on 2, not on 2.5
             bad = given.flat[np.flatnonzero(sample != given)[0]]
             raise ValueError(
