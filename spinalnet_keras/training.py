@@ -442,6 +442,14 @@ def _check_same_run(out, config):
         )
 
 
+def _write_config(out, config):
+    """Mark `out` as a run of `config`. Only once its data is loaded and its
+    model built: a run that fails before that (a dataset that needs
+    `image_size`, `splits` above the input's features) must not keep the
+    corrected rerun out of the same directory (`_check_same_run`)."""
+    write_atomically(os.path.join(out, "config.json"), config.to_json())
+
+
 def _check_strategy(strategy):
     import tensorflow as tf
 
@@ -520,7 +528,6 @@ def train(config, strategy=None, task=None, callbacks=None):
         if config.verbose:
             print(f"{out}: already complete ({result['epochs']} epochs), not rerun.")
         return result
-    write_atomically(os.path.join(out, "config.json"), config.to_json())
 
     keras.utils.set_random_seed(config.seed)
     if config.deterministic:
@@ -543,6 +550,7 @@ def train(config, strategy=None, task=None, callbacks=None):
         model = compile_model(build_model(config, task), config, task, per_execution)
         build_training_state(model, task.train)
     per_execution = model.steps_per_execution  # what the strategy allows
+    _write_config(out, config)
 
     history_path = os.path.join(out, "history.csv")
     previous = read_history(history_path)
@@ -629,7 +637,9 @@ def _train_multi_worker(config, strategy, out):
     task = load_config_task(config)
 
     def build():
-        return compile_model(build_model(config, task), config, task)
+        model = compile_model(build_model(config, task), config, task)
+        _write_config(out, config)
+        return model
 
     start = time.perf_counter()
     model, history = multi_worker_fit(

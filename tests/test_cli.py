@@ -113,6 +113,21 @@ def test_a_folder_holds_one_configuration(tmp_path):
     assert not (tmp_path / "t").exists()
 
 
+def test_a_run_that_fails_before_training_leaves_its_folder_free(tmp_path):
+    # 9 splits of the regression network's 8 features: refused only when
+    # the model is built, after the data is loaded. The folder must not be
+    # marked as that run, or the corrected command would be refused there.
+    out = tmp_path / "r"
+    config = TrainConfig(model="regression", dataset="table1/sum", epochs=1, depth=9,
+                         splits=9, output_dir=str(out), verbose=0)
+    with pytest.raises(ValueError, match=r"number of input features \(8\)\. Received: splits=9"):
+        train(config)
+    assert not (out / "config.json").exists()
+    result = train(dataclasses.replace(config, splits=8))
+    assert result["head_label"] == "spinal 9 x 50" and result["epochs"] == 1
+    assert json.loads((out / "config.json").read_text())["splits"] == 8
+
+
 def test_resume_is_exact_with_several_steps_per_execution(tmp_path):
     from spinalnet_keras.training import steps_per_execution_for
 
