@@ -168,7 +168,8 @@ def make_backbone(name, input_shape, weights=None):
             (e.g. one written by `backbone.save_weights(...)`).
 
     Raises:
-        ValueError: unknown name, missing weights file.
+        ValueError: unknown name, missing weights file, images smaller than
+            the backbone's minimum (32x32 for most, 75x75 for Inception).
         RuntimeError: `"imagenet"` with no network and no cached file.
     """
     key, fn = _lookup(name)
@@ -177,6 +178,12 @@ def make_backbone(name, input_shape, weights=None):
     try:
         return fn(include_top=False, weights=weights, input_shape=input_shape)
     except Exception as e:  # keras.applications raises a bare Exception offline
+        if isinstance(e, ValueError) and "input size must be at least" in str(e).lower():
+            # Keras's message gives the minimum; the way round is ours.
+            raise ValueError(
+                f"{key}: {e}. Resize the images: `image_size=(height, width)` "
+                "in load_task or TrainConfig (`--image-size` on the command line)."
+            ) from e
         if weights == "imagenet" and "fetch failure" in str(e).lower():
             raise RuntimeError(
                 f"Could not download the ImageNet weights of {key} (no network?). "

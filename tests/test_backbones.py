@@ -93,6 +93,16 @@ def test_bad_output_activation_fails_before_the_backbone_is_made(monkeypatch):
         make_backbone("VGG16", (32, 32))
 
 
+def test_images_below_the_backbones_minimum_say_how_to_resize():
+    # MNIST is 28x28; keras.applications wants 32x32 (75x75 for Inception).
+    for name, size in [("VGG19", "32x32"), ("InceptionV3", "75x75")]:
+        with pytest.raises(ValueError) as err:
+            backbone_model(name, (28, 28, 3), 10)
+        message = str(err.value)
+        assert message.startswith(f"{name}: Input size must be at least {size}")
+        assert "input_shape=(28, 28, 3)" in message and "--image-size" in message
+
+
 def test_grayscale_needs_rgb_preprocessing_off():
     # VGG's caffe preprocessing subtracts a mean per colour channel: one
     # channel would have become three and broken the call.
