@@ -67,7 +67,8 @@ def spinalize(model, layers=None, width=None, depth=4, splits=2, **spinal_option
 
     Raises:
         ValueError: subclassed or unbuilt models, names that are not in
-            the model, layers that are not Dense or have no hidden role.
+            the model, layers that are not Dense or have no hidden role,
+            layers with fewer input features than `splits`.
 
     Example:
 
@@ -92,6 +93,7 @@ def spinalize(model, layers=None, width=None, depth=4, splits=2, **spinal_option
         )
     depth = _validation.positive_int("depth", depth)
     width = _validation.positive_int("width", width, allow_none=True)
+    splits = _validation.positive_int("splits", splits)
     _validation.refuse(
         {k: spinal_options[k] for k in _KEPT if k in spinal_options},
         "a converted layer keeps its Dense layer's units, name and dtype",
@@ -132,11 +134,22 @@ def spinalize(model, layers=None, width=None, depth=4, splits=2, **spinal_option
                 )
             selected.append(name)
     selected = set(selected)
-    for name in selected:
-        if model.get_layer(name).get_config().get("lora_rank"):
+    for name in sorted(selected):
+        layer = model.get_layer(name)
+        if layer.get_config().get("lora_rank"):
             raise ValueError(
                 f"Dense layer {name!r} has LoRA enabled; its low-rank update "
                 "has no SpinalDense counterpart. Convert it before enabling LoRA."
+            )
+        # SpinalDense would refuse this too, but while cloning, without
+        # saying which of the model's layers it was.
+        # (From the input spec: an int4-quantized kernel packs two rows in one.)
+        features = layer.input_spec.axes[-1]
+        if splits > features:
+            raise ValueError(
+                f"Dense layer {name!r} has {features} input feature(s), fewer than "
+                f"splits={splits}: every split needs at least one. Pass splits <= "
+                f"{features}, or leave the layer out with `layers`."
             )
 
     def clone(layer):

@@ -116,6 +116,12 @@ def test_errors():
         spinalize(model, units=5, name="x")
     with pytest.raises(ValueError, match=r"`dtype`: .*Received: dtype='float64'"):
         spinalize(model, dtype="float64")
+    # the layer that cannot take the splits is named, before anything is cloned
+    narrow = keras.Sequential([keras.Input((5,)), keras.layers.Dense(2, name="wide"),
+                               keras.layers.Dense(4, name="narrow"), keras.layers.Dense(1)])
+    with pytest.raises(ValueError, match=r"'narrow' has 2 input feature\(s\), fewer than splits=3"):
+        spinalize(narrow, splits=3)
+    assert spinalize(narrow, layers=["wide"], splits=3).get_layer("wide").splits == 3
     model.get_layer("h").enable_lora(2)
     with pytest.raises(ValueError, match="'h' has LoRA enabled"):
         spinalize(model)
