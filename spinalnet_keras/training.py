@@ -111,6 +111,11 @@ class TrainConfig:
         base = (Head(self.head) if spec is None
                 else spec.dense_head if self.head == "dense" else spec.spinal_head)
         base.replace(**self.head_options())
+        if self.model == "regression" and self.head == "spinal" and self.splits:
+            # Its head reads the data itself: table1's 8 inputs, the paper's.
+            from spinalnet_keras.spinal_dense import split_sizes
+
+            split_sizes(spec.input_shape[-1], self.splits)
         # The data options, as load_task will check them.
         self.image_size, _, self.augment = check_options(
             self.dataset, image_size=self.image_size, augment=self.augment

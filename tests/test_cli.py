@@ -2,6 +2,7 @@ import csv
 import dataclasses
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -113,19 +114,23 @@ def test_a_folder_holds_one_configuration(tmp_path):
     assert not (tmp_path / "t").exists()
 
 
-def test_a_run_that_fails_before_training_leaves_its_folder_free(tmp_path):
-    # 9 splits of the regression network's 8 features: refused only when
-    # the model is built, after the data is loaded. The folder must not be
-    # marked as that run, or the corrected command would be refused there.
+def test_a_run_that_fails_before_training_leaves_its_folder_free(tmp_path, mnist_data_dir,
+                                                                capsys):
+    # MNIST's 28x28 images are below MobileNetV2's minimum, which shows only
+    # when the model is built, after the data is loaded. The folder must not
+    # be marked as that run, or the corrected command would be refused there.
     out = tmp_path / "r"
-    config = TrainConfig(model="regression", dataset="table1/sum", epochs=1, depth=9,
-                         splits=9, output_dir=str(out), verbose=0)
-    with pytest.raises(ValueError, match=r"number of input features \(8\)\. Received: splits=9"):
-        train(config)
+    args = ["train", "--model", "MobileNetV2", "--dataset", "mnist", "--data-dir",
+            mnist_data_dir, "--width", "4", "--depth", "2", "--epochs", "1",
+            "--train-examples", "64", "--test-examples", "64", "--output-dir", str(out),
+            "--verbose", "0"]
+    assert main(args) == 2
+    assert re.search(r"MobileNetV2: Input size must be at least 32x32.*--image-size",
+                     capsys.readouterr().err)
     assert not (out / "config.json").exists()
-    result = train(dataclasses.replace(config, splits=8))
-    assert result["head_label"] == "spinal 9 x 50" and result["epochs"] == 1
-    assert json.loads((out / "config.json").read_text())["splits"] == 8
+    assert main(args + ["--image-size", "32"]) == 0
+    assert json.loads((out / "config.json").read_text())["image_size"] == [32, 32]
+    assert json.loads((out / "result.json").read_text())["head_label"] == "spinal 2 x 4"
 
 
 def test_resume_is_exact_with_several_steps_per_execution(tmp_path):
@@ -223,6 +228,8 @@ _REGRESSION = dict(model="regression", dataset="table1/sum")
     # a spinal head's split count against its depth, the paper's or the given one
     (dict(splits=7), r"between 1 and `depth`.*Received: splits=7, depth=6"),
     (dict(model="ResNet50", dataset="mnist", depth=2, splits=4), r"splits=4, depth=2"),
+    # and the regression network's against table1's 8 inputs, which it reads itself
+    (dict(model="regression", depth=9, splits=9), r"input features \(8\). Received: splits=9"),
     (dict(dropout=1.0), "dropout=1.0"),
     (dict(batch_norm="yes"), "batch_norm='yes'"),
     (dict(deterministic=1), "deterministic=1"),
