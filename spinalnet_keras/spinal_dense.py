@@ -1,6 +1,7 @@
 """The `SpinalDense` layer: SpinalNet's gradual-input fully connected block."""
 
 import random as _random
+import warnings
 
 import keras
 import numpy as np
@@ -228,7 +229,8 @@ class SpinalDense(keras.layers.Layer):
             at build time also at most the number of input features.
         activation: Activation of the sub-layers (name, callable or Keras
             layer such as `LeakyReLU(negative_slope=0.01)`). Default `"relu"`.
-        output_activation: Activation of the output Dense. Default linear.
+        output_activation: Activation of the output Dense, so only with
+            `units`. Default linear.
         dropout: Float in `[0, 1)`, dropout rate applied to each sub-layer's
             input (an independent mask per sub-layer, as in the paper's code).
         batch_norm: Whether to apply `BatchNormalization` after each
@@ -307,6 +309,14 @@ class SpinalDense(keras.layers.Layer):
         self.output_activation = _get_activation(
             "output_activation", output_activation
         )
+        if self.units is None and self.output_activation is not activations.linear:
+            raise ValueError(
+                "`output_activation` is the activation of the output Dense, which "
+                "the layer has only with `units`; without it the output is the "
+                "sub-layers' activations, concatenated. Received: output_activation="
+                f"{output_activation!r}, units=None. Pass `units`, or put an "
+                "activation layer after this one."
+            )
         self.dropout = _validation.rate("dropout", dropout)
         self.batch_norm = _validation.boolean("batch_norm", batch_norm)
         self.batch_norm_momentum = _validation.unit_interval(
@@ -735,6 +745,22 @@ class SpinalDense(keras.layers.Layer):
         super().load_own_variables(store)
 
     # -- serialization -----------------------------------------------------
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        activation = config.get("output_activation")
+        if config.get("units") is None and activation not in (None, "linear"):
+            # Saved by a version that took it without a word (0.4.0 and
+            # before): it was never applied, so the model computes the same.
+            warnings.warn(
+                f"SpinalDense {config.get('name')!r} was saved with output_activation="
+                f"{activation!r} but no `units`; that activation never applied "
+                "(there is no output Dense) and is dropped.",
+                stacklevel=2,
+            )
+            config["output_activation"] = None
+        return super().from_config(config)
 
     def get_config(self):
         config = super().get_config()

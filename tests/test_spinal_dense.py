@@ -280,11 +280,28 @@ def test_layer_activation_such_as_leaky_relu():
         (dict(width=4, depth=2, seed="x"), "seed='x'"),  # unused without dropout
         (dict(width=4, depth=2, dropout=0.1, seed=1.5), "seed=1.5"),
         (dict(width=4, depth=2, seed=True), "seed=True"),
+        # no output Dense to apply it to: not silently left out
+        (dict(width=4, depth=2, output_activation="softmax"),
+         r"only with `units`.*output_activation='softmax', units=None"),
+        (dict(width=4, depth=2, output_activation=keras.layers.Softmax()),
+         r"output_activation=<Softmax.*units=None"),
     ],
 )
 def test_bad_arguments_name_the_value(kwargs, match):
     with pytest.raises(ValueError, match=match):
         SpinalDense(**kwargs)
+
+
+def test_a_file_saved_with_an_output_activation_and_no_units_loads_as_it_computed():
+    # Version 0.4.0 took output_activation without units and never applied it.
+    layer = SpinalDense(width=3, depth=2, name="old")
+    config = {**layer.get_config(), "output_activation": "softmax"}
+    with pytest.warns(UserWarning, match=r"'old' was saved with output_activation='softmax'"):
+        loaded = SpinalDense.from_config(config)
+    assert loaded.output_activation is keras.activations.linear
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the usual round trip says nothing
+        assert SpinalDense.from_config(layer.get_config()).get_config() == layer.get_config()
 
 
 def test_more_splits_than_features():
