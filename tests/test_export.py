@@ -283,6 +283,10 @@ def test_bad_inputs(tmp_path):
     ]:
         with pytest.raises(ValueError, match=match):
             with_input_normalization(images, **kwargs)
+    for bad, match in [(joined, "one input.*a model with 2 inputs"),
+                       ("final.keras", "one input.*model='final.keras'")]:
+        with pytest.raises(ValueError, match=match):
+            with_input_normalization(bad, 0.5, 0.2)
 
 
 def test_cli_export_with_raw_input(tmp_path, capsys):
