@@ -8,8 +8,8 @@ import numpy as np
 IMAGE_DIMS = ("height", "width", "channels")
 
 
-def _is_int(value):
-    # bool is an Integral, but True is no size or seed
+def is_int(value):
+    """An integer that is not a bool (True is no size or seed)."""
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
@@ -41,7 +41,7 @@ def positive_int(name, value, allow_none=False):
     """Return `value` as an int if it is a positive integer, else raise."""
     if value is None and allow_none:
         return None
-    if not _is_int(value) or value <= 0:
+    if not is_int(value) or value <= 0:
         raise ValueError(
             f"`{name}` must be a positive integer. Received: {name}={value!r}"
         )
@@ -50,7 +50,7 @@ def positive_int(name, value, allow_none=False):
 
 def non_negative_int(name, value):
     """Return `value` as an int if it is an integer >= 0, else raise."""
-    if not _is_int(value) or value < 0:
+    if not is_int(value) or value < 0:
         raise ValueError(
             f"`{name}` must be an integer >= 0. Received: {name}={value!r}"
         )
@@ -78,7 +78,7 @@ def shape(name, value, form):
         dims = tuple(value)
     except TypeError:
         dims = None
-    if dims is None or len(dims) != len(form) or not all(_is_int(d) and d > 0 for d in dims):
+    if dims is None or len(dims) != len(form) or not all(is_int(d) and d > 0 for d in dims):
         raise ValueError(
             f"`{name}` must be a tuple ({', '.join(form)}{',' if len(form) == 1 else ''}) "
             f"of positive integers. Received: {name}={value!r}"
@@ -138,7 +138,7 @@ def non_negative_number(name, value):
 
 def seed(name, value):
     """Return `value` if it is None or an integer (Keras's seeds), else raise."""
-    if value is not None and not _is_int(value):
+    if value is not None and not is_int(value):
         raise ValueError(
             f"`{name}` must be an integer or None. Received: {name}={value!r}"
         )

@@ -17,6 +17,7 @@ import math
 
 import keras
 
+from spinalnet_keras import _validation
 from spinalnet_keras.spinal_dense import SpinalDense
 
 
@@ -150,6 +151,17 @@ class CostReport:
         Returns a dict with `"multiplications"` and `"trainable_params"`,
         each `1 - self / baseline` (0.486 means 48.6% fewer).
         """
+        if not isinstance(baseline, CostReport):
+            raise TypeError(
+                "`baseline` must be a CostReport, e.g. cost_report(dense_model). "
+                f"Received: baseline={baseline!r}"
+            )
+        for name in ("multiplications", "trainable_params"):
+            if not getattr(baseline, name):
+                raise ValueError(
+                    f"`baseline` has no {name.replace('_', ' ')} to cut from (0): "
+                    "a reduction against it is undefined."
+                )
         return {
             "multiplications": 1 - self.multiplications / baseline.multiplications,
             "trainable_params": 1
@@ -289,7 +301,13 @@ def cost_report(model_or_layer, input_shape=None):
             f"cost_report of the single layer '{layer.name}' needs its "
             "`input_shape`, including the batch axis, e.g. (None, 320)."
         )
-    input_shape = tuple(input_shape)
+    dims = tuple(input_shape) if isinstance(input_shape, (list, tuple)) else ()
+    if not dims or not all(d is None or (_validation.is_int(d) and d > 0) for d in dims):
+        raise ValueError(
+            "`input_shape` must be a tuple of positive integers or None, the "
+            f"batch axis included, e.g. (None, 320). Received: input_shape={input_shape!r}"
+        )
+    input_shape = tuple(None if d is None else int(d) for d in dims)
     if not layer.built:
         layer.build(input_shape)
     # A built layer's weights fix some input dimensions (its input_spec, as

@@ -1,4 +1,7 @@
+import re
+
 import keras
+import numpy as np
 import pytest
 from composed import SubclassedDense
 
@@ -41,6 +44,22 @@ def test_single_layer_needs_input_shape():
         cost_report(dense, input_shape=(None, 3))
     with pytest.raises(ValueError, match="`input_shape` is for a single layer"):
         cost_report(_fc(SpinalDense(10, width=8, depth=6)), input_shape=(None, 320))
+    # a shape of sizes or None, named as given (not one letter of a string)
+    for shape in ["abc", (None, 0), (None, 2.5), (None, True), (), 320]:
+        with pytest.raises(ValueError, match=re.escape(f"Received: input_shape={shape!r}")):
+            cost_report(SpinalDense(10, width=8, depth=6), input_shape=shape)
+    assert cost_report(keras.layers.Dense(5), input_shape=[None, np.int64(7)]).multiplications == 35
+
+
+def test_reduction_needs_a_report_with_something_to_cut():
+    spinal = cost_report(SpinalDense(10, width=8, depth=6), input_shape=(None, 320))
+    dense = cost_report(keras.layers.Dense(50), input_shape=(None, 320))
+    assert spinal.reduction_vs(dense)["multiplications"] == pytest.approx(1 - 8_480 / 16_000)
+    with pytest.raises(TypeError, match="CostReport.*Received: baseline=16000"):
+        spinal.reduction_vs(dense.multiplications)
+    nothing = cost_report(keras.layers.ReLU(), input_shape=(None, 320))
+    with pytest.raises(ValueError, match=r"no multiplications to cut from \(0\)"):
+        spinal.reduction_vs(nothing)
 
 
 def test_rank_3_positions_and_convolutions():
