@@ -418,6 +418,12 @@ def _require_onnx():
 
 
 def format_report(report):
+    """The report `export_model` returned, as lines to print."""
+    if not isinstance(report, dict) or not isinstance(report.get("formats"), dict):
+        raise TypeError(
+            "`report` must be the dict export_model returns. Received: "
+            f"report={report!r}"
+        )
     lines = [f"Export of {report['name']}:"]
     for fmt, entry in report["formats"].items():
         if "verified" in entry:

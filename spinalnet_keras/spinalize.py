@@ -30,9 +30,23 @@ _INHERITED = (
 _KEPT = ("units", "name", "dtype")
 
 
+def _check_graph_model(model):
+    if not isinstance(model, keras.Model) or not _is_graph_model(model):
+        raise ValueError(
+            "spinalize works on Sequential and functional models; a subclassed "
+            "model has no layer graph to rewrite. Put SpinalDense in its "
+            f"`__init__` instead. Received: {type(model).__name__}"
+        )
+    if not model.built or not model.outputs:
+        raise ValueError(
+            f"Model '{model.name}' is not built: give it a keras.Input first."
+        )
+
+
 def hidden_dense_layers(model):
     """Names of the `Dense` layers of `model` whose outputs feed other
     layers (not a model output)."""
+    _check_graph_model(model)
     outputs = {id(t) for t in model.outputs}
     return [
         layer.name
@@ -81,16 +95,7 @@ def spinalize(model, layers=None, width=None, depth=4, splits=2, **spinal_option
     >>> [type(layer).__name__ for layer in spinal.layers]
     ['SpinalDense', 'Dense']
     """
-    if not isinstance(model, keras.Model) or not _is_graph_model(model):
-        raise ValueError(
-            "spinalize works on Sequential and functional models; a subclassed "
-            "model has no layer graph to rewrite. Put SpinalDense in its "
-            f"`__init__` instead. Received: {type(model).__name__}"
-        )
-    if not model.built or not model.outputs:
-        raise ValueError(
-            f"Model '{model.name}' is not built: give it a keras.Input first."
-        )
+    _check_graph_model(model)
     depth = _validation.positive_int("depth", depth)
     width = _validation.positive_int("width", width, allow_none=True)
     splits = _validation.positive_int("splits", splits)

@@ -325,6 +325,8 @@ def build_training_state(model, data):
         data: the `tf.data.Dataset` of `(inputs, targets)` batches that
             `fit` will read, or its `element_spec`.
     """
+    if not isinstance(model, keras.Model):
+        raise TypeError(f"`model` must be a compiled keras.Model. Received: model={model!r}")
     if getattr(model, "optimizer", None) is None:
         raise ValueError(
             f"Compile model '{model.name}' before build_training_state: its "

@@ -341,7 +341,19 @@ def make_tuner(hypermodel, tuner="random", objective="val_accuracy", max_trials=
 
 def trial_table(tuner, hypermodel):
     """One row per trial: id, status, hyperparameters, score, parameters
-    and multiplications of the model it built (rebuilt, not retrained)."""
+    and multiplications of the model it built (rebuilt, not retrained).
+
+    Args:
+        tuner: a keras-tuner tuner, e.g. from `make_tuner`.
+        hypermodel: the `SpinalHyperModel` it searched.
+    """
+    if not isinstance(tuner, kt.Tuner):
+        raise TypeError(f"`tuner` must be a keras-tuner Tuner. Received: tuner={tuner!r}")
+    if not isinstance(hypermodel, SpinalHyperModel):
+        raise TypeError(
+            "`hypermodel` must be the SpinalHyperModel the tuner searched. "
+            f"Received: hypermodel={hypermodel!r}"
+        )
     rows = []
     for trial in sorted(tuner.oracle.trials.values(), key=lambda t: t.trial_id):
         hp = trial.hyperparameters
@@ -363,6 +375,11 @@ def trial_table(tuner, hypermodel):
 
 
 def format_trial_table(rows):
+    """The rows `trial_table` returned, as a Markdown table."""
+    if not isinstance(rows, (list, tuple)) or not all(isinstance(r, dict) for r in rows):
+        raise TypeError(
+            f"`rows` must be the list of dicts trial_table returns. Received: rows={rows!r}"
+        )
     keys = [k for k in ("trial", "status", "width", "depth", "splits", "dropout",
                         "batch_norm", "learning_rate", "score", "params",
                         "multiplications") if any(k in r for r in rows)]

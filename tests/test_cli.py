@@ -458,6 +458,8 @@ def test_build_training_state_needs_a_compiled_model():
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
     with pytest.raises(ValueError, match="Compile model 'sequential.*' before build_training_state"):
         build_training_state(model, None)
+    with pytest.raises(TypeError, match="compiled keras.Model. Received: model='m'"):
+        build_training_state("m", None)
 
 
 def test_train_builds_the_training_state_before_fit(tmp_path):

@@ -9,6 +9,7 @@ from conftest import install_broken_module
 from spinalnet_keras import ExportError
 from spinalnet_keras import backbone_model
 from spinalnet_keras import export_model
+from spinalnet_keras import format_report
 from spinalnet_keras import load_model_file
 from spinalnet_keras import paper_model
 from spinalnet_keras import with_input_normalization
@@ -319,3 +320,7 @@ def test_export_without_verification(tmp_path):
                           formats=("keras",), verify=False)
     assert report["verified"] is False and "verified" not in report["formats"]["keras"]
     assert (tmp_path / "e" / "r.keras").is_file()
+    assert format_report(report).splitlines()[-1].split() == [
+        "keras", "r.keras", "written,", "not", "verified"]
+    with pytest.raises(TypeError, match="dict export_model returns. Received: report='r'"):
+        format_report("r")

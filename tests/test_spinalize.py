@@ -133,3 +133,6 @@ def test_errors():
     net(np.zeros((1, 4)))
     with pytest.raises(ValueError, match="subclassed"):
         spinalize(net)
+    for bad in (net, "model"):
+        with pytest.raises(ValueError, match="Sequential and functional models"):
+            hidden_dense_layers(bad)

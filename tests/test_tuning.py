@@ -17,6 +17,7 @@ from spinalnet_keras.cli import main
 from spinalnet_keras.data import load_task
 from spinalnet_keras.tuning import SearchSpace
 from spinalnet_keras.tuning import SpinalHyperModel
+from spinalnet_keras.tuning import format_trial_table
 from spinalnet_keras.tuning import make_tuner
 from spinalnet_keras.tuning import search_space_size
 from spinalnet_keras.tuning import trial_table
@@ -126,6 +127,15 @@ def test_bad_hypermodel_and_tuner_arguments(tmp_path):
     ]:
         with pytest.raises(ValueError, match=match):
             make_tuner(hm, directory=tmp_path, **kwargs)
+    # the table helpers take what the search gave, not whatever comes
+    tuner = make_tuner(hm, objective="val_loss", max_trials=1, directory=tmp_path)
+    with pytest.raises(TypeError, match="keras-tuner Tuner. Received: tuner='t'"):
+        trial_table("t", hm)
+    with pytest.raises(TypeError, match="SpinalHyperModel the tuner searched. Received: hypermodel=3"):
+        trial_table(tuner, 3)
+    with pytest.raises(TypeError, match="list of dicts trial_table returns. Received: rows='t'"):
+        format_trial_table("t")
+    assert format_trial_table([]) == "|  |\n|"  # no trials yet: no columns
 
 
 def test_tiny_random_search_and_best_model(tmp_path):
