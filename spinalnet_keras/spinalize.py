@@ -146,9 +146,8 @@ def spinalize(model, layers=None, width=None, depth=4, splits=2, **spinal_option
                 f"Dense layer {name!r} has LoRA enabled; its low-rank update "
                 "has no SpinalDense counterpart. Convert it before enabling LoRA."
             )
-        # SpinalDense would refuse this too, but while cloning, without
-        # saying which of the model's layers it was.
-        # (From the input spec: an int4-quantized kernel packs two rows in one.)
+        # SpinalDense would refuse this too, but mid-clone and without naming
+        # the layer. The input spec, not the kernel: int4 packs its rows.
         features = layer.input_spec.axes[-1]
         if splits > features:
             raise ValueError(

@@ -451,9 +451,10 @@ def _check_same_run(out, config):
 
 def _write_config(out, config):
     """Mark `out` as a run of `config`. Only once its data is loaded and its
-    model built: a run that fails before that (a dataset that needs
-    `image_size`, `splits` above the input's features) must not keep the
-    corrected rerun out of the same directory (`_check_same_run`)."""
+    model built: a run that fails before that (images below a backbone's
+    minimum size, a dataset that needs `image_size`, weights that cannot be
+    had offline) must not keep the corrected rerun out of the same directory
+    (`_check_same_run`)."""
     write_atomically(os.path.join(out, "config.json"), config.to_json())
 
 
