@@ -71,14 +71,18 @@ def with_input_normalization(model, mean, std, name=None):
     """A model that takes raw images in [0, 255] and applies
     `(x / 255 - mean) / std` (the training pipeline's normalisation) before
     `model`, as one `Rescaling` layer."""
-    inputs = getattr(model, "inputs", None) if isinstance(model, keras.Model) else None
-    if not inputs or len(inputs) != 1:
+    if not isinstance(model, keras.Model):
+        received = f"model={model!r}"
+    elif not getattr(model, "inputs", None):
+        received = f"model {model.name!r}, which has no inputs (not built)"
+    elif len(model.inputs) != 1:
+        received = f"a model with {len(model.inputs)} inputs"
+    else:
+        received = None
+    if received is not None:
         raise ValueError(
             "`model` must be a keras.Model with one input, the images to "
-            "normalise. Received: "
-            + (f"a model with {len(inputs)} inputs" if inputs
-               else f"model={model!r}" if not isinstance(model, keras.Model)
-               else f"model {model.name!r}, which has no inputs (not built)")
+            f"normalise. Received: {received}"
         )
     channels = model.input_shape[-1]
     stats = {}
