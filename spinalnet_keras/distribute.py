@@ -89,6 +89,28 @@ def get_strategy(name="auto"):
     return tf.distribute.get_strategy()
 
 
+def check_strategy(strategy, name="strategy", what="Training under a tf.distribute strategy"):
+    """Return `strategy` if it is a `tf.distribute.Strategy` or None, else
+    raise naming it (a strategy's name, such as `"mirrored"`, is pointed to
+    `get_strategy`). `what` names the use in the backend error.
+
+    Raises:
+        TypeError: `strategy` is neither.
+        RuntimeError: a strategy, and Keras does not run on its TensorFlow backend.
+    """
+    if strategy is None:
+        return None
+    if not isinstance(strategy, tf.distribute.Strategy):
+        named = isinstance(strategy, str) and strategy in STRATEGIES
+        example = f"get_strategy({strategy!r})" if named else "get_strategy('mirrored')"
+        raise TypeError(
+            f"`{name}` must be a tf.distribute.Strategy or None, e.g. {example}. "
+            f"Received: {name}={strategy!r}"
+        )
+    _validation.tensorflow_backend(what)
+    return strategy
+
+
 def supported_steps_per_execution(requested, strategy=None):
     """`requested`, or 1 where Keras cannot run several steps per execution.
 
@@ -104,6 +126,7 @@ def supported_steps_per_execution(requested, strategy=None):
         strategy: default: the strategy of the current scope.
     """
     requested = _validation.positive_int("steps_per_execution", requested)
+    strategy = check_strategy(strategy, what="supported_steps_per_execution(strategy=...)")
     strategy = strategy or tf.distribute.get_strategy()
     replicas = strategy.num_replicas_in_sync
     if requested > 1 and isinstance(strategy, tf.distribute.MirroredStrategy) and replicas > 1:
@@ -172,6 +195,11 @@ def multi_worker_fit(
         all workers.
 
     Raises:
+        TypeError: `build_and_compile` is not a function or returns no
+            compiled model, `dataset` is not a `tf.data.Dataset`, or
+            `strategy` is not a `tf.distribute.Strategy`.
+        ValueError: a bad number or `checkpoint_dir`, or batches of another
+            size than `global_batch_size`.
         RuntimeError: Keras does not run on its TensorFlow backend.
     """
     _validation.tensorflow_backend("multi_worker_fit")
@@ -185,12 +213,19 @@ def multi_worker_fit(
     epochs = _validation.positive_int("epochs", epochs)
     global_batch_size = _validation.positive_int("global_batch_size", global_batch_size)
     steps_per_epoch = _validation.positive_int("steps_per_epoch", steps_per_epoch, allow_none=True)
+    checkpoint_dir = _validation.path("checkpoint_dir", checkpoint_dir)
+    check_strategy(strategy, what="multi_worker_fit")
     # Made before any tensor: collectives are configured at start-up.
     strategy = strategy or tf.distribute.MultiWorkerMirroredStrategy()
     _check_global_batch(dataset, global_batch_size)
     _, index, is_chief, _ = worker_info()
     with strategy.scope():
         model = build_and_compile()
+        if not isinstance(model, keras.Model) or getattr(model, "optimizer", None) is None:
+            raise TypeError(
+                "`build_and_compile` must return a compiled keras.Model (its optimizer "
+                f"and loss are what this loop trains with). It returned {model!r}"
+            )
         optimizer = model.optimizer
         loss_obj = keras.losses.get(model.loss)
         if isinstance(loss_obj, keras.losses.Loss):

@@ -459,15 +459,9 @@ def _write_config(out, config):
 
 
 def _check_strategy(strategy):
-    import tensorflow as tf
+    from spinalnet_keras.distribute import check_strategy
 
-    if strategy is not None and not isinstance(strategy, tf.distribute.Strategy):
-        raise TypeError(
-            "`strategy` must be a tf.distribute.Strategy or None, e.g. "
-            f"get_strategy('mirrored'). Received: strategy={strategy!r}"
-        )
-    if strategy is not None:
-        _validation.tensorflow_backend("Training under a tf.distribute strategy")
+    check_strategy(strategy)
 
 
 def _check_callback(name, callback):

@@ -20,6 +20,7 @@ chief and on workers with `KERASTUNER_TUNER_ID` (`chief`, `tuner0`, ...),
 
 import dataclasses
 import math
+import re
 from collections.abc import Mapping
 
 import keras
@@ -30,6 +31,7 @@ from spinalnet_keras import _dependencies
 from spinalnet_keras import _validation
 from spinalnet_keras.backbones import backbone_model
 from spinalnet_keras.costs import cost_report
+from spinalnet_keras.distribute import check_strategy
 from spinalnet_keras.distribute import supported_steps_per_execution
 from spinalnet_keras.paper_models import PAPER_MODELS
 from spinalnet_keras.paper_models import paper_model
@@ -99,8 +101,88 @@ def allowed_splits(space, depth, features):
 
 
 def chosen_splits(hp):
-    """The split count of a trial (stored per depth by the conditional scope)."""
+    """The split count of a trial (stored per depth by the conditional scope).
+
+    Args:
+        hp: the `keras_tuner.HyperParameters` of a `SpinalHyperModel` trial.
+    """
+    if not isinstance(hp, kt.HyperParameters):
+        raise TypeError(
+            "`hp` must be the keras_tuner.HyperParameters of a trial. "
+            f"Received: hp={hp!r}"
+        )
+    if "depth" not in hp.values:
+        raise ValueError(
+            "`hp` holds no `depth`, so it is not a SpinalHyperModel trial's "
+            f"hyperparameters. Received: hp.values={hp.values!r}"
+        )
     return hp.values.get(f"splits_at_depth_{hp.values['depth']}")
+
+
+# Names Model.compile resolves itself, by the task's targets, before
+# keras.losses.get and keras.metrics.get are asked.
+_COMPILE_LOSS_NAMES = ("crossentropy", "ce")
+_COMPILE_METRIC_NAMES = ("accuracy", "acc")
+
+
+def _check_loss(loss):
+    if isinstance(loss, str):
+        if loss.lower() not in _COMPILE_LOSS_NAMES:
+            try:
+                keras.losses.get(loss)
+            except ValueError:
+                raise ValueError(
+                    f"`loss` {loss!r} is not a Keras loss name (e.g. 'mse', "
+                    f"'sparse_categorical_crossentropy'). Received: loss={loss!r}"
+                ) from None
+    elif not callable(loss):
+        raise ValueError(
+            "`loss` must be a Keras loss name, a keras.losses.Loss or a function "
+            f"(y_true, y_pred), as for Model.compile. Received: loss={loss!r}"
+        )
+    return loss
+
+
+def _check_metrics(metrics):
+    """`metrics` as a list, each checked as Model.compile would at the
+    first trial's first step (a misspelt name would otherwise fail every trial)."""
+    if metrics is None:
+        return []
+    if not isinstance(metrics, (list, tuple)):
+        raise ValueError(
+            "`metrics` must be a list or tuple of metrics (names, keras.metrics.Metric "
+            "objects or functions), as for Model.compile, e.g. ['accuracy']. "
+            f"Received: metrics={metrics!r}"
+        )
+    for metric in metrics:
+        if isinstance(metric, str):
+            if metric.lower() in _COMPILE_METRIC_NAMES:
+                continue
+            try:
+                keras.metrics.get(metric)
+            except ValueError:
+                raise ValueError(
+                    f"`metrics` holds {metric!r}, which is not a Keras metric name "
+                    f"(e.g. 'accuracy', 'mae'). Received: metrics={metrics!r}"
+                ) from None
+        elif not callable(metric):
+            raise ValueError(
+                f"`metrics` holds {metric!r}, which is neither a metric name, a "
+                f"keras.metrics.Metric nor a function. Received: metrics={metrics!r}"
+            )
+    return list(metrics)
+
+
+def _logged_name(metric):
+    """The name `fit` logs `metric` under: Keras's own rule (its
+    `get_object_name`) for what is not a name already."""
+    if isinstance(metric, str):
+        return metric
+    if hasattr(metric, "name"):
+        return metric.name
+    name = re.sub(r"\W+", "", getattr(metric, "__name__", type(metric).__name__))
+    name = re.sub("(.)([A-Z][a-z]+)", r"\1_\2", name)
+    return re.sub("([a-z])([A-Z])", r"\1_\2", name).lower()
 
 
 class SpinalHyperModel(kt.HyperModel):
@@ -116,7 +198,9 @@ class SpinalHyperModel(kt.HyperModel):
             take none.
         steps_per_execution: as for `Model.compile`.
         jit_compile: `"auto"`, True or False, as for `Model.compile`.
-        loss, metrics: compile arguments (default: classification).
+        loss, metrics: compile arguments (default: classification), checked
+            here: a name Keras does not know is an error before any trial.
+            `make_tuner`'s objective is one of the names `fit` logs for them.
         backbone_options: extra `backbone_model` arguments (`weights`,
             `freeze_backbone`, `pooling`, ...) and head options the space
             does not search (e.g. `dropout`), for backbones only.
@@ -126,6 +210,8 @@ class SpinalHyperModel(kt.HyperModel):
                  learning_rate=1e-3, loss="sparse_categorical_crossentropy",
                  metrics=("accuracy",), backbone_options=None, momentum=None,
                  steps_per_execution=1, jit_compile="auto", name="spinal"):
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"`name` must be a non-empty string. Received: name={name!r}")
         super().__init__(name=name)
         from spinalnet_keras.training import OPTIMIZERS, resolve_model_name
 
@@ -144,8 +230,8 @@ class SpinalHyperModel(kt.HyperModel):
         self.space = space or SearchSpace()
         self.optimizer = _validation.choice("optimizer", optimizer, OPTIMIZERS)
         self.learning_rate = _validation.positive_number("learning_rate", learning_rate)
-        self.loss = loss
-        self.metrics = list(metrics)
+        self.loss = _check_loss(loss)
+        self.metrics = _check_metrics(metrics)
         if backbone_options and model in PAPER_MODELS:
             raise ValueError(
                 f"`backbone_options` apply to keras.applications backbones only; "
@@ -325,13 +411,16 @@ def make_tuner(hypermodel, tuner="random", objective="val_accuracy", max_trials=
     overwrite = _validation.boolean("overwrite", overwrite)
     project_name = _validation.plain_name("project_name", project_name)
     directory = _validation.path("directory", directory, allow_none=True)
-    if distribution_strategy is not None:
-        _validation.tensorflow_backend("make_tuner(distribution_strategy=...)")
-    if isinstance(objective, str) and isinstance(hypermodel, SpinalHyperModel):
+    check_strategy(distribution_strategy, "distribution_strategy",
+                   "make_tuner(distribution_strategy=...)")
+    if isinstance(hypermodel, SpinalHyperModel):
         # A misspelt objective would fail only after the first trial trained.
-        logged = ["loss"] + [m if isinstance(m, str) else m.name for m in hypermodel.metrics]
+        logged = ["loss"] + [_logged_name(m) for m in hypermodel.metrics]
         allowed = logged + [f"val_{name}" for name in logged]
-        _validation.choice("objective", objective, allowed)
+        objectives = objective if isinstance(objective, (list, tuple)) else [objective]
+        for one in objectives:
+            if isinstance(one, (str, kt.Objective)):
+                _validation.choice("objective", getattr(one, "name", one), allowed)
     common = dict(objective=objective, directory=directory, project_name=project_name,
                   seed=seed, executions_per_trial=executions_per_trial,
                   max_consecutive_failed_trials=max_consecutive_failed_trials,

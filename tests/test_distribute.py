@@ -144,6 +144,8 @@ def test_supported_steps_per_execution_in_process():
     assert distribute.supported_steps_per_execution(8, one_replica) == 8
     with pytest.raises(ValueError, match="steps_per_execution=0"):
         distribute.supported_steps_per_execution(0)
+    with pytest.raises(TypeError, match=r"e.g. get_strategy\('mirrored'\). Received: strategy='mirrored'"):
+        distribute.supported_steps_per_execution(8, "mirrored")
 
 
 def test_multi_worker_fit_checks_its_arguments(tmp_path):
@@ -161,10 +163,16 @@ def test_multi_worker_fit_checks_its_arguments(tmp_path):
         # batches of 4 averaged as if of 8 would halve every gradient
         ((build, data.batch(4), 1, 8), {}, ValueError, "batches of 4, but global_batch_size=8"),
         ((build, data.batch(8), 1, 4), {}, ValueError, "batches of 8, but global_batch_size=4"),
+        ((build, data.batch(4), 1, 4), dict(strategy="multi_worker"), TypeError,
+         r"e.g. get_strategy\('multi_worker'\). Received: strategy='multi_worker'"),
+        ((lambda: keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)]), data.batch(4),
+          1, 4), {}, TypeError, "must return a compiled keras.Model .* It returned <Sequential"),
     ]:
         with pytest.raises(error, match=match):
-            distribute.multi_worker_fit(*args, str(tmp_path / "ckpt"), strategy=default,
-                                        verbose=0, **kwargs)
+            distribute.multi_worker_fit(*args, str(tmp_path / "ckpt"),
+                                        **{"strategy": default, "verbose": 0, **kwargs})
+    with pytest.raises(ValueError, match="Received: checkpoint_dir=None"):
+        distribute.multi_worker_fit(build, data.batch(4), 1, 4, None, strategy=default)
     # one batch smaller than the global batch is all the data: accepted
     _, history = distribute.multi_worker_fit(build, data.batch(16), 1, 16, str(tmp_path / "one"),
                                              strategy=default, verbose=0)

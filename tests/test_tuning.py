@@ -1,5 +1,6 @@
 import dataclasses
 import json
+import math
 import os
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from spinalnet_keras.cli import main
 from spinalnet_keras.data import load_task
 from spinalnet_keras.tuning import SearchSpace
 from spinalnet_keras.tuning import SpinalHyperModel
+from spinalnet_keras.tuning import chosen_splits
 from spinalnet_keras.tuning import format_trial_table
 from spinalnet_keras.tuning import make_tuner
 from spinalnet_keras.tuning import search_space_size
@@ -103,6 +105,17 @@ def test_bad_hypermodel_and_tuner_arguments(tmp_path):
     ]:
         with pytest.raises(ValueError, match=match):
             SpinalHyperModel("regression", (8,), 1, **kwargs)
+    # compile arguments are checked here, not at every trial's first step
+    for kwargs, match in [
+        (dict(metrics="accuracy"), r"list or tuple of metrics .* Received: metrics='accuracy'"),
+        (dict(metrics=["acuracy"]), "holds 'acuracy', which is not a Keras metric name"),
+        (dict(metrics=[3]), "holds 3, which is neither a metric name"),
+        (dict(loss="mse_typo"), "`loss` 'mse_typo' is not a Keras loss name"),
+        (dict(loss=3), "Received: loss=3"),
+        (dict(name=3), "`name` must be a non-empty string. Received: name=3"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            SpinalHyperModel("regression", (8,), 1, **kwargs)
     with pytest.raises(ValueError, match="input_shape=8"):
         SpinalHyperModel("regression", 8, 1)
     with pytest.raises(TypeError, match=r"space=\{'widths'"):
@@ -123,10 +136,19 @@ def test_bad_hypermodel_and_tuner_arguments(tmp_path):
         (dict(tuner="grid"), "tuner='grid'"),
         # the regression hypermodel logs loss only: refused before any trial
         (dict(objective="val_accuracy"), r"\['loss', 'val_loss'\]. Received: objective='val_accuracy'"),
+        (dict(objective=kt.Objective("val_los", "min")), "Received: objective='val_los'"),
+        (dict(objective=["val_loss", "accuracy"]), "Received: objective='accuracy'"),
         (dict(objective="val_loss", project_name="../up"), "project_name='../up'"),
     ]:
         with pytest.raises(ValueError, match=match):
             make_tuner(hm, directory=tmp_path, **kwargs)
+    with pytest.raises(TypeError, match=r"e.g. get_strategy\('mirrored'\). "
+                       "Received: distribution_strategy='mirrored'"):
+        make_tuner(hm, objective="val_loss", directory=tmp_path, distribution_strategy="mirrored")
+    with pytest.raises(TypeError, match="HyperParameters of a trial. Received: hp=3"):
+        chosen_splits(3)
+    with pytest.raises(ValueError, match=r"holds no `depth`.* Received: hp.values=\{\}"):
+        chosen_splits(kt.HyperParameters())
     # the table helpers take what the search gave, not whatever comes
     tuner = make_tuner(hm, objective="val_loss", max_trials=1, directory=tmp_path)
     with pytest.raises(TypeError, match="keras-tuner Tuner. Received: tuner='t'"):
@@ -157,6 +179,29 @@ def test_tiny_random_search_and_best_model(tmp_path):
     noise = [str(w.message) for w in caught
              if "shuffle" in str(w.message) or "Skipping variable loading" in str(w.message)]
     assert noise == []
+
+
+def test_metric_functions_and_objects_are_objectives_by_the_names_keras_logs(tmp_path):
+    def myMetric(y_true, y_pred):  # logged as my_metric, Keras's snake case
+        return keras.ops.mean(keras.ops.abs(y_true - y_pred))
+
+    metrics = [keras.metrics.mean_absolute_error, myMetric, "mae",
+               keras.metrics.RootMeanSquaredError()]
+    hm = SpinalHyperModel("regression", (8,), 1, loss="mse", metrics=metrics,
+                          space=SearchSpace(widths=(4,), depths=(2,), splits=(1,)))
+    objectives = [kt.Objective("val_my_metric", "min"), "val_mean_absolute_error",
+                  "val_mae", "val_root_mean_squared_error"]
+    # one name alone, as a tuner is usually given it
+    assert make_tuner(hm, objective="val_mean_absolute_error", max_trials=1,
+                      directory=tmp_path / "one").oracle.objective.name == "val_mean_absolute_error"
+    tuner = make_tuner(hm, objective=objectives, max_trials=1, directory=tmp_path / "all")
+    task = _task()
+    tuner.search(task.train, validation_data=task.test, epochs=1, verbose=0)
+    (trial,) = tuner.oracle.trials.values()
+    assert trial.status == "COMPLETED"
+    logged = set(trial.metrics.metrics)
+    assert {o if isinstance(o, str) else o.name for o in objectives} <= logged
+    assert math.isfinite(trial.score)
 
 
 def test_numpy_values_and_a_path_object_search(tmp_path):
