@@ -42,6 +42,7 @@ NORMALIZATIONS = ("paper", "unit", "none")
 # disk.
 IN_MEMORY_BYTES = 1 << 30
 AUGMENTATIONS = ("rotate", "perspective", "crop", "flip")
+ROTATION_DEGREES = 10.0  # the paper's image recipes rotate by up to 10 degrees
 
 
 @dataclasses.dataclass(frozen=True)
@@ -518,21 +519,40 @@ def _epoch_orders(count, seed, epoch_range, batch_size=None):
 
 
 def _validate_augment(augment):
-    augment = _validation.comma_list(augment)
-    return tuple(_validation.choice("augment", a, AUGMENTATIONS) for a in augment or ())
+    items = _validation.comma_list(augment)
+    if items is None:
+        items = ()
+    if isinstance(items, np.ndarray) and items.ndim == 1:
+        items = items.tolist()
+    if not isinstance(items, (list, tuple)):
+        raise ValueError(
+            f"`augment` must be a list of {sorted(AUGMENTATIONS)} or a comma list such as "
+            f"'rotate,flip'. Received: augment={augment!r}"
+        )
+    checked = tuple(_validation.choice("augment", a, AUGMENTATIONS) for a in items)
+    # Each is one layer of the augmenter, applied once however often it is named.
+    repeated = sorted({a for a in checked if checked.count(a) > 1})
+    if repeated:
+        raise ValueError(
+            f"`augment` names {', '.join(map(repr, repeated))} more than once; each "
+            f"augmentation is applied once. Received: augment={augment!r}"
+        )
+    return checked
 
 
 def check_options(name, normalization="paper", image_size=None, channels=None,
-                  augment=(), rotation_degrees=10.0):
+                  augment=(), rotation_degrees=None):
     """Check `load_task`'s data options for dataset `name`, before anything
     is read; return `(image_size, channels, augment)` as checked, the size
     and the augmentations as tuples. Options for images are refused on the
-    regression data rather than ignored."""
+    regression data rather than ignored, and `rotation_degrees` without
+    the `"rotate"` it sets."""
     if name not in DATASETS and name not in REGRESSION_DATASETS:
         raise ValueError(f"Unknown dataset {name!r}. Available: {dataset_names()}")
     normalization = _validation.choice("normalization", normalization, NORMALIZATIONS)
     augment = _validate_augment(augment)
-    _validation.positive_number("rotation_degrees", rotation_degrees)
+    if rotation_degrees is not None:
+        _validation.positive_number("rotation_degrees", rotation_degrees)
     if image_size is not None:
         image_size = _validation.shape("image_size", image_size, ("height", "width"))
     # The allowed item comes back: channels=3.0 or True would otherwise reach
@@ -540,7 +560,8 @@ def check_options(name, normalization="paper", image_size=None, channels=None,
     channels = _validation.choice("channels", channels, (None, 1, 3))
     if name in REGRESSION_DATASETS:
         given = {k: v for k, v in (("image_size", image_size), ("channels", channels),
-                                   ("augment", augment)) if v}
+                                   ("augment", augment), ("rotation_degrees", rotation_degrees))
+                 if v}
         if normalization != "paper":
             given["normalization"] = normalization
         if given:
@@ -549,6 +570,12 @@ def check_options(name, normalization="paper", image_size=None, channels=None,
                 f"regression data. Received: "
                 + ", ".join(f"{k}={v!r}" for k, v in given.items())
             )
+    if rotation_degrees is not None and "rotate" not in augment:
+        raise ValueError(
+            "`rotation_degrees` is the range of the 'rotate' augmentation, which `augment` "
+            f"does not ask for. Received: rotation_degrees={rotation_degrees!r}, "
+            f"augment={augment!r}"
+        )
     return image_size, channels, augment
 
 
@@ -562,7 +589,7 @@ def image_pipeline(
     image_size=None,
     channels=None,
     augment=(),
-    rotation_degrees=10.0,
+    rotation_degrees=ROTATION_DEGREES,
     epoch_range=None,
     cache_path=None,
     in_memory_bytes=None,
@@ -691,7 +718,7 @@ def load_task(
     image_size=None,
     channels=None,
     augment=(),
-    rotation_degrees=10.0,
+    rotation_degrees=None,
     data_dir=None,
     manual_dir=None,
     train_examples=None,
@@ -712,12 +739,14 @@ def load_task(
             backbones that preprocess inside the model).
         image_size: `(height, width)` to resize to, or None.
         channels: 3 converts grayscale images to RGB (backbones).
-        augment: any of `"rotate"` (by `rotation_degrees`),
+        augment: any of `"rotate"` (by up to `rotation_degrees`, default
+            10, either way; given without `"rotate"`, an error),
             `"perspective"`, `"crop"` (random resized crop), `"flip"`, as a
             list or a comma list such as `"rotate,flip"`. Image options
             (`image_size`, `channels`, `augment`, a `normalization` other
             than `"paper"`) are refused for the `table1/*` data.
-        data_dir: tfds data directory.
+        data_dir: tfds data directory (the `table1/*` data is generated and
+            needs none).
         manual_dir: folder with the dataset's original files (offline).
         train_examples, test_examples: keep only the first N examples
             (quick runs and tests); for `table1/*`, the number of examples
@@ -741,10 +770,17 @@ def load_task(
     batch_size = _validation.positive_int("batch_size", batch_size)
     train_examples = _validation.positive_int("train_examples", train_examples, allow_none=True)
     test_examples = _validation.positive_int("test_examples", test_examples, allow_none=True)
+    data_dir = _validation.path("data_dir", data_dir, allow_none=True)
+    manual_dir = _validation.path("manual_dir", manual_dir, allow_none=True)
     epoch_range = None
+    if epochs is None and initial_epoch != 0:
+        raise ValueError(
+            "`initial_epoch` picks the first of `epochs` epochs of training data; "
+            f"give `epochs` with it. Received: initial_epoch={initial_epoch!r}, epochs=None"
+        )
     if epochs is not None:
         epochs = _validation.positive_int("epochs", epochs)
-        if not 0 <= initial_epoch < epochs:
+        if not _validation.is_int(initial_epoch) or not 0 <= initial_epoch < epochs:
             raise ValueError(
                 f"`initial_epoch` must be in [0, epochs={epochs}). Received: "
                 f"initial_epoch={initial_epoch!r}"
@@ -812,7 +848,7 @@ def load_task(
             image_size=image_size,
             channels=channels,
             augment=augment,
-            rotation_degrees=rotation_degrees,
+            rotation_degrees=ROTATION_DEGREES if rotation_degrees is None else rotation_degrees,
             epoch_range=epoch_range,
             cache_path=cache_path,
         )

@@ -229,6 +229,13 @@ def test_bad_arguments():
         (dict(image_size=(32,)), r"image_size=\(32,\)"),
         (dict(seed=-1), "seed=-1"),
         (dict(rotation_degrees=0), "rotation_degrees=0"),
+        (dict(rotation_degrees=30), r"rotation_degrees: image datasets only.*rotation_degrees=30"),
+        (dict(augment=3), r"list of \['crop', 'flip', 'perspective', 'rotate'\] or a comma "
+         "list such as 'rotate,flip'. Received: augment=3"),
+        (dict(data_dir=3), "`data_dir` must be a path. Received: data_dir=3"),
+        # initial_epoch means something only within `epochs`
+        (dict(initial_epoch=1), "give `epochs` with it. Received: initial_epoch=1, epochs=None"),
+        (dict(epochs=3, initial_epoch=1.5), "Received: initial_epoch=1.5"),
         # options for images are refused on the regression data, not ignored
         (dict(augment=("flip",)), r"augment: image datasets only.*augment=\('flip',\)"),
         (dict(channels=3, normalization="none"),
@@ -236,6 +243,14 @@ def test_bad_arguments():
     ]:
         with pytest.raises(ValueError, match=match):
             load_task("table1/sum", **kwargs)
+    # checked before any image is read: no data needed
+    for kwargs, match in [
+        (dict(rotation_degrees=30), "the range of the 'rotate' augmentation, which `augment` "
+         r"does not ask for. Received: rotation_degrees=30, augment=\(\)"),
+        (dict(augment="rotate,flip,rotate"), "`augment` names 'rotate' more than once"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            load_task("mnist", data_dir="/nonexistent", **kwargs)
 
 
 def _digits(n=10):
