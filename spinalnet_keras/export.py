@@ -48,7 +48,7 @@ class ExportError(RuntimeError):
 
 def load_model_file(path):
     """Load a `.keras` file safely (no code from the file is run)."""
-    path = os.fspath(path)
+    path = _validation.path("path", path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"No model file at {path!r}.")
     if not path.endswith(".keras"):
@@ -208,6 +208,10 @@ def export_model(
         The report dict also written to `output_dir/export_report.json`.
 
     Raises:
+        TypeError: `model` is neither a model nor a path.
+        ValueError: a bad argument (named), a format named twice, a
+            `sample` that is no batch of the model's inputs, or model
+            outputs on the sample that are not finite (NaN verifies nothing).
         FileExistsError: `output_dir` exists and `overwrite` is False.
         ExportError: a format did not verify (outputs beyond `tolerance`,
             or its fresh-process check failed, as TensorFlow 2.21's does on
@@ -232,6 +236,11 @@ def export_model(
     >>> report["formats"]["saved_model"]["path"], report["verified"]
     ('regression_spinal/1', True)
     """
+    if not isinstance(model, (keras.Model, str, os.PathLike)):
+        raise TypeError(
+            "`model` must be a keras.Model or the path of a `.keras` file. "
+            f"Received: model={model!r}"
+        )
     if not isinstance(model, keras.Model):
         model = load_model_file(model)
     if len(model.inputs) != 1 or len(model.outputs) != 1:
@@ -247,12 +256,18 @@ def export_model(
             f"Received: formats={formats!r}"
         )
     formats = tuple(_validation.choice("formats", f, FORMATS) for f in items)
+    repeated = sorted({f for f in formats if formats.count(f) > 1})
+    if repeated:
+        raise ValueError(
+            f"`formats` names {', '.join(map(repr, repeated))} more than once; each "
+            f"format is written once. Received: formats={formats!r}"
+        )
     version = _validation.positive_int("version", version)
     overwrite = _validation.boolean("overwrite", overwrite)
     verify = _validation.boolean("verify", verify)
     tolerance = _validation.non_negative_number("tolerance", tolerance)
-    name = _validation.plain_name("name", name or model.name)
-    output_dir = os.path.abspath(os.fspath(output_dir))
+    name = _validation.plain_name("name", model.name if name is None else name)
+    output_dir = os.path.abspath(_validation.path("output_dir", output_dir))
     if os.path.exists(output_dir) and not overwrite:
         raise FileExistsError(
             f"{output_dir} already exists; pass overwrite=True (--overwrite) to replace it."
@@ -287,11 +302,11 @@ def export_model(
                 )
             sample = np.random.default_rng(0).uniform(0, 255, (4,) + wanted)
         given = np.asarray(sample)
-        if given.ndim != len(wanted) + 1 or any(
+        if given.ndim != len(wanted) + 1 or not len(given) or any(
             w is not None and w != d for w, d in zip(wanted, given.shape[1:])
         ):
             raise ValueError(
-                f"`sample` must be a batch of the model's inputs, shape (batch, "
+                f"`sample` must be a batch of one or more of the model's inputs, shape (batch, "
                 f"{', '.join(map(str, wanted))}). Received: shape {given.shape}"
             )
         try:
@@ -309,6 +324,15 @@ def export_model(
                 f"exactly. Received: a {given.dtype} sample holding {bad!r}"
             )
         expected = np.asarray(model.predict(sample, verbose=0), dtype="float32")
+        if not np.isfinite(expected).all():
+            # NaN matches nothing, so the check could not tell a good export
+            # from a broken one.
+            raise ValueError(
+                f"The model's outputs on `sample` are not all finite ({np.isnan(expected).sum()} "
+                f"NaN, {np.isinf(expected).sum()} infinite), so the export cannot be "
+                "verified against them; pass a `sample` of inputs it computes finite "
+                "outputs for, or verify=False."
+            )
 
     parent = os.path.dirname(output_dir)
     os.makedirs(parent, exist_ok=True)

@@ -258,9 +258,20 @@ def test_bad_inputs(tmp_path):
         (dict(sample=np.zeros((2, 5))), r"shape \(batch, 8\). Received: shape \(2, 5\)"),
         (dict(sample=np.zeros((2, 8)), verify=False),
          "verify=False skips the check; pass one or the other"),
+        (dict(sample=np.zeros((0, 8))), r"one or more .*Received: shape \(0, 8\)"),
+        # NaN outputs equal nothing: no check could pass or mean anything
+        (dict(sample=np.full((2, 8), np.nan)), r"outputs on `sample` are not all finite \(2 NaN"),
+        (dict(formats="keras,saved_model,keras"), "`formats` names 'keras' more than once"),
+        (dict(name=""), "Received: name=''"),
     ]:
         with pytest.raises(ValueError, match=match):
             export_model(model, tmp_path / "x", **kwargs)
+    with pytest.raises(ValueError, match="`output_dir` must be a path. Received: output_dir=None"):
+        export_model(model, None)
+    with pytest.raises(TypeError, match="keras.Model or the path of a `.keras` file. Received: model=3"):
+        export_model(3, tmp_path / "x")
+    with pytest.raises(ValueError, match="`path` must be a path. Received: path=3"):
+        load_model_file(3)
     sized_later = keras.Sequential([keras.Input((None, 3)), keras.layers.GlobalAveragePooling1D()])
     with pytest.raises(ValueError, match=r"input shape \(None, None, 3\) has unknown "
                        "dimensions.*pass `sample`"):
