@@ -34,8 +34,9 @@ class Head:
         depth: number of spinal sub-layers (spinal only; default 4).
         splits: number of input splits (spinal only; default 2).
         hidden_units: sizes of the hidden `Dense` layers (dense only;
-            default `(512,)`). A field of the other kind raises a
-            ValueError instead of being ignored.
+            default `(512,)`; `()` for none, a linear classifier, which
+            takes no hidden-layer options). A field of the other kind
+            raises a ValueError instead of being ignored.
         dropout: dropout rate before each spinal sub-layer (spinal), or
             before each hidden Dense after the first (dense).
         input_dropout: dropout rate before the first hidden Dense (dense
@@ -94,6 +95,17 @@ class Head:
                 f"before its hidden and its output Dense. Received: dropout={self.dropout!r}"
             )
         self._set("batch_norm", _validation.boolean("batch_norm", self.batch_norm))
+        if self.kind == "dense" and not self.hidden_units:
+            # A linear classifier: these act on hidden layers it does not have.
+            unused = {"input_dropout": self.input_dropout, "batch_norm": self.batch_norm}
+            unused = {k: v for k, v in unused.items() if v}
+            if self.activation != type(self).activation:  # the field's default
+                unused["activation"] = self.activation
+            _validation.refuse(
+                unused, "options of a dense head's hidden layers, and this head has none "
+                "(hidden_units=()), so they would change nothing; leave them at their "
+                "defaults (input_dropout=0, batch_norm=False, activation='relu'). "
+                "`output_dropout` acts before its output Dense")
         self._set("batch_norm_momentum", _validation.unit_interval(
             "batch_norm_momentum", self.batch_norm_momentum))
         self._set("batch_norm_epsilon", _validation.positive_number(

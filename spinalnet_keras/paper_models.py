@@ -78,6 +78,9 @@ class PaperModel:
     output_activation: object
     dense_head: Head
     spinal_head: Head
+    # The smallest height and width the feature extractor takes (None: not
+    # an image network); tests check each against Keras.
+    min_image_size: int = None
 
 
 _LEAKY = {
@@ -96,6 +99,7 @@ PAPER_MODELS = {
         output_activation="softmax",
         dense_head=Head("dense", hidden_units=(50,), output_dropout=0.5),
         spinal_head=Head("spinal", width=8, depth=6),
+        min_image_size=16,  # two 5x5 valid convolutions, each pooled by 2
     ),
     "vgg5": PaperModel(
         description="VGG-5 for 28x28 grayscale images (10 conv+BN layers)",
@@ -124,6 +128,7 @@ PAPER_MODELS = {
             batch_norm_momentum=0.9,
             batch_norm_epsilon=1e-5,
         ),
+        min_image_size=16,  # four poolings by 2
     ),
     "vgg19": PaperModel(
         description="VGG-19 with BatchNorm for 32x32 colour images (CIFAR)",
@@ -140,6 +145,7 @@ PAPER_MODELS = {
         spinal_head=Head(
             "spinal", width=512, depth=4, dropout=0.5, output_dropout=0.5
         ),
+        min_image_size=32,  # five poolings by 2
     ),
     "regression": PaperModel(
         description="Table I regression network on 8 inputs (LeakyReLU 0.01)",
@@ -211,6 +217,13 @@ def paper_model(
     else:
         dims = _validation.IMAGE_DIMS if len(spec.input_shape) == 3 else ("features",)
         input_shape = _validation.shape("input_shape", input_shape, dims)
+    least = spec.min_image_size
+    if least is not None and min(input_shape[:2]) < least:
+        # Keras would fail inside a convolution or pooling, naming neither.
+        raise ValueError(
+            f"{name!r} takes images of at least {least}x{least}. Received: input_shape="
+            f"{input_shape}. Resize the images (load_task's image_size, --image-size)."
+        )
     num_classes = (
         spec.num_outputs
         if num_classes is None

@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 from spinalnet_keras import Head
+from spinalnet_keras import PAPER_MODELS
 from spinalnet_keras import SpinalDense
 from spinalnet_keras import build_head
 from spinalnet_keras import cost_report
@@ -130,6 +131,31 @@ def test_head_options_and_errors():
         paper_model("vgg5", head="dense", batch_norm_momentum=5)
     with pytest.raises(ValueError, match=r"positive number.*batch_norm_epsilon=-1e-05"):
         Head("dense", batch_norm=True, batch_norm_epsilon=-1e-5)
+    # no hidden layers: their options would act on nothing
+    linear = paper_model("mnist_cnn", head="dense", hidden_units=(), output_dropout=0.3)
+    assert [l.name for l in linear.layers[-4:]] == [
+        "flatten", "head_output_dropout", "head_output", "head_output_activation"]
+    with pytest.raises(ValueError, match=r"`input_dropout`, `batch_norm`: options of a dense "
+                       r"head's hidden layers, and this head has none \(hidden_units=\(\)\).*"
+                       r"Received: input_dropout=0.5, batch_norm=True"):
+        paper_model("vgg5", head="dense", hidden_units=())
+    with pytest.raises(ValueError, match="`activation`: .*Received: activation='tanh'"):
+        Head("dense", hidden_units=(), activation="tanh")
+
+
+@pytest.mark.parametrize("name", ["mnist_cnn", "vgg5", "vgg19"])
+def test_image_networks_name_their_smallest_input(name):
+    spec = PAPER_MODELS[name]
+    least, channels = spec.min_image_size, spec.input_shape[-1]
+    # the table agrees with Keras: the smallest size builds, one less does not
+    assert spec.features(keras.Input((least, least, channels))).shape[-1] > 0
+    with pytest.raises(ValueError):
+        spec.features(keras.Input((least - 1, least, channels)))
+    assert paper_model(name, input_shape=(least, least + 5, channels)).output_shape == (None, 10)
+    with pytest.raises(ValueError, match=rf"'{name}' takes images of at least {least}x{least}. "
+                       rf"Received: input_shape=\({least}, {least - 1}, {channels}\). "
+                       r"Resize the images \(load_task's image_size, --image-size\)"):
+        paper_model(name, input_shape=(least, least - 1, channels))
 
 
 def test_build_head_on_a_feature_tensor():
