@@ -168,6 +168,18 @@ def _resolve_activation(head):
     return head
 
 
+def check_image_size(name, size, label="input_shape"):
+    """Raise unless paper network `name` takes images of `size` (height,
+    width, ...): Keras would fail inside a convolution or pooling, naming
+    neither."""
+    least = PAPER_MODELS[name].min_image_size
+    if least is not None and min(size[:2]) < least:
+        raise ValueError(
+            f"{name!r} takes images of at least {least}x{least}. Received: {label}="
+            f"{tuple(size)}. Resize the images (load_task's image_size, --image-size)."
+        )
+
+
 def paper_model(
     name,
     head="spinal",
@@ -217,13 +229,7 @@ def paper_model(
     else:
         dims = _validation.IMAGE_DIMS if len(spec.input_shape) == 3 else ("features",)
         input_shape = _validation.shape("input_shape", input_shape, dims)
-    least = spec.min_image_size
-    if least is not None and min(input_shape[:2]) < least:
-        # Keras would fail inside a convolution or pooling, naming neither.
-        raise ValueError(
-            f"{name!r} takes images of at least {least}x{least}. Received: input_shape="
-            f"{input_shape}. Resize the images (load_task's image_size, --image-size)."
-        )
+    check_image_size(name, input_shape)
     num_classes = (
         spec.num_outputs
         if num_classes is None

@@ -35,6 +35,7 @@ from spinalnet_keras.costs import cost_report
 from spinalnet_keras.data import load_task
 from spinalnet_keras.heads import Head
 from spinalnet_keras.paper_models import PAPER_MODELS
+from spinalnet_keras.paper_models import check_image_size
 from spinalnet_keras.paper_models import paper_model
 
 _OPTIMIZER_CLASSES = {
@@ -120,6 +121,8 @@ class TrainConfig:
         self.image_size, _, self.augment = check_options(
             self.dataset, image_size=self.image_size, augment=self.augment
         )
+        if spec is not None and self.image_size is not None:
+            check_image_size(self.model, self.image_size, "image_size")
         self.optimizer = _validation.choice("optimizer", self.optimizer, OPTIMIZERS)
         for name in ("epochs", "batch_size", "steps_per_execution"):
             setattr(self, name, _validation.positive_int(name, getattr(self, name)))

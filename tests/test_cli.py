@@ -239,6 +239,9 @@ _REGRESSION = dict(model="regression", dataset="table1/sum")
     (dict(model="regression", dataset="mnist"), "needs a regression dataset"),
     (dict(model="mnist_cnn", dataset="mnist", augment=("blur",)), "augment='blur'"),
     (dict(model="mnist_cnn", dataset="mnist", image_size=(0, 32)), r"image_size=\(0, 32\)"),
+    # a paper network's smallest image, before the data is loaded
+    (dict(model="vgg19", dataset="cifar10", image_size=(32, 16)),
+     r"'vgg19' takes images of at least 32x32. Received: image_size=\(32, 16\)"),
     (dict(augment=("flip",)), r"image datasets only.*augment=\('flip',\)"),
     (dict(model="ResNet50", dataset="mnist", pooling="mean"), "pooling='mean'"),
     (dict(model="ResNet50", dataset="mnist", freeze_backbone="no"), "freeze_backbone='no'"),
