@@ -461,6 +461,11 @@ def _write_config(out, config):
     write_atomically(os.path.join(out, "config.json"), config.to_json())
 
 
+def _check_config(config):
+    if not isinstance(config, TrainConfig):
+        raise TypeError(f"`config` must be a TrainConfig. Received: {type(config).__name__}")
+
+
 def _check_strategy(strategy):
     from spinalnet_keras.distribute import check_strategy
 
@@ -516,8 +521,7 @@ def train(config, strategy=None, task=None, callbacks=None):
     >>> train(config) == result  # a finished run is found, not trained again
     True
     """
-    if not isinstance(config, TrainConfig):
-        raise TypeError(f"`config` must be a TrainConfig. Received: {type(config).__name__}")
+    _check_config(config)
     _check_strategy(strategy)
     callbacks = list(_validation.values("callbacks", callbacks, _check_callback)
                      if callbacks else ())
@@ -847,10 +851,13 @@ def compare(config, seeds, datasets=None, strategy=None):
         are resumed or skipped when complete. The table is also written as
         `comparison<_options>.md/.csv/.png` in `output_dir`.
     """
+    _check_config(config)
     seeds = list(_validation.values("seeds", seeds, _validation.non_negative_int))
     if isinstance(datasets, str):
         datasets = [datasets]
-    datasets = list(datasets or [config.dataset])
+    # Each name is checked as a config's dataset below.
+    datasets = list(_validation.values("datasets", datasets, lambda _, name: name)
+                    if datasets is not None else [config.dataset])
     _check_strategy(strategy)
     # A repeated seed would be the same run counted twice in the mean.
     for name, values in (("seeds", seeds), ("datasets", datasets)):

@@ -327,6 +327,13 @@ def test_compare_refuses_repeated_seeds_and_datasets(tmp_path):
         compare(config, seeds=0)
     with pytest.raises(TypeError, match="get_strategy.*Received: strategy='mirrored'"):
         compare(config, seeds=range(2), strategy="mirrored")
+    # an empty list is not the default dataset, and a number is no list
+    for datasets in ([], 3):
+        with pytest.raises(ValueError, match="`datasets` must be a non-empty list.*"
+                           + re.escape(f"Received: datasets={datasets}")):
+            compare(config, seeds=[0], datasets=datasets)
+    with pytest.raises(TypeError, match="`config` must be a TrainConfig. Received: dict"):
+        compare({"model": "regression"}, seeds=[0])
     assert not (tmp_path / "c").exists()  # nothing trained
 
 
