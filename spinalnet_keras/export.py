@@ -93,7 +93,7 @@ def with_input_normalization(model, mean, std, name=None):
             array = None
         if array is None or array.size not in (1, channels) or not np.all(np.isfinite(array)):
             raise ValueError(
-                f"`{key}` must be one number or one per channel ({channels}). "
+                f"`{key}` must be one finite number or one per channel ({channels}). "
                 f"Received: {key}={value!r}"
             )
         stats[key] = array

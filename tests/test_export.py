@@ -289,9 +289,10 @@ def test_bad_inputs(tmp_path):
     assert list(report["formats"]) == ["keras"] and (tmp_path / "k" / "r.keras").is_file()
     images = paper_model("mnist_cnn")
     for kwargs, match in [
-        (dict(mean=(0.5, 0.5), std=1), r"one number or one per channel \(1\). Received: mean=\(0.5, 0.5\)"),
+        (dict(mean=(0.5, 0.5), std=1), r"one finite number or one per channel \(1\). Received: mean=\(0.5, 0.5\)"),
         (dict(mean=0.1, std=0), r"`std` must be positive"),
         (dict(mean="a", std=1), "mean='a'"),
+        (dict(mean=0.5, std=float("nan")), "one finite number or one per channel .* Received: std=nan"),
     ]:
         with pytest.raises(ValueError, match=match):
             with_input_normalization(images, **kwargs)
