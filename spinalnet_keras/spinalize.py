@@ -113,10 +113,10 @@ def spinalize(model, layers=None, width=None, depth=4, splits=2, **spinal_option
     else:
         if isinstance(layers, (str, keras.layers.Layer)):
             layers = [layers]
-        if not layers:
+        if not isinstance(layers, (list, tuple, set)) or not layers:
             raise ValueError(
-                f"`layers` names no layer. Received: layers={layers!r}; hidden "
-                f"Dense layers: {hidden}"
+                "`layers` must name at least one layer: a name, a layer, or a list "
+                f"of them. Received: layers={layers!r}; hidden Dense layers: {hidden}"
             )
         selected = []
         names = {layer.name: layer for layer in model.layers}

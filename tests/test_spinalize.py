@@ -109,8 +109,10 @@ def test_errors():
         spinalize(model, layers=["r"])
     with pytest.raises(ValueError, match="depth=0"):
         spinalize(model, depth=0)
-    with pytest.raises(ValueError, match=r"`layers` names no layer. Received: layers=\[\]"):
-        spinalize(model, layers=[])
+    for layers, shown in (([], r"\[\]"), (3, "3")):
+        with pytest.raises(ValueError, match=r"`layers` must name at least one layer: a name, "
+                           rf"a layer, or a list of them. Received: layers={shown}; hidden"):
+            spinalize(model, layers=layers)
     # what the rest of the graph relies on stays the Dense layer's
     with pytest.raises(ValueError, match=r"`units`, `name`: .*Received: units=5, name='x'"):
         spinalize(model, units=5, name="x")
