@@ -49,8 +49,8 @@ TUNERS = tuple(_TUNER_CLASSES)
 
 @dataclasses.dataclass(frozen=True)
 class SearchSpace:
-    """What to search. Tuples are the values tried; None leaves a setting
-    at the network's own (the paper's) value.
+    """What to search. Tuples are the values tried (kept sorted, each
+    once); None leaves a setting at the network's own (the paper's) value.
 
     Args:
         widths: spinal sub-layer widths.
@@ -75,8 +75,10 @@ class SearchSpace:
             values = _validation.values(name, getattr(self, name), _validation.positive_int)
             object.__setattr__(self, name, tuple(sorted(set(values))))
         if self.dropouts is not None:
-            object.__setattr__(self, "dropouts", _validation.values(
-                "dropouts", self.dropouts, _validation.rate))
+            # Sorted and once each, as the sizes: keras-tuner takes a Choice of
+            # numbers as ordered, and a repeated value would be drawn more often.
+            object.__setattr__(self, "dropouts", tuple(sorted(set(_validation.values(
+                "dropouts", self.dropouts, _validation.rate)))))
         object.__setattr__(self, "batch_norm", _validation.boolean("batch_norm", self.batch_norm))
         if self.learning_rates is not None:
             pair = self.learning_rates

@@ -41,7 +41,8 @@ def test_search_space_is_what_the_arguments_say():
                         dropouts=(0.0, 0.2), batch_norm=True, learning_rates=(1e-4, 1e-1))
     # a numpy range (np.arange) and numpy scalars are taken, and kept plain
     assert space == SearchSpace(widths=np.arange(4, 9, 4), depths=(1, 3, 6),
-                                splits=np.array([16, 4, 2, 1]), dropouts=(0.0, np.float64(0.2)),
+                                splits=np.array([16, 4, 2, 1]),
+                                dropouts=(0.2, 0.0, np.float64(0.2)),  # sorted, once each
                                 batch_norm=np.True_, learning_rates=(1e-4, 1e-1))
     hm = _hypermodel(space)
     assert hm.features == 8
