@@ -24,8 +24,10 @@ parser.add_argument("--backbone", default="VGG19")
 parser.add_argument("--size", type=int, default=64)
 parser.add_argument("--classes", type=int, default=10)
 parser.add_argument("--weights", default=None, help="None, imagenet or a weights file")
-parser.add_argument("--steps", type=int, default=3)
+parser.add_argument("--steps", type=int, default=3, help="training steps (0: none)")
 args = parser.parse_args()
+if args.steps < 0:
+    parser.error(f"--steps must be at least 0. Received: {args.steps}")
 
 
 def build(weights):

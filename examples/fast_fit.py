@@ -27,6 +27,10 @@ parser.add_argument("--examples", type=int, default=60_000)
 parser.add_argument("--batch-size", type=int, default=64)
 parser.add_argument("--epochs", type=int, default=3)
 args = parser.parse_args()
+for option in ("examples", "batch_size", "epochs"):
+    if getattr(args, option) < 1:
+        parser.error(f"--{option.replace('_', '-')} must be at least 1. "
+                     f"Received: {getattr(args, option)}")
 
 keras.utils.set_random_seed(0)
 rng = np.random.default_rng(0)

@@ -16,6 +16,8 @@ parser = argparse.ArgumentParser()
 parser.add_argument("--classes", type=int, default=None, help="override the number of classes")
 parser.add_argument("--train-steps", type=int, default=0, help="train steps on random data")
 args = parser.parse_args()
+if args.train_steps < 0:
+    parser.error(f"--train-steps must be at least 0. Received: {args.train_steps}")
 
 for name, spec in PAPER_MODELS.items():
     for head in ("dense", "spinal"):

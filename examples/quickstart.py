@@ -24,6 +24,8 @@ parser.add_argument("--epochs", type=int, default=30)
 parser.add_argument("--model-file", default="runs/quickstart/spinal.keras",
                     help="where the spinal model is saved (a .keras file)")
 args = parser.parse_args()
+if args.epochs < 1:
+    parser.error(f"--epochs must be at least 1. Received: {args.epochs}")
 
 print(f"Keras backend: {keras.backend.backend()}")
 keras.utils.set_random_seed(0)

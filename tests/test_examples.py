@@ -97,3 +97,30 @@ def test_example_runs(script, args, expected, env, tmp_path):
     assert left == []
     if script == "quickstart.py":
         assert keras_file_loads(work / "runs" / "quickstart" / "spinal.keras")
+
+
+# What an example would do with a bad number (train zero epochs in silence,
+# or fail inside TensorFlow), it refuses before any work, naming the option.
+BAD_ARGUMENTS = [
+    ("quickstart.py", ["--epochs", "0"], "--epochs must be at least 1. Received: 0"),
+    ("fast_fit.py", ["--examples", "0"], "--examples must be at least 1. Received: 0"),
+    ("fast_fit.py", ["--batch-size", "-2"], "--batch-size must be at least 1. Received: -2"),
+    ("fast_fit.py", ["--epochs", "0"], "--epochs must be at least 1. Received: 0"),
+    ("backbone_transfer.py", ["--steps", "-1"], "--steps must be at least 0. Received: -1"),
+    ("paper_networks.py", ["--train-steps", "-1"], "--train-steps must be at least 0. Received: -1"),
+    ("sparse_text_classification.py", ["--documents", "5"],
+     "--documents must be at least 10. Received: 5"),
+]
+
+
+@pytest.mark.parametrize("script,args,message", BAD_ARGUMENTS,
+                         ids=[f"{s}{a[0]}" for s, a, _ in BAD_ARGUMENTS])
+def test_example_refuses_a_bad_argument(script, args, message, tmp_path):
+    proc = subprocess.run(
+        [sys.executable, os.path.join(REPO, "examples", script), *args],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert f"{script}: error: {message}" in proc.stderr
+    assert os.listdir(tmp_path) == []  # nothing written
