@@ -472,6 +472,22 @@ def _check_strategy(strategy):
     check_strategy(strategy)
 
 
+def _check_even_split(batch_size, replicas):
+    # Keras 3's fit under a MirroredStrategy fails inside TensorFlow ("Inputs
+    # to operation AddN ... must have the same size and shape") when every
+    # batch splits unevenly over the replicas, as 3 does over 2 (measured with
+    # TF 2.21, Dense models too). The multi-worker loop is the package's own
+    # and takes such batches.
+    if batch_size % replicas:
+        below = batch_size - batch_size % replicas
+        raise ValueError(
+            f"`batch_size` is the global batch, split over the strategy's {replicas} "
+            f"replicas, so it must be a multiple of {replicas}, e.g. "
+            f"{below or replicas} or {below + replicas}: Keras's fit fails on batches "
+            f"that split unevenly. Received: batch_size={batch_size}"
+        )
+
+
 def _check_callback(name, callback):
     if not isinstance(callback, keras.callbacks.Callback):
         raise TypeError(
@@ -523,6 +539,8 @@ def train(config, strategy=None, task=None, callbacks=None):
     """
     _check_config(config)
     _check_strategy(strategy)
+    if strategy is not None and not _is_multi_worker(strategy):
+        _check_even_split(config.batch_size, strategy.num_replicas_in_sync)
     callbacks = list(_validation.values("callbacks", callbacks, _check_callback)
                      if callbacks else ())
     out = os.path.abspath(config.output_dir)

@@ -136,6 +136,12 @@ def test_train_under_mirrored_runs_one_step_per_execution(tmp_path):
     assert "steps_per_execution=16 becomes 1 under MirroredStrategy with 2 replicas" \
         in " ".join(mirrored["warnings"])
     np.testing.assert_allclose(mirrored["final"], single["final"], rtol=1e-4)
+    # Keras's fit fails inside TensorFlow on batches split unevenly: refused first
+    assert mirrored["uneven"] == (
+        "`batch_size` is the global batch, split over the strategy's 2 replicas, so it "
+        "must be a multiple of 2, e.g. 62 or 64: Keras's fit fails on batches that split "
+        "unevenly. Received: batch_size=63")
+    assert mirrored["uneven_dir"] is False
 
 
 def test_supported_steps_per_execution_in_process():

@@ -50,6 +50,7 @@ if mode in ("mirrored", "single"):
 elif mode in ("train_mirrored", "train_single"):
     # The package's train (Keras fit) with its default steps per execution,
     # and a tuner's model built under the same strategy.
+    import dataclasses
     import warnings
 
     import keras_tuner as kt
@@ -67,7 +68,15 @@ elif mode in ("train_mirrored", "train_single"):
                                       steps_per_execution=4)
         with strategy.scope():
             tuned = hypermodel.build(kt.HyperParameters())
-    result = {"final": run["final"], "steps_per_execution": run["steps_per_execution"],
+    # a global batch that splits unevenly over the replicas: refused before anything
+    uneven = dataclasses.replace(config, batch_size=63, output_dir=out + "_uneven")
+    try:
+        train(uneven, strategy=strategy)
+        refused = None
+    except ValueError as e:
+        refused = str(e)
+    result = {"uneven": refused, "uneven_dir": os.path.exists(uneven.output_dir),
+              "final": run["final"], "steps_per_execution": run["steps_per_execution"],
               "tuner_steps_per_execution": tuned.steps_per_execution,
               "replicas": strategy.num_replicas_in_sync,
               "warnings": [str(w.message) for w in caught if "steps_per_execution" in str(w.message)]}
