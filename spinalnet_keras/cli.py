@@ -278,7 +278,8 @@ def _tune(args):
     import json
 
     from spinalnet_keras.export import export_model
-    from spinalnet_keras.training import JIT_COMPILE, is_backbone, load_config_task
+    from spinalnet_keras.training import JIT_COMPILE, _check_even_split, is_backbone
+    from spinalnet_keras.training import load_config_task
     from spinalnet_keras.training import steps_per_execution_for
     from spinalnet_keras.tuning import SearchSpace, SpinalHyperModel, format_trial_table
     from spinalnet_keras.tuning import check_tuner_available, chosen_splits, make_tuner
@@ -295,6 +296,8 @@ def _tune(args):
         learning_rates=tuple(args.learning_rates) if args.learning_rates else None,
     )
     config = _config(args, seed=args.seed)
+    if strategy is not None:  # the trials' fit, as train's
+        _check_even_split(config.batch_size, strategy.num_replicas_in_sync)
     if args.deterministic:
         import tensorflow as tf
 

@@ -395,6 +395,26 @@ def test_every_tune_option_reaches_the_search(tmp_path, monkeypatch, capsys):
     assert (seen["tuner"], seen["max_epochs"], "max_trials" in seen) == ("hyperband", 1, False)
 
 
+def test_cli_tune_refuses_a_batch_that_splits_unevenly_over_the_replicas(
+        tmp_path, monkeypatch, capsys):
+    import types
+
+    from spinalnet_keras import cli
+    from spinalnet_keras import training
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("data loaded before the batch size was checked")
+
+    # a strategy of 2 replicas, as get_strategy('mirrored') gives on 2 GPUs
+    monkeypatch.setattr(cli, "_strategy", lambda args: types.SimpleNamespace(
+        num_replicas_in_sync=2))
+    monkeypatch.setattr(training, "load_config_task", no_data)
+    argv = _tune_cmd(tmp_path, ["--batch-size", "63"])[3:]
+    assert main(argv) == 2
+    assert ("error: `batch_size` is the global batch, split over the strategy's 2 replicas, "
+            "so it must be a multiple of 2, e.g. 62 or 64") in capsys.readouterr().err
+
+
 def test_distributed_search_chief_and_two_workers(tmp_path):
     import socket
 
