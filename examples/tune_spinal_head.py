@@ -31,6 +31,8 @@ parser.add_argument("--epochs", type=int, default=10)
 parser.add_argument("--examples", type=int, default=None, help="training examples (default all 1000)")
 parser.add_argument("--output-dir", default="runs/tune_example")
 args = parser.parse_args()
+if args.epochs < 1:
+    parser.error(f"--epochs must be at least 1. Received: {args.epochs}")
 
 task = load_task("table1/sum", batch_size=64, train_examples=args.examples)
 space = SearchSpace(widths=(8, 16, 32, 50), depths=(2, 4, 6), splits=(1, 2, 4))

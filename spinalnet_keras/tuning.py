@@ -324,6 +324,15 @@ class SpinalHyperModel(kt.HyperModel):
         return model
 
     def fit(self, hp, model, *args, callbacks=None, **kwargs):
+        epochs = kwargs.get("epochs", 1)
+        if not _validation.is_int(epochs) or epochs < 1:
+            # Keras's fit would train nothing, and the trial would be
+            # COMPLETED without a score or a checkpoint; a fatal error ends
+            # the search at once instead of failing every trial alike.
+            raise kt.errors.FatalValueError(
+                f"`epochs` must be a positive integer: a trial of no epochs trains and "
+                f"scores nothing. Received: epochs={epochs!r}"
+            )
         data = args[0] if args else kwargs.get("x")
         if hasattr(data, "element_spec"):  # a tf.data pipeline
             build_training_state(model, data)

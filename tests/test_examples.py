@@ -108,6 +108,7 @@ BAD_ARGUMENTS = [
     ("fast_fit.py", ["--epochs", "0"], "--epochs must be at least 1. Received: 0"),
     ("backbone_transfer.py", ["--steps", "-1"], "--steps must be at least 0. Received: -1"),
     ("paper_networks.py", ["--train-steps", "-1"], "--train-steps must be at least 0. Received: -1"),
+    ("tune_spinal_head.py", ["--epochs", "0"], "--epochs must be at least 1. Received: 0"),
     ("sparse_text_classification.py", ["--documents", "5"],
      "--documents must be at least 10. Received: 5"),
 ]

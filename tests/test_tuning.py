@@ -159,6 +159,11 @@ def test_bad_hypermodel_and_tuner_arguments(tmp_path):
     with pytest.raises(TypeError, match="list of dicts trial_table returns. Received: rows='t'"):
         format_trial_table("t")
     assert format_trial_table([]) == "|  |\n|"  # no trials yet: no columns
+    # a search of no epochs would complete its trials with no score or model
+    task = _task()
+    with pytest.raises(kt.errors.FatalValueError, match="a trial of no epochs trains and "
+                       "scores nothing. Received: epochs=0"):
+        tuner.search(task.train, validation_data=task.test, epochs=0, verbose=0)
 
 
 def test_tiny_random_search_and_best_model(tmp_path):
