@@ -434,8 +434,9 @@ def build_parser():
                    "can be sent (needs --dataset)")
     p.add_argument("--dataset", help="dataset the model was trained on (for --raw-input)")
     p.add_argument("--no-verify", action="store_true", help="skip the verification")
-    p.add_argument("--tolerance", type=_positive_float, default=1e-4,
-                   help="largest accepted absolute output difference (default 1e-4)")
+    p.add_argument("--tolerance", type=_positive_float,
+                   help="largest accepted absolute output difference (default 1e-4; "
+                   "not with --no-verify)")
     p.set_defaults(func=_export)
     return parser
 

@@ -181,7 +181,7 @@ def export_model(
     formats=("saved_model", "keras"),
     overwrite=False,
     verify=True,
-    tolerance=DEFAULT_TOLERANCE,
+    tolerance=None,
     sample=None,
     version=1,
 ):
@@ -196,7 +196,8 @@ def export_model(
         overwrite: replace an existing `output_dir`.
         verify: check every format's outputs against the in-memory model
             (SavedModel and ONNX in a fresh process without this package).
-        tolerance: largest absolute output difference accepted.
+        tolerance: largest absolute output difference accepted (default
+            1e-4). Only with `verify`.
         sample: batch of inputs for the check (default: 4 random inputs of
             the model's input shape, uniform in [0, 255]; needed where the
             input shape has unknown dimensions or the input is not a float,
@@ -265,7 +266,8 @@ def export_model(
     version = _validation.positive_int("version", version)
     overwrite = _validation.boolean("overwrite", overwrite)
     verify = _validation.boolean("verify", verify)
-    tolerance = _validation.non_negative_number("tolerance", tolerance)
+    if tolerance is not None:
+        tolerance = _validation.non_negative_number("tolerance", tolerance)
     name = _validation.plain_name("name", model.name if name is None else name)
     output_dir = os.path.abspath(_validation.path("output_dir", output_dir))
     if os.path.exists(output_dir) and not overwrite:
@@ -285,6 +287,13 @@ def export_model(
             "verify=False skips the check; pass one or the other. Received: "
             "verify=False and a sample"
         )
+    if not verify and tolerance is not None:
+        raise ValueError(
+            "`tolerance` is what the check accepts, and verify=False skips the "
+            f"check; pass one or the other. Received: verify=False and tolerance={tolerance}"
+        )
+    if verify and tolerance is None:
+        tolerance = DEFAULT_TOLERANCE
     if verify:  # the reference outputs, only needed to verify
         if sample is None:
             if None in wanted:

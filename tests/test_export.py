@@ -173,12 +173,21 @@ def test_cli_export_options_reach_the_export(tmp_path, capsys):
     out.mkdir()
     (out / "old.txt").write_text("an earlier export")
     assert main(["export", str(tmp_path / "final.keras"), "--output-dir", str(out),
-                 "--name", "reg", "--formats", "keras,onnx", "--overwrite", "--no-verify",
-                 "--tolerance", "0.01"]) == 0
+                 "--name", "reg", "--formats", "keras,onnx", "--overwrite", "--no-verify"]) == 0
     assert "onnx         reg.onnx                 written, not verified" in capsys.readouterr().out
     assert _listing(out) == ["export_report.json", "reg.keras", "reg.onnx"]
     report = json.loads((out / "export_report.json").read_text())
-    assert (report["name"], report["tolerance"], report["verified"]) == ("reg", 0.01, False)
+    assert (report["name"], report["tolerance"], report["verified"]) == ("reg", None, False)
+    assert main(["export", str(tmp_path / "final.keras"), "--output-dir", str(out),
+                 "--formats", "keras", "--overwrite", "--tolerance", "0.01"]) == 0
+    report = json.loads((out / "export_report.json").read_text())
+    assert (report["tolerance"], report["formats"]["keras"]["tolerance"], report["verified"]) == (
+        0.01, 0.01, True)
+    # a tolerance with no check to apply it is refused, not ignored
+    assert main(["export", str(tmp_path / "final.keras"), "--output-dir", str(tmp_path / "n"),
+                 "--no-verify", "--tolerance", "0.01"]) == 2
+    assert ("`tolerance` is what the check accepts, and verify=False skips the check; pass "
+            "one or the other. Received: verify=False and tolerance=0.01") in capsys.readouterr().err
 
 
 def test_onnx_export_names_a_missing_or_broken_onnx_module(tmp_path, monkeypatch):
