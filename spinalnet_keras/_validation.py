@@ -191,6 +191,17 @@ def comma_list(value):
     return value
 
 
+def each_once(name, items, why, received):
+    """Raise naming the items that `items` holds more than once (`why`
+    says what one of them does); `received` is the value as given."""
+    repeated = sorted({i for i in items if items.count(i) > 1}, key=repr)
+    if repeated:
+        raise ValueError(
+            f"`{name}` names {', '.join(map(repr, repeated))} more than once; {why}. "
+            f"Received: {name}={received!r}"
+        )
+
+
 def refuse(given, why, received=None):
     """Raise a ValueError naming the options in `given` (a dict, name ->
     value) and `why` they cannot be given; do nothing if it is empty.

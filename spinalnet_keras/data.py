@@ -531,12 +531,7 @@ def _validate_augment(augment):
         )
     checked = tuple(_validation.choice("augment", a, AUGMENTATIONS) for a in items)
     # Each is one layer of the augmenter, applied once however often it is named.
-    repeated = sorted({a for a in checked if checked.count(a) > 1})
-    if repeated:
-        raise ValueError(
-            f"`augment` names {', '.join(map(repr, repeated))} more than once; each "
-            f"augmentation is applied once. Received: augment={augment!r}"
-        )
+    _validation.each_once("augment", checked, "each augmentation is applied once", augment)
     return checked
 
 

@@ -257,16 +257,18 @@ def export_model(
             f"Received: formats={formats!r}"
         )
     formats = tuple(_validation.choice("formats", f, FORMATS) for f in items)
-    repeated = sorted({f for f in formats if formats.count(f) > 1})
-    if repeated:
-        raise ValueError(
-            f"`formats` names {', '.join(map(repr, repeated))} more than once; each "
-            f"format is written once. Received: formats={formats!r}"
-        )
+    _validation.each_once("formats", formats, "each format is written once", formats)
     version = _validation.positive_int("version", version)
     overwrite = _validation.boolean("overwrite", overwrite)
     verify = _validation.boolean("verify", verify)
-    if tolerance is not None:
+    if tolerance is None:
+        tolerance = DEFAULT_TOLERANCE if verify else None
+    elif not verify:
+        raise ValueError(
+            "`tolerance` is what the check accepts, and verify=False skips the "
+            f"check; pass one or the other. Received: verify=False and tolerance={tolerance}"
+        )
+    else:
         tolerance = _validation.non_negative_number("tolerance", tolerance)
     name = _validation.plain_name("name", model.name if name is None else name)
     output_dir = os.path.abspath(_validation.path("output_dir", output_dir))
@@ -287,13 +289,19 @@ def export_model(
             "verify=False skips the check; pass one or the other. Received: "
             "verify=False and a sample"
         )
-    if not verify and tolerance is not None:
+    _validation.each_once("formats", formats, "each format is written once", formats)
+    version = _validation.positive_int("version", version)
+    overwrite = _validation.boolean("overwrite", overwrite)
+    verify = _validation.boolean("verify", verify)
+    if tolerance is None:
+        tolerance = DEFAULT_TOLERANCE if verify else None
+    elif not verify:
         raise ValueError(
             "`tolerance` is what the check accepts, and verify=False skips the "
             f"check; pass one or the other. Received: verify=False and tolerance={tolerance}"
         )
-    if verify and tolerance is None:
-        tolerance = DEFAULT_TOLERANCE
+    else:
+        tolerance = _validation.non_negative_number("tolerance", tolerance)
     if verify:  # the reference outputs, only needed to verify
         if sample is None:
             if None in wanted:
