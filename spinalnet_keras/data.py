@@ -109,6 +109,9 @@ class Task:
     train_size: int
     test_size: int
     steps_per_epoch: int
+    # What `load_task` made the data with (its checked arguments, but the
+    # data's location), so that `train` can tell a task from another.
+    options: dict = None
 
 
 # -- the paper's Table I regression -------------------------------------------
@@ -785,6 +788,10 @@ def load_task(
     image_size, channels, augment = check_options(
         name, normalization, image_size, channels, augment, rotation_degrees
     )
+    options = dict(batch_size=batch_size, seed=seed, normalization=normalization,
+                   image_size=image_size, channels=channels, augment=augment,
+                   rotation_degrees=rotation_degrees, train_examples=train_examples,
+                   test_examples=test_examples, epochs=epochs, initial_epoch=initial_epoch)
     if name in REGRESSION_DATASETS:
         target = name.split("/", 1)[1]
         x, y = regression_data(target, num_samples=train_examples or 1000, seed=seed)
@@ -801,7 +808,7 @@ def load_task(
         ).prefetch(tf.data.AUTOTUNE)
         test = tf.data.Dataset.from_tensor_slices((xt, yt)).batch(batch_size)
         return Task(name, "regression", train, test, (8,), 1, len(x), len(xt),
-                    math.ceil(len(x) / batch_size))
+                    math.ceil(len(x) / batch_size), options)
     builder = prepare(name, data_dir=data_dir, manual_dir=manual_dir)
     spec = DATASETS[name]
     info = builder.info
@@ -865,4 +872,5 @@ def load_task(
         sizes["train"],
         sizes["test"],
         math.ceil(sizes["train"] / batch_size),
+        options,
     )

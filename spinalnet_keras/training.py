@@ -32,6 +32,7 @@ from spinalnet_keras._files import write_atomically
 from spinalnet_keras.backbones import available_backbones
 from spinalnet_keras.backbones import backbone_model
 from spinalnet_keras.costs import cost_report
+from spinalnet_keras.data import Task
 from spinalnet_keras.data import load_task
 from spinalnet_keras.heads import Head
 from spinalnet_keras.paper_models import PAPER_MODELS
@@ -179,15 +180,11 @@ def is_backbone(name):
     return name not in PAPER_MODELS
 
 
-def load_config_task(config, initial_epoch=None):
-    """The `Task` of `config`, with the input format its model needs; with
-    `initial_epoch`, its training data covers epochs initial_epoch..epochs-1
-    in the order of an uninterrupted run."""
+def _data_options(config):
+    """The `load_task` arguments that make `config`'s data (not where it
+    lives, nor which epochs)."""
     backbone = is_backbone(config.model)
-    epoch_args = {} if initial_epoch is None else {
-        "epochs": config.epochs, "initial_epoch": initial_epoch}
-    return load_task(
-        config.dataset,
+    return dict(
         batch_size=config.batch_size,
         seed=config.seed,
         # Backbones hold their own preprocessing and take raw 0..255 RGB.
@@ -195,12 +192,19 @@ def load_config_task(config, initial_epoch=None):
         image_size=config.image_size,
         channels=3 if backbone else None,
         augment=config.augment,
-        data_dir=config.data_dir,
-        manual_dir=config.manual_dir,
         train_examples=config.train_examples,
         test_examples=config.test_examples,
-        **epoch_args,
     )
+
+
+def load_config_task(config, initial_epoch=None):
+    """The `Task` of `config`, with the input format its model needs; with
+    `initial_epoch`, its training data covers epochs initial_epoch..epochs-1
+    in the order of an uninterrupted run."""
+    epoch_args = {} if initial_epoch is None else {
+        "epochs": config.epochs, "initial_epoch": initial_epoch}
+    return load_task(config.dataset, **_data_options(config), data_dir=config.data_dir,
+                     manual_dir=config.manual_dir, **epoch_args)
 
 
 def _backed_up_epoch(backup_dir):
@@ -497,6 +501,8 @@ def _check_callback(name, callback):
 
 
 def _check_task(config, task):
+    if not isinstance(task, Task):
+        raise TypeError(f"`task` must be a Task, as load_task returns. Received: {task!r}")
     if task.name != config.dataset:
         raise ValueError(
             f"`task` is {task.name!r} but config.dataset is {config.dataset!r}."
@@ -507,6 +513,23 @@ def _check_task(config, task):
             f"{config.batch_size} ({task.steps_per_epoch} steps for "
             f"{task.train_size} examples)."
         )
+    if task.options is None:  # a Task made by hand: its data is the caller's
+        return
+    # train would run on that data and record config's: the run folder,
+    # config.json and result.json would describe data it never saw.
+    wanted = {**_data_options(config), "rotation_degrees": None, "epochs": None,
+              "initial_epoch": 0}
+    differ = {k: (task.options.get(k), v) for k, v in wanted.items()
+              if task.options.get(k) != v}
+    if differ:
+        raise ValueError(
+            "`task` was loaded with other data options than `config` gives ("
+            + ", ".join(f"{k}: {there!r} there, {here!r} here"
+                        for k, (there, here) in differ.items())
+            + "); load it with load_task(config.dataset, ...) as config says, or "
+            "leave `task` out and train loads it. A task of several `epochs` is "
+            "train's own, for resuming."
+        )
 
 
 def train(config, strategy=None, task=None, callbacks=None):
@@ -516,14 +539,19 @@ def train(config, strategy=None, task=None, callbacks=None):
         config: a `TrainConfig`.
         strategy: optional `tf.distribute.Strategy`; the model is built,
             compiled and restored inside its scope.
-        task: optional pre-loaded `Task` of `config.dataset`, loaded with
-            `config.batch_size`.
+        task: optional pre-loaded `Task` of `config.dataset`, loaded as
+            `config` says (batch size, seed, examples, image options; a task
+            of `load_task` with other options is refused, since the run's
+            files would describe data it did not see). It is one epoch
+            that tf.data reshuffles, so an interrupted run resumes on other
+            batches than an uninterrupted one would have seen.
         callbacks: extra Keras callbacks, run after the package's own.
 
     Raises:
         ValueError: `config.output_dir` holds a run of another configuration
             (fields that only change how it runs, such as `verbose` or
             `steps_per_execution`, may differ), or `task` does not match.
+        TypeError: `config` is not a TrainConfig, or `task` not a Task.
         RuntimeError: a `strategy` while Keras runs on a backend other than
             TensorFlow, where the strategy would not distribute the model.
 

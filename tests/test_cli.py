@@ -114,6 +114,42 @@ def test_a_folder_holds_one_configuration(tmp_path):
     assert not (tmp_path / "t").exists()
 
 
+def test_train_on_a_task_loaded_as_its_config_says(tmp_path):
+    from spinalnet_keras.data import load_task
+
+    config = TrainConfig(model="regression", dataset="table1/sum", epochs=1, optimizer="adam",
+                         batch_size=32, train_examples=96, steps_per_execution=1,
+                         output_dir=str(tmp_path / "r"),
+                         verbose=0)
+    task = load_task("table1/sum", batch_size=32, train_examples=96)
+    counter = _CountBatches()
+    result = train(config, task=task, callbacks=[counter])
+    assert (result["epochs"], counter.batches) == (1, 3)  # 96 examples in batches of 32
+    # a task of other data: the run's files would describe data it never saw
+    out = str(tmp_path / "other")
+    for kwargs, shown in [
+        (dict(seed=1), "seed: 1 there, 0 here"),
+        (dict(train_examples=96, test_examples=50), "test_examples: 50 there, None here"),
+        (dict(train_examples=96, epochs=2), "epochs: 2 there, None here"),
+    ]:
+        other = load_task("table1/sum", batch_size=32, **{"train_examples": 96, **kwargs})
+        with pytest.raises(ValueError, match="`task` was loaded with other data options than "
+                           rf"`config` gives \({shown}\)"):
+            train(dataclasses.replace(config, output_dir=out), task=other)
+    with pytest.raises(TypeError, match="`task` must be a Task, as load_task returns"):
+        train(dataclasses.replace(config, output_dir=out), task=(task.train, task.test))
+    assert not (tmp_path / "other").exists()
+
+
+class _CountBatches(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.batches = 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.batches += 1
+
+
 def test_a_run_that_fails_before_training_leaves_its_folder_free(tmp_path, mnist_data_dir,
                                                                 capsys):
     # MNIST's 28x28 images are below MobileNetV2's minimum, which shows only
