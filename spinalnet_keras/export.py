@@ -289,19 +289,6 @@ def export_model(
             "verify=False skips the check; pass one or the other. Received: "
             "verify=False and a sample"
         )
-    _validation.each_once("formats", formats, "each format is written once", formats)
-    version = _validation.positive_int("version", version)
-    overwrite = _validation.boolean("overwrite", overwrite)
-    verify = _validation.boolean("verify", verify)
-    if tolerance is None:
-        tolerance = DEFAULT_TOLERANCE if verify else None
-    elif not verify:
-        raise ValueError(
-            "`tolerance` is what the check accepts, and verify=False skips the "
-            f"check; pass one or the other. Received: verify=False and tolerance={tolerance}"
-        )
-    else:
-        tolerance = _validation.non_negative_number("tolerance", tolerance)
     if verify:  # the reference outputs, only needed to verify
         if sample is None:
             if None in wanted:
