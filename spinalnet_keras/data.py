@@ -42,7 +42,7 @@ NORMALIZATIONS = ("paper", "unit", "none")
 # disk.
 IN_MEMORY_BYTES = 1 << 30
 AUGMENTATIONS = ("rotate", "perspective", "crop", "flip")
-ROTATION_DEGREES = 10.0  # the paper's image recipes rotate by up to 10 degrees
+ROTATION_DEGREES = 10.0  # the paper's VGG-5 recipe (MNIST family) rotates by up to 10 degrees
 
 
 @dataclasses.dataclass(frozen=True)
@@ -737,8 +737,9 @@ def load_task(
             backbones that preprocess inside the model).
         image_size: `(height, width)` to resize to, or None.
         channels: 3 converts grayscale images to RGB (backbones).
-        augment: any of `"rotate"` (by up to `rotation_degrees`, default
-            10, either way; given without `"rotate"`, an error),
+        augment: any of `"rotate"` (a random rotation of up to
+            `rotation_degrees` either way, default 10; `rotation_degrees`
+            without `"rotate"` is an error),
             `"perspective"`, `"crop"` (random resized crop), `"flip"`, as a
             list or a comma list such as `"rotate,flip"`. Image options
             (`image_size`, `channels`, `augment`, a `normalization` other
