@@ -270,6 +270,12 @@ def export_model(
         )
     else:
         tolerance = _validation.non_negative_number("tolerance", tolerance)
+    if not verify and sample is not None:
+        raise ValueError(
+            "`sample` is the batch the exported formats are checked on, and "
+            "verify=False skips the check; pass one or the other. Received: "
+            "verify=False and a sample"
+        )
     name = _validation.plain_name("name", model.name if name is None else name)
     output_dir = os.path.abspath(_validation.path("output_dir", output_dir))
     if os.path.exists(output_dir) and not overwrite:
@@ -283,12 +289,6 @@ def export_model(
     # for an Embedding model), so the check's batch must have it too.
     dtype = keras.backend.standardize_dtype(model.inputs[0].dtype)
     is_float = "float" in dtype
-    if not verify and sample is not None:
-        raise ValueError(
-            "`sample` is the batch the exported formats are checked on, and "
-            "verify=False skips the check; pass one or the other. Received: "
-            "verify=False and a sample"
-        )
     if verify:  # the reference outputs, only needed to verify
         if sample is None:
             if None in wanted:
