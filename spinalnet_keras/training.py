@@ -545,12 +545,15 @@ def train(config, strategy=None, task=None, callbacks=None):
             files would describe data it did not see). It is one epoch
             that tf.data reshuffles, so an interrupted run resumes on other
             batches than an uninterrupted one would have seen.
-        callbacks: extra Keras callbacks, run after the package's own.
+        callbacks: extra Keras callbacks, run after the package's own. Not
+            under a `MultiWorkerMirroredStrategy`, where train runs the
+            package's own loop (`multi_worker_fit`), not Keras's fit.
 
     Raises:
         ValueError: `config.output_dir` holds a run of another configuration
             (fields that only change how it runs, such as `verbose` or
-            `steps_per_execution`, may differ), or `task` does not match.
+            `steps_per_execution`, may differ), `task` does not match, or
+            `callbacks` are given with a `MultiWorkerMirroredStrategy`.
         TypeError: `config` is not a TrainConfig, or `task` not a Task.
         RuntimeError: a `strategy` while Keras runs on a backend other than
             TensorFlow, where the strategy would not distribute the model.
@@ -571,6 +574,12 @@ def train(config, strategy=None, task=None, callbacks=None):
         _check_even_split(config.batch_size, strategy.num_replicas_in_sync)
     callbacks = list(_validation.values("callbacks", callbacks, _check_callback)
                      if callbacks else ())
+    if callbacks and _is_multi_worker(strategy):
+        raise ValueError(
+            "`callbacks` cannot run under a MultiWorkerMirroredStrategy: train trains "
+            "there with the package's own loop (multi_worker_fit), as Keras's fit fails "
+            f"under it, and that loop runs no Keras callbacks. Received: callbacks={callbacks!r}"
+        )
     out = os.path.abspath(config.output_dir)
     if task is not None:
         _check_task(config, task)
@@ -590,7 +599,7 @@ def train(config, strategy=None, task=None, callbacks=None):
 
         tf.config.experimental.enable_op_determinism()
     if _is_multi_worker(strategy):
-        return _train_multi_worker(config, strategy, out)
+        return _train_multi_worker(config, strategy, out, task)
     backup_dir = os.path.join(out, "backup")
     initial_epoch = min(_backed_up_epoch(backup_dir), config.epochs - 1)
     # A task built here holds all remaining epochs in resumable order; a
@@ -681,15 +690,17 @@ def _is_multi_worker(strategy):
     return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
 
 
-def _train_multi_worker(config, strategy, out):
+def _train_multi_worker(config, strategy, out, task=None):
     """`train` under MultiWorkerMirroredStrategy, where Keras's fit fails:
     the package's own loop (see distribute.multi_worker_fit). `out` must be
     the same (shared) directory on every worker; only the chief writes the
-    model, history and result."""
+    model, history and result. `task`, if given, must be the same on every
+    worker (the strategy shards it)."""
     from spinalnet_keras.distribute import multi_worker_fit
     from spinalnet_keras.distribute import worker_info
 
-    task = load_config_task(config)
+    if task is None:
+        task = load_config_task(config)
 
     def build():
         model = compile_model(build_model(config, task), config, task)

@@ -268,6 +268,19 @@ def test_cli_train_multi_worker(tmp_path):
     assert len(rows) == 4 and rows[1].endswith(",nan") and not rows[3].endswith(",nan")
 
 
+def test_train_multi_worker_takes_the_given_task_and_refuses_callbacks(tmp_path):
+    cluster = {"cluster": {"worker": [f"127.0.0.1:{_free_ports(1)[0]}"]},
+               "task": {"type": "worker", "index": 0}}
+    result = _job("train_one_worker", tmp_path / "one.json",
+                  env={**ENV, "TF_CONFIG": json.dumps(cluster)})
+    assert result["refused"].startswith(
+        "`callbacks` cannot run under a MultiWorkerMirroredStrategy")
+    assert "Received: callbacks=[<keras" in result["refused"]
+    assert not result["refused_dir"]
+    # trained on the task handed in, not on one loaded for config
+    assert result["loss"] == [0.0, 0.0] and result["workers"] == 1
+
+
 # -- a single machine killed mid-epoch -------------------------------------------
 
 

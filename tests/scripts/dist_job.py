@@ -15,7 +15,7 @@ from spinalnet_keras import distribute  # noqa: E402
 if mode in ("mirrored", "single", "loop_mirrored", "loop_single", "train_mirrored",
             "train_single"):
     distribute.set_virtual_cpus(2)
-if mode == "worker":
+if mode in ("worker", "train_one_worker"):
     # Before any tensor exists: collectives are configured at TF start-up.
     worker_strategy = distribute.get_strategy("multi_worker")
 
@@ -92,5 +92,27 @@ elif mode == "worker":
     result = {"loss": hist["loss"], "accuracy": hist.get("accuracy"),
               "weights": distribute.weights_digest(model).tolist(),
               "info": list(distribute.worker_info())}
+elif mode == "train_one_worker":
+    # train under a (one-worker) MultiWorkerMirroredStrategy: its own loop.
+    from spinalnet_keras import TrainConfig, train
+    from spinalnet_keras.data import Task
+
+    config = TrainConfig(model="regression", dataset="table1/sum", epochs=2, optimizer="adam",
+                         output_dir=out + "_run", verbose=0)
+    try:
+        train(config, strategy=worker_strategy, callbacks=[keras.callbacks.History()])
+        refused = None
+    except ValueError as e:
+        refused = str(e)
+    refused_dir = os.path.exists(config.output_dir)
+    # A task of zeros: a model whose biases start at zero predicts 0 there,
+    # so its loss is exactly 0 on that task, and > 0 on config's own data.
+    zeros = tf.data.Dataset.from_tensor_slices(
+        (np.zeros((64, 8), "float32"), np.zeros((64, 1), "float32"))).batch(config.batch_size)
+    task = Task("table1/sum", "regression", zeros, zeros, (8,), 1, 64, 64,
+                -(-64 // config.batch_size))
+    run = train(config, strategy=worker_strategy, task=task)
+    result = {"refused": refused, "refused_dir": refused_dir,
+              "loss": run["history"]["loss"], "workers": run["workers"]}
 with open(out, "w") as f:
     json.dump(result, f)
