@@ -178,7 +178,10 @@ def multi_worker_fit(
     Args:
         build_and_compile: function returning a compiled Keras model; it is
             called inside the strategy's scope. Its `loss` must be one
-            Keras loss object or name; its optimizer is used.
+            Keras loss object or name; its optimizer is used; with
+            `compile(jit_compile=True)` XLA compiles each replica's forward
+            and backward pass (not the all-reduce of the gradients, which
+            XLA cannot compile on CPU).
         dataset: `tf.data.Dataset` of `(inputs, targets)` batches of the
             global batch size, identical on every worker (the strategy
             shards it).
@@ -263,7 +266,7 @@ def multi_worker_fit(
 
     dist_ds = strategy.experimental_distribute_dataset(dataset)
 
-    def step_fn(x, y):
+    def forward_backward(x, y):
         with tf.GradientTape() as tape:
             pred = model(x, training=True)
             per_example = loss_obj(y, pred)
@@ -271,12 +274,22 @@ def multi_worker_fit(
             if model.losses:
                 loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
         grads = tape.gradient(loss, model.trainable_variables)
-        optimizer.apply_gradients(zip(grads, model.trainable_variables))
         correct = tf.constant(0.0)
         if classifier:
             hits = tf.equal(tf.cast(tf.argmax(pred, -1), tf.int64), tf.reshape(tf.cast(y, tf.int64), [-1]))
             correct = tf.reduce_sum(tf.cast(hits, tf.float32))
         count = tf.cast(tf.shape(per_example)[0], tf.float32)
+        return loss, grads, correct, count
+
+    if model.jit_compile:  # compile(jit_compile=...), as Keras's fit honours it
+        # Only the replica's own pass: applying the gradients all-reduces
+        # them across workers, and XLA cannot compile collectives on CPU
+        # ("not yet implemented", measured with TF 2.21).
+        forward_backward = tf.function(forward_backward, jit_compile=True)
+
+    def step_fn(x, y):
+        loss, grads, correct, count = forward_backward(x, y)
+        optimizer.apply_gradients(zip(grads, model.trainable_variables))
         return loss, correct, count
 
     @tf.function

@@ -35,17 +35,17 @@ def _free_ports(n):
     return ports
 
 
-def _start_workers(mode_args, tmp_path, n=2, tag="w"):
+def _start_workers(mode_args, tmp_path, n=2, tag="w", env=None):
     cluster = {"worker": [f"127.0.0.1:{p}" for p in _free_ports(n)]}
     procs = []
     tmp = tmp_path / "tmp"  # the workers' temporary folder, to see what is left there
     tmp.mkdir(exist_ok=True)
     for i in range(n):
-        env = {**ENV, "TMPDIR": str(tmp),
-               "TF_CONFIG": json.dumps({"cluster": cluster,
-                                        "task": {"type": "worker", "index": i}})}
+        worker_env = {**(env or ENV), "TMPDIR": str(tmp),
+                      "TF_CONFIG": json.dumps({"cluster": cluster,
+                                               "task": {"type": "worker", "index": i}})}
         cmd = [sys.executable, *map(str, mode_args(i))]
-        procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE,
+        procs.append(subprocess.Popen(cmd, env=worker_env, stdout=subprocess.PIPE,
                                       stderr=subprocess.PIPE, text=True, cwd=tmp_path))
     return procs
 
@@ -210,6 +210,24 @@ def test_two_workers_end_identical_and_learn(tmp_path):
     assert not [f for f in os.listdir(ckpt) if f.startswith("workertemp")]
     assert not [f for f in os.listdir(tmp_path / "tmp") if "ckpt" in f]
     single = _job("single", tmp_path / "single.json")  # same global batch
+    np.testing.assert_allclose(w[0]["weights"], single["weights"], atol=1e-5)
+
+
+def test_two_workers_honour_jit_compile(tmp_path):
+    # compile(jit_compile=True): XLA compiles each replica's forward and
+    # backward pass (its dump shows it), not the gradients' all-reduce,
+    # which XLA cannot compile on CPU.
+    dump = tmp_path / "xla"
+    env = {**ENV, "XLA_FLAGS": f"--xla_dump_to={dump}"}
+    ckpt = tmp_path / "ckpt"
+    procs = _start_workers(lambda i: [JOB, "worker_jit", str(tmp_path / f"w{i}.json"), 3, ckpt],
+                           tmp_path, env=env)
+    _wait(procs)
+    assert any("forward_backward" in f for f in (os.listdir(dump) if dump.exists() else ()))
+    w = [json.loads((tmp_path / f"w{i}.json").read_text()) for i in range(2)]
+    np.testing.assert_array_equal(w[0]["weights"], w[1]["weights"])
+    assert w[0]["loss"][-1] < w[0]["loss"][0]
+    single = _job("single", tmp_path / "single.json")
     np.testing.assert_allclose(w[0]["weights"], single["weights"], atol=1e-5)
 
 

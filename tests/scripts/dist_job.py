@@ -15,7 +15,7 @@ from spinalnet_keras import distribute  # noqa: E402
 if mode in ("mirrored", "single", "loop_mirrored", "loop_single", "train_mirrored",
             "train_single"):
     distribute.set_virtual_cpus(2)
-if mode in ("worker", "train_one_worker"):
+if mode in ("worker", "worker_jit", "train_one_worker"):
     # Before any tensor exists: collectives are configured at TF start-up.
     worker_strategy = distribute.get_strategy("multi_worker")
 
@@ -28,7 +28,8 @@ from spinalnet_keras import SpinalDense  # noqa: E402
 def build():
     keras.utils.set_random_seed(0)
     model = keras.Sequential([keras.Input((12,)), SpinalDense(3, width=6, depth=4)])
-    model.compile(keras.optimizers.SGD(0.1), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.compile(keras.optimizers.SGD(0.1), keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  jit_compile=mode == "worker_jit")
     return model
 
 
@@ -85,7 +86,7 @@ elif mode in ("loop_mirrored", "loop_single"):
     model, hist = distribute.multi_worker_fit(build, ds, 3, 32, os.path.join(out + "_ckpt"),
                                               strategy=strategy, verbose=0)
     result = {"loss": hist["loss"], "weights": distribute.weights_digest(model).tolist()}
-elif mode == "worker":
+elif mode in ("worker", "worker_jit"):
     epochs = int(sys.argv[3])
     model, hist = distribute.multi_worker_fit(build, ds, epochs, 32, sys.argv[4],
                                               strategy=worker_strategy)
