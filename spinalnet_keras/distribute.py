@@ -177,8 +177,12 @@ def multi_worker_fit(
 
     Args:
         build_and_compile: function returning a compiled Keras model; it is
-            called inside the strategy's scope. Its `loss` must be one
-            Keras loss object or name; its optimizer is used; with
+            called inside the strategy's scope. The loop trains with its
+            optimizer and its one loss (a Keras loss object, name or
+            function, without `loss_weights`), and reports the loss and,
+            for a categorical loss, the accuracy (on integer labels with the
+            sparse loss, one-hot targets otherwise); so its metrics must be
+            none, or `["accuracy"]` with a categorical loss. With
             `compile(jit_compile=True)` XLA compiles each replica's forward
             and backward pass (not the all-reduce of the gradients, which
             XLA cannot compile on CPU).
@@ -201,8 +205,10 @@ def multi_worker_fit(
         TypeError: `build_and_compile` is not a function or returns no
             compiled model, `dataset` is not a `tf.data.Dataset`, or
             `strategy` is not a `tf.distribute.Strategy`.
-        ValueError: a bad number or `checkpoint_dir`, or batches of another
-            size than `global_batch_size`.
+        ValueError: a bad number or `checkpoint_dir`, batches of another
+            size than `global_batch_size` or not `(inputs, targets)` pairs,
+            or a compiled loss, metric or loss weight that the loop would
+            not compute.
         RuntimeError: Keras does not run on its TensorFlow backend.
     """
     _validation.tensorflow_backend("multi_worker_fit")
@@ -220,6 +226,7 @@ def multi_worker_fit(
     check_strategy(strategy, what="multi_worker_fit")
     # Made before any tensor: collectives are configured at start-up.
     strategy = strategy or tf.distribute.MultiWorkerMirroredStrategy()
+    _check_elements(dataset)
     _check_global_batch(dataset, global_batch_size)
     _, index, is_chief, _ = worker_info()
     with strategy.scope():
@@ -230,19 +237,20 @@ def multi_worker_fit(
                 f"and loss are what this loop trains with). It returned {model!r}"
             )
         optimizer = model.optimizer
-        loss_obj = keras.losses.get(model.loss)
+        loss_obj = _single_loss(model.loss)
         if isinstance(loss_obj, keras.losses.Loss):
             # Per-example values; the average over the *global* batch is
             # taken below, so every worker's gradient has the right scale.
             loss_obj = loss_obj.__class__.from_config(
                 {**loss_obj.get_config(), "reduction": None}
             )
-            loss_name = loss_obj.name
-        elif callable(loss_obj):  # "mse" etc.: functions return per-example values
-            loss_name = loss_obj.__name__
-        else:
-            raise ValueError(f"Unsupported loss {model.loss!r}; use a Keras loss.")
-        classifier = "categorical" in loss_name
+            # The class, not the object's name, which the user may have set.
+            loss_kind = type(loss_obj).__name__.lower()
+        else:  # "mse" etc.: functions return per-example values
+            loss_kind = getattr(loss_obj, "__name__", "").lower()
+        classifier = "categorical" in loss_kind
+        sparse_labels = "sparse" in loss_kind
+        _check_compile_options(model, classifier)
         epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
         optimizer.build(model.trainable_variables)
         checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, epoch=epoch_var)
@@ -276,7 +284,9 @@ def multi_worker_fit(
         grads = tape.gradient(loss, model.trainable_variables)
         correct = tf.constant(0.0)
         if classifier:
-            hits = tf.equal(tf.cast(tf.argmax(pred, -1), tf.int64), tf.reshape(tf.cast(y, tf.int64), [-1]))
+            labels = (tf.reshape(tf.cast(y, tf.int64), [-1]) if sparse_labels
+                      else tf.argmax(y, -1))  # one-hot targets
+            hits = tf.equal(tf.argmax(pred, -1), labels)
             correct = tf.reduce_sum(tf.cast(hits, tf.float32))
         count = tf.cast(tf.shape(per_example)[0], tf.float32)
         return loss, grads, correct, count
@@ -326,6 +336,53 @@ def multi_worker_fit(
         if not is_chief:
             shutil.rmtree(write_dir, ignore_errors=True)
     return model, history
+
+
+def _single_loss(loss):
+    # One loss for one output: the loop computes nothing else.
+    shown = list(loss) if isinstance(loss, list) else loss  # not TF's ListWrapper
+    message = ("`build_and_compile` must compile its model with one loss (a Keras loss "
+               f"object, name or function); multi_worker_fit trains one output. "
+               f"Received: loss={shown!r}")
+    if loss is None or isinstance(loss, (list, tuple, dict)):
+        raise ValueError(message)
+    try:
+        loss_obj = keras.losses.get(loss)
+    except (ValueError, TypeError):
+        raise ValueError(message) from None
+    if not callable(loss_obj):
+        raise ValueError(message)
+    return loss_obj
+
+
+def _check_compile_options(model, classifier):
+    # The loop computes the loss, and the accuracy for categorical losses;
+    # compile's other options would be silently left out.
+    config = model.get_compile_config() or {}
+    for key in ("loss_weights", "weighted_metrics"):
+        if config.get(key):
+            raise ValueError(
+                f"multi_worker_fit does not apply compile's `{key}`; compile without "
+                f"it. Received: {key}={config[key]!r}"
+            )
+    metrics = config.get("metrics") or []
+    allowed = ("accuracy", "acc") if classifier else ()
+    if not isinstance(metrics, (list, tuple)) or any(m not in allowed for m in metrics):
+        raise ValueError(
+            "multi_worker_fit reports the loss, and the accuracy with a categorical "
+            "loss, only; compile's other metrics would not be computed. Compile with "
+            + ("metrics=['accuracy'] or none" if classifier else "no metrics")
+            + f". Received: metrics={metrics!r}"
+        )
+
+
+def _check_elements(dataset):
+    spec = dataset.element_spec
+    if not (isinstance(spec, tuple) and len(spec) == 2):
+        raise ValueError(
+            "`dataset` must yield (inputs, targets) batches; multi_worker_fit takes "
+            f"no sample weights. Received elements: {spec!r}"
+        )
 
 
 def _check_global_batch(dataset, global_batch_size):

@@ -155,9 +155,10 @@ def test_supported_steps_per_execution_in_process():
 
 
 def test_multi_worker_fit_checks_its_arguments(tmp_path):
-    def build():
+    def build(**compile_args):
         model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
-        model.compile("sgd", "sparse_categorical_crossentropy")
+        model.compile(**{"optimizer": "sgd", "loss": "sparse_categorical_crossentropy",
+                         **compile_args})
         return model
 
     data = tf.data.Dataset.from_tensor_slices((np.zeros((8, 4), "float32"), np.zeros(8, "int32")))
@@ -173,6 +174,18 @@ def test_multi_worker_fit_checks_its_arguments(tmp_path):
          r"e.g. get_strategy\('multi_worker'\). Received: strategy='multi_worker'"),
         ((lambda: keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)]), data.batch(4),
           1, 4), {}, TypeError, "must return a compiled keras.Model .* It returned <Sequential"),
+        # what the loop would not compute is refused, not left out
+        ((lambda: build(metrics=["mae"]), data.batch(4), 1, 4), {}, ValueError,
+         r"other metrics would not be computed. Compile with metrics=\['accuracy'\] or none. "
+         r"Received: metrics=\['mae'\]"),
+        ((lambda: build(loss="mse", metrics=["accuracy"]), data.batch(4), 1, 4), {}, ValueError,
+         r"Compile with no metrics. Received: metrics=\['accuracy'\]"),
+        ((lambda: build(loss_weights=[2.0]), data.batch(4), 1, 4), {}, ValueError,
+         r"does not apply compile's `loss_weights`.*Received: loss_weights=\[2.0\]"),
+        ((lambda: build(loss=["mse"]), data.batch(4), 1, 4), {}, ValueError,
+         r"with one loss .* Received: loss=\['mse'\]"),
+        ((build, data.map(lambda x, y: (x, y, 1.0)).batch(4), 1, 4), {}, ValueError,
+         r"must yield \(inputs, targets\) batches; .* no sample weights. Received elements: \(Tensor"),
     ]:
         with pytest.raises(error, match=match):
             distribute.multi_worker_fit(*args, str(tmp_path / "ckpt"),
@@ -183,6 +196,29 @@ def test_multi_worker_fit_checks_its_arguments(tmp_path):
     _, history = distribute.multi_worker_fit(build, data.batch(16), 1, 16, str(tmp_path / "one"),
                                              strategy=default, verbose=0)
     assert len(history["loss"]) == 1
+
+
+def test_multi_worker_fit_takes_one_hot_targets(tmp_path):
+    # Categorical losses take one-hot targets: the same run as with integer
+    # labels and the sparse loss, accuracy included.
+    x = np.random.default_rng(0).normal(size=(64, 4)).astype("float32")
+    labels = (x[:, 0] > 0).astype("int32")
+    histories = []
+    for loss, y in [("sparse_categorical_crossentropy", labels),
+                    ("categorical_crossentropy", np.eye(2, dtype="float32")[labels])]:
+        def build():
+            keras.utils.set_random_seed(0)
+            model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, "softmax")])
+            model.compile("sgd", loss, metrics=["accuracy"])
+            return model
+
+        data = tf.data.Dataset.from_tensor_slices((x, y)).batch(16)
+        histories.append(distribute.multi_worker_fit(
+            build, data, 2, 16, str(tmp_path / loss), strategy=tf.distribute.get_strategy(),
+            verbose=0)[1])
+    sparse, one_hot = histories
+    np.testing.assert_allclose(one_hot["loss"], sparse["loss"], rtol=1e-6)
+    assert one_hot["accuracy"] == sparse["accuracy"] and 0 < sparse["accuracy"][0] < 1
 
 
 def test_custom_loop_matches_fit(tmp_path):
