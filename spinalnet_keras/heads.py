@@ -173,13 +173,19 @@ def build_head(
             None for logits / regression; any name or callable that
             `keras.activations.get` takes). Computed in float32 so that mixed
             precision keeps probabilities exact.
-        name: prefix of the layer names.
+        name: prefix of the layer names (a non-empty string).
 
     Returns:
         The output tensor of shape `(batch, num_outputs)`.
     """
     num_outputs = _validation.positive_int("num_outputs", num_outputs)
     check_output_activation(output_activation)
+    if not isinstance(name, str) or not name or "/" in name:
+        # Keras would take 3 or None as the prefix "3_" or "None_".
+        raise ValueError(
+            "`name` must be a non-empty string without '/' (the prefix of the "
+            f"head's layer names). Received: name={name!r}"
+        )
     if isinstance(head, str):
         head = Head(head)
     elif not isinstance(head, Head):

@@ -177,6 +177,9 @@ def test_build_head_on_a_feature_tensor():
         build_head(features, 0, "spinal")
     with pytest.raises(ValueError, match=r"`output_activation`.*output_activation='softmx'"):
         build_head(features, 3, "spinal", output_activation="softmx")
+    for bad in (3, None, "", "a/b"):  # not a prefix such as "3_" or "None_"
+        with pytest.raises(ValueError, match=rf"`name` must be a non-empty string.*name={bad!r}"):
+            build_head(features, 3, "spinal", name=bad)
     # a Keras layer is taken as an activation, as keras.layers.Activation takes it
     model = keras.Model(features, build_head(features, 3, "dense",
                                              output_activation=keras.layers.Softmax()))
