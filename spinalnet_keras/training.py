@@ -476,7 +476,7 @@ def _check_strategy(strategy):
     check_strategy(strategy)
 
 
-def _check_even_split(batch_size, replicas):
+def _check_even_split(batch_size, replicas, what="`batch_size`"):
     # Keras 3's fit under a MirroredStrategy fails inside TensorFlow ("Inputs
     # to operation AddN ... must have the same size and shape") when every
     # batch splits unevenly over the replicas, as 3 does over 2 (measured with
@@ -485,7 +485,7 @@ def _check_even_split(batch_size, replicas):
     if batch_size % replicas:
         below = batch_size - batch_size % replicas
         raise ValueError(
-            f"`batch_size` is the global batch, split over the strategy's {replicas} "
+            f"{what} is the global batch, split over the strategy's {replicas} "
             f"replicas, so it must be a multiple of {replicas}, e.g. "
             f"{below or replicas} or {below + replicas}: Keras's fit fails on batches "
             f"that split unevenly. Received: batch_size={batch_size}"

@@ -26,6 +26,7 @@ from collections.abc import Mapping
 import keras
 import keras_tuner as kt
 import numpy as np
+import tensorflow as tf
 
 from spinalnet_keras import _dependencies
 from spinalnet_keras import _validation
@@ -36,6 +37,7 @@ from spinalnet_keras.distribute import supported_steps_per_execution
 from spinalnet_keras.paper_models import PAPER_MODELS
 from spinalnet_keras.paper_models import paper_model
 from spinalnet_keras.spinal_dense import SpinalDense
+from spinalnet_keras.training import _check_even_split
 from spinalnet_keras.training import build_training_state
 from spinalnet_keras.training import new_optimizer
 
@@ -334,6 +336,7 @@ class SpinalHyperModel(kt.HyperModel):
                 f"scores nothing. Received: epochs={epochs!r}"
             )
         data = args[0] if args else kwargs.get("x")
+        _check_batch_split(model, data, kwargs.get("batch_size"))
         if hasattr(data, "element_spec"):  # a tf.data pipeline
             build_training_state(model, data)
             # Keras ignores `shuffle` for a tf.data pipeline (the pipeline
@@ -341,6 +344,29 @@ class SpinalHyperModel(kt.HyperModel):
             kwargs.setdefault("shuffle", False)
         # A NaN loss fails the trial (recorded), instead of scoring it.
         return model.fit(*args, callbacks=[*(callbacks or []), _FailOnNaN()], **kwargs)
+
+
+def _check_batch_split(model, data, batch_size):
+    """Under a search's `distribution_strategy`, refuse a global batch that
+    splits unevenly over the replicas, as `train` does (Keras's fit fails on
+    it in every trial alike); a fatal error ends the search at once."""
+    strategy = getattr(model, "distribute_strategy", None)
+    replicas = strategy.num_replicas_in_sync if strategy is not None else 1
+    if replicas == 1:
+        return
+    if isinstance(data, tf.data.Dataset):
+        batch = keras.tree.flatten(data.element_spec)[0].shape[0]
+        if batch is None:  # not known until a batch is read
+            batch = keras.tree.flatten(next(iter(data)))[0].shape[0]
+        what = "The search data's batch size"
+    elif isinstance(data, np.ndarray) or hasattr(data, "__array__"):
+        batch, what = batch_size or 32, "`batch_size`"  # fit's default
+    else:
+        return  # a generator or PyDataset: its batches are its own
+    try:
+        _check_even_split(batch, replicas, what)
+    except ValueError as e:
+        raise kt.errors.FatalValueError(str(e)) from None
 
 
 class _FailOnNaN(keras.callbacks.Callback):
@@ -388,6 +414,9 @@ def make_tuner(hypermodel, tuner="random", objective="val_accuracy", max_trials=
         max_consecutive_failed_trials: failed trials tolerated in a row.
         distribution_strategy: a `tf.distribute.Strategy` for every trial
             (Keras's TensorFlow backend only: a RuntimeError on another).
+            The search's batches are the global batch: one that does not
+            split evenly over the replicas ends the search at its first
+            trial (`kt.errors.FatalValueError`), as Keras's fit fails on it.
         overwrite: start afresh instead of resuming.
 
     Example:

@@ -141,6 +141,13 @@ def test_train_under_mirrored_runs_one_step_per_execution(tmp_path):
         "`batch_size` is the global batch, split over the strategy's 2 replicas, so it "
         "must be a multiple of 2, e.g. 62 or 64: Keras's fit fails on batches that split "
         "unevenly. Received: batch_size=63")
+    # a search's own data, under the tuner's strategy: its first trial ends it
+    assert mirrored["search_refused"] == (
+        "The search data's batch size is the global batch, split over the strategy's 2 "
+        "replicas, so it must be a multiple of 2, e.g. 62 or 64: Keras's fit fails on "
+        "batches that split unevenly. Received: batch_size=63")
+    assert len(mirrored["trials"]) == 1  # no second trial was started
+    assert single["search_refused"] is None and single["trials"] == ["COMPLETED"]
     assert mirrored["uneven_dir"] is False
 
 

@@ -164,6 +164,18 @@ def test_bad_hypermodel_and_tuner_arguments(tmp_path):
     with pytest.raises(kt.errors.FatalValueError, match="a trial of no epochs trains and "
                        "scores nothing. Received: epochs=0"):
         tuner.search(task.train, validation_data=task.test, epochs=0, verbose=0)
+    # arrays under a strategy of 2 or 3 replicas (a stand-in): fit's batch
+    # size, given or its default of 32, must split evenly over them
+    import types
+
+    x, y = np.zeros((8, 8), "float32"), np.zeros((8, 1), "float32")
+    for replicas, kwargs, received in [(2, {"batch_size": 63}, 63), (3, {}, 32)]:
+        model = types.SimpleNamespace(
+            distribute_strategy=types.SimpleNamespace(num_replicas_in_sync=replicas))
+        with pytest.raises(kt.errors.FatalValueError,
+                           match=rf"`batch_size` is the global batch, split over the strategy's "
+                           rf"{replicas} replicas.*Received: batch_size={received}"):
+            hm.fit(kt.HyperParameters(), model, x, y, epochs=1, **kwargs)
 
 
 def test_tiny_random_search_and_best_model(tmp_path):

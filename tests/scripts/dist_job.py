@@ -76,7 +76,20 @@ elif mode in ("train_mirrored", "train_single"):
         refused = None
     except ValueError as e:
         refused = str(e)
+    # a search under the strategy on such batches: the first trial ends it
+    from spinalnet_keras import make_tuner
+
+    tuner = make_tuner(hypermodel, objective="val_loss", max_trials=2, directory=out + "_tune",
+                       distribution_strategy=strategy)
+    odd = ds.map(lambda a, b: (a[:, :8], tf.cast(b, "float32"))).unbatch().batch(63)
+    try:
+        tuner.search(odd, validation_data=odd, epochs=1, verbose=0)
+        search_refused = None
+    except kt.errors.FatalValueError as e:
+        search_refused = str(e)
     result = {"uneven": refused, "uneven_dir": os.path.exists(uneven.output_dir),
+              "search_refused": search_refused,
+              "trials": [t.status for t in tuner.oracle.trials.values()],
               "final": run["final"], "steps_per_execution": run["steps_per_execution"],
               "tuner_steps_per_execution": tuned.steps_per_execution,
               "replicas": strategy.num_replicas_in_sync,
