@@ -282,14 +282,15 @@ def _tune(args):
     from spinalnet_keras.training import load_config_task
     from spinalnet_keras.training import steps_per_execution_for
     from spinalnet_keras.tuning import SearchSpace, SpinalHyperModel, format_trial_table
-    from spinalnet_keras.tuning import check_tuner_available, chosen_splits, make_tuner
+    from spinalnet_keras.tuning import check_search_strategy, check_tuner_available
+    from spinalnet_keras.tuning import chosen_splits, make_tuner
     from spinalnet_keras.tuning import trial_table
 
     check_tuner_available(args.tuner)  # before any data is loaded
     if args.tuner == "hyperband" and args.max_trials is not None:
         raise ValueError("--max-trials does not apply to --tuner hyperband, whose budget "
                          "is --epochs, the most epochs a trial trains.")
-    strategy = _strategy(args)
+    strategy = check_search_strategy(_strategy(args))
     space = SearchSpace(
         widths=args.widths, depths=args.depths, splits=args.split_counts,
         dropouts=args.dropouts, batch_norm=args.search_batch_norm,

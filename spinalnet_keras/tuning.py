@@ -394,6 +394,28 @@ def check_tuner_available(tuner):
         )
 
 
+def check_search_strategy(strategy):
+    """Return `strategy` if a search's trials can train under it, else raise.
+
+    Raises:
+        TypeError: not a `tf.distribute.Strategy` or None.
+        ValueError: a `MultiWorkerMirroredStrategy`, under which Keras's fit
+            (each trial's) fails across workers.
+        RuntimeError: a strategy while Keras runs on another backend.
+    """
+    check_strategy(strategy, "distribution_strategy", "make_tuner(distribution_strategy=...)")
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        raise ValueError(
+            "A search's trials cannot train under a MultiWorkerMirroredStrategy: Keras's "
+            "fit fails under it across workers (keras-team/keras#20585). Search across "
+            "machines with keras-tuner's distributed mode (KERASTUNER_TUNER_ID, "
+            "KERASTUNER_ORACLE_IP, KERASTUNER_ORACLE_PORT; see README), each machine's "
+            "trials under a strategy of its own devices, e.g. get_strategy('mirrored'). "
+            "Received: distribution_strategy=a MultiWorkerMirroredStrategy"
+        )
+    return strategy
+
+
 def make_tuner(hypermodel, tuner="random", objective="val_accuracy", max_trials=None,
                directory="runs/tune", project_name="search", seed=0,
                max_epochs=None, executions_per_trial=1, max_consecutive_failed_trials=3,
@@ -413,7 +435,9 @@ def make_tuner(hypermodel, tuner="random", objective="val_accuracy", max_trials=
         directory, project_name: where trials live; the same values resume.
         max_consecutive_failed_trials: failed trials tolerated in a row.
         distribution_strategy: a `tf.distribute.Strategy` for every trial
-            (Keras's TensorFlow backend only: a RuntimeError on another).
+            (Keras's TensorFlow backend only: a RuntimeError on another; not
+            a `MultiWorkerMirroredStrategy`, under which Keras's fit fails:
+            search across machines with keras-tuner's distributed mode).
             The search's batches are the global batch: one that does not
             split evenly over the replicas ends the search at its first
             trial (`kt.errors.FatalValueError`), as Keras's fit fails on it.
@@ -451,8 +475,7 @@ def make_tuner(hypermodel, tuner="random", objective="val_accuracy", max_trials=
     overwrite = _validation.boolean("overwrite", overwrite)
     project_name = _validation.plain_name("project_name", project_name)
     directory = _validation.path("directory", directory, allow_none=True)
-    check_strategy(distribution_strategy, "distribution_strategy",
-                   "make_tuner(distribution_strategy=...)")
+    check_search_strategy(distribution_strategy)
     if isinstance(hypermodel, SpinalHyperModel):
         # A misspelt objective would fail only after the first trial trained.
         logged = ["loss"] + [_logged_name(m) for m in hypermodel.metrics]

@@ -432,6 +432,31 @@ def test_cli_tune_refuses_a_batch_that_splits_unevenly_over_the_replicas(
             "so it must be a multiple of 2, e.g. 62 or 64") in capsys.readouterr().err
 
 
+def test_a_search_under_a_multi_worker_strategy_is_refused(tmp_path, monkeypatch, capsys):
+    import tensorflow as tf
+
+    from spinalnet_keras import cli
+    from spinalnet_keras import training
+
+    # Keras's fit fails under it across workers; an instance made without
+    # its __init__ stands in (collectives cannot be set up in this process)
+    multi_worker = object.__new__(tf.distribute.MultiWorkerMirroredStrategy)
+    message = ("A search's trials cannot train under a MultiWorkerMirroredStrategy: Keras's "
+               "fit fails under it across workers")
+    with pytest.raises(ValueError, match=message):
+        make_tuner(_hypermodel(SearchSpace(widths=(4,), depths=(2,), splits=(1,))),
+                   objective="val_loss", directory=tmp_path,
+                   distribution_strategy=multi_worker)
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("data loaded before the strategy was checked")
+
+    monkeypatch.setattr(cli, "_strategy", lambda args: multi_worker)
+    monkeypatch.setattr(training, "load_config_task", no_data)
+    assert main(_tune_cmd(tmp_path, [])[3:]) == 2
+    assert f"error: {message}" in capsys.readouterr().err
+
+
 def test_distributed_search_chief_and_two_workers(tmp_path):
     import socket
 
