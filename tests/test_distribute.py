@@ -327,6 +327,9 @@ def test_cli_train_multi_worker(tmp_path):
     assert keras.saving.load_model(out / "final.keras").count_params() == 14_301
     rows = (out / "history.csv").read_text().splitlines()
     assert len(rows) == 4 and rows[1].endswith(",nan") and not rows[3].endswith(",nan")
+    # what README says the chief writes there (the last epoch's model only)
+    assert sorted(os.listdir(out)) == ["checkpoints", "config.json", "final.keras",
+                                       "history.csv", "result.json"]
 
 
 def test_train_multi_worker_takes_the_given_task_and_refuses_callbacks(tmp_path):
