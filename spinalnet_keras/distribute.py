@@ -281,7 +281,11 @@ def multi_worker_fit(
             loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch_size)
             if model.losses:
                 loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
-        grads = tape.gradient(loss, model.trainable_variables)
+            # As Keras's train_step: a LossScaleOptimizer (mixed_float16) or
+            # an optimizer's loss_scale_factor unscales the gradients it is
+            # given, so they must come from the scaled loss.
+            scaled = optimizer.scale_loss(loss)
+        grads = tape.gradient(scaled, model.trainable_variables)
         correct = tf.constant(0.0)
         if classifier:
             labels = (tf.reshape(tf.cast(y, tf.int64), [-1]) if sparse_labels

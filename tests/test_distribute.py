@@ -205,6 +205,32 @@ def test_multi_worker_fit_checks_its_arguments(tmp_path):
     assert len(history["loss"]) == 1
 
 
+def test_multi_worker_fit_scales_the_loss_as_its_optimizer_asks(tmp_path):
+    # A LossScaleOptimizer (what compile makes under mixed_float16) and an
+    # optimizer's loss_scale_factor divide the gradients they are given by
+    # their scale: the loop must scale the loss first, as Keras's fit does.
+    x = np.random.default_rng(0).normal(size=(64, 4)).astype("float32")
+    data = tf.data.Dataset.from_tensor_slices((x, x[:, :1] * 2.0)).batch(16)
+    weights = []
+    for i, make in enumerate([
+            lambda: keras.optimizers.SGD(0.05),
+            lambda: keras.optimizers.SGD(0.05, loss_scale_factor=128.0),
+            lambda: keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD(0.05))]):
+        def build():
+            keras.utils.set_random_seed(0)
+            model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
+            model.compile(make(), "mse")
+            return model
+
+        model, _ = distribute.multi_worker_fit(build, data, 2, 16, str(tmp_path / str(i)),
+                                               strategy=tf.distribute.get_strategy(), verbose=0)
+        weights.append(distribute.weights_digest(model))
+    initial = distribute.weights_digest(build())  # the same seed's starting weights
+    assert np.abs(weights[0] - initial).max() > 0.1  # it trained
+    np.testing.assert_allclose(weights[1], weights[0], atol=1e-5)
+    np.testing.assert_allclose(weights[2], weights[0], atol=1e-5)
+
+
 def test_multi_worker_fit_takes_one_hot_targets(tmp_path):
     # Categorical losses take one-hot targets: the same run as with integer
     # labels and the sparse loss, accuracy included.
