@@ -414,7 +414,7 @@ def test_every_tune_option_reaches_the_search(tmp_path, monkeypatch, capsys):
 
 def test_cli_tune_refuses_a_batch_that_splits_unevenly_over_the_replicas(
         tmp_path, monkeypatch, capsys):
-    import types
+    import tensorflow as tf
 
     from spinalnet_keras import cli
     from spinalnet_keras import training
@@ -422,9 +422,15 @@ def test_cli_tune_refuses_a_batch_that_splits_unevenly_over_the_replicas(
     def no_data(*args, **kwargs):
         raise AssertionError("data loaded before the batch size was checked")
 
-    # a strategy of 2 replicas, as get_strategy('mirrored') gives on 2 GPUs
-    monkeypatch.setattr(cli, "_strategy", lambda args: types.SimpleNamespace(
-        num_replicas_in_sync=2))
+    class TwoReplicas(tf.distribute.MirroredStrategy):
+        # as get_strategy('mirrored') gives on 2 GPUs (this process has no
+        # 2 devices to make one)
+        num_replicas_in_sync = 2
+
+        def __init__(self):
+            pass
+
+    monkeypatch.setattr(cli, "_strategy", lambda args: TwoReplicas())
     monkeypatch.setattr(training, "load_config_task", no_data)
     argv = _tune_cmd(tmp_path, ["--batch-size", "63"])[3:]
     assert main(argv) == 2
