@@ -19,6 +19,9 @@ parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
 parser.add_argument("--manual-dir", default=None)
 parser.add_argument("--output-dir", default="runs/example")
 args = parser.parse_args()
+if len(set(args.seeds)) < len(args.seeds):
+    # compare would refuse them, but only after the single run has trained
+    parser.error(f"--seeds must be distinct. Received: {' '.join(map(str, args.seeds))}")
 
 regression = args.model == "regression"
 config = TrainConfig(

@@ -111,6 +111,7 @@ BAD_ARGUMENTS = [
     ("tune_spinal_head.py", ["--epochs", "0"], "--epochs must be at least 1. Received: 0"),
     ("sparse_text_classification.py", ["--documents", "5"],
      "--documents must be at least 10. Received: 5"),
+    ("train_and_compare.py", ["--seeds", "1", "1"], "--seeds must be distinct. Received: 1 1"),
 ]
 
 
