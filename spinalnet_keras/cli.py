@@ -290,6 +290,12 @@ def _tune(args):
     if args.tuner == "hyperband" and args.max_trials is not None:
         raise ValueError("--max-trials does not apply to --tuner hyperband, whose budget "
                          "is --epochs, the most epochs a trial trains.")
+    if args.export and os.path.exists(args.export) and not args.overwrite:
+        # export_model would refuse it only after the whole search
+        raise FileExistsError(
+            f"--export {args.export} already exists; choose another directory or remove "
+            "it (--overwrite replaces it, and also starts the search afresh)."
+        )
     strategy = check_search_strategy(_strategy(args))
     space = SearchSpace(
         widths=args.widths, depths=args.depths, splits=args.split_counts,

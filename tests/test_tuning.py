@@ -438,6 +438,20 @@ def test_cli_tune_refuses_a_batch_that_splits_unevenly_over_the_replicas(
             "so it must be a multiple of 2, e.g. 62 or 64") in capsys.readouterr().err
 
 
+def test_cli_tune_refuses_an_existing_export_before_searching(tmp_path, monkeypatch, capsys):
+    from spinalnet_keras import training
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("data loaded before --export was checked")
+
+    monkeypatch.setattr(training, "load_config_task", no_data)
+    export = tmp_path / "exported"
+    export.mkdir()
+    assert main(_tune_cmd(tmp_path, ["--export", str(export)])[3:]) == 2
+    assert (f"error: --export {export} already exists; choose another directory or remove "
+            "it") in capsys.readouterr().err
+
+
 def test_a_search_under_a_multi_worker_strategy_is_refused(tmp_path, monkeypatch, capsys):
     import tensorflow as tf
 
