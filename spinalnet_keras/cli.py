@@ -210,7 +210,11 @@ def _compare(args):
     from spinalnet_keras.training import compare
 
     strategy = _strategy(args)
-    compare(_config(args), seeds=args.seeds, strategy=strategy)
+    if not compare(_config(args), seeds=args.seeds, strategy=strategy):
+        from spinalnet_keras.distribute import worker_info
+
+        print(f"worker {worker_info()[1]} done")
+        return
     print(f"\nTable, CSV and plot in {os.path.abspath(args.output_dir)}")
 
 

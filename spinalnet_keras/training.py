@@ -906,7 +906,9 @@ def compare(config, seeds, datasets=None, strategy=None):
         Runs live in `output_dir/<dataset>/<head>/seed<k>/` (`<head>` is
         `dense`, `spinal`, or e.g. `spinal_width10` with head options) and
         are resumed or skipped when complete. The table is also written as
-        `comparison<_options>.md/.csv/.png` in `output_dir`.
+        `comparison<_options>.md/.csv/.png` in `output_dir`. On a worker
+        other than the chief of a multi-worker run, `{}`: the chief writes
+        the runs' results and the tables.
     """
     _check_config(config)
     seeds = list(_validation.values("seeds", seeds, _validation.non_negative_int))
@@ -922,7 +924,7 @@ def compare(config, seeds, datasets=None, strategy=None):
             raise ValueError(f"`{name}` must be distinct. Received: {name}={values!r}")
     for dataset in datasets:  # every run's config is valid before the first one
         dataclasses.replace(config, dataset=dataset)
-    tables = {}
+    tables, chief = {}, True
     for dataset in datasets:
         results = []
         for seed in seeds:
@@ -939,7 +941,12 @@ def compare(config, seeds, datasets=None, strategy=None):
                     **({k: None for k in HEAD_OPTIONS} if head == "dense" else {}),
                 )
                 results.append(train(run, strategy=strategy))
+        if any(r.get("chief") is False for r in results):
+            chief = False  # a worker of a multi-worker run: the chief has the results
+            continue
         tables[dataset] = comparison_rows(results)
+    if not chief:
+        return {}
     out = config.output_dir
     stem = "comparison" + _run_label(config, "spinal")[len("spinal"):]
     text = "\n\n".join(

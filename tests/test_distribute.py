@@ -371,6 +371,25 @@ def test_train_multi_worker_takes_the_given_task_and_refuses_callbacks(tmp_path)
     assert result["loss"] == [0.0, 0.0] and result["workers"] == 1
 
 
+def test_cli_compare_multi_worker(tmp_path):
+    out = tmp_path / "shared_cmp"
+
+    def args(i):
+        return ["-m", "spinalnet_keras", "compare", "--strategy", "multi_worker", "--model",
+                "regression", "--dataset", "table1/sum", "--optimizer", "adam", "--epochs", "2",
+                "--seeds", "0", "--output-dir", str(out), "--verbose", "0"]
+
+    outs = _wait(_start_workers(args, tmp_path))
+    # the chief writes the table; the other worker trained its share and says so
+    assert "Table, CSV and plot in" in outs[0] and outs[1].strip().endswith("worker 1 done")
+    table = (out / "comparison.md").read_text()
+    assert "| dense 200-100 | 1 | 22,001 (22,001) |" in table
+    assert "| spinal 6 x 50 | 1 | 14,301 (14,301) |" in table
+    for head in ("dense", "spinal"):
+        result = json.loads((out / "table1_sum" / head / "seed0" / "result.json").read_text())
+        assert result["workers"] == 2 and result["epochs"] == 2
+
+
 # -- a single machine killed mid-epoch -------------------------------------------
 
 
