@@ -60,12 +60,7 @@ def get_strategy(name="auto"):
     if name == "default":
         return tf.distribute.get_strategy()
     if name == "multi_worker":
-        if not os.environ.get("TF_CONFIG"):
-            raise ValueError(
-                "strategy='multi_worker' needs the TF_CONFIG environment variable "
-                '(e.g. {"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
-                '"task": {"type": "worker", "index": 0}}) on every worker.'
-            )
+        _check_tf_config()
         return tf.distribute.MultiWorkerMirroredStrategy()
     gpus = tf.config.list_logical_devices("GPU")
     if name == "tpu" or (name == "auto" and os.environ.get("TPU_NAME")):
@@ -87,6 +82,34 @@ def get_strategy(name="auto"):
     if len(gpus) == 1:
         return tf.distribute.OneDeviceStrategy(gpus[0].name)
     return tf.distribute.get_strategy()
+
+
+_TF_CONFIG_EXAMPLE = ('{"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
+                      '"task": {"type": "worker", "index": 0}}')
+
+
+def _check_tf_config():
+    """Refuse a missing or malformed `TF_CONFIG` by name (json's own error
+    names nothing; without a cluster, TensorFlow would train on this
+    machine alone)."""
+    text = os.environ.get("TF_CONFIG")
+    if not text:
+        raise ValueError(
+            "strategy='multi_worker' needs the TF_CONFIG environment variable "
+            f"(e.g. {_TF_CONFIG_EXAMPLE}) on every worker."
+        )
+    try:
+        config = json.loads(text)
+    except ValueError as e:
+        config = e
+    task = config.get("task") if isinstance(config, dict) else None
+    if not (isinstance(config, dict) and isinstance(config.get("cluster"), dict)
+            and isinstance(task, dict) and "type" in task and "index" in task):
+        raise ValueError(
+            "TF_CONFIG must be a JSON object with the cluster and this worker's "
+            f"task, e.g. {_TF_CONFIG_EXAMPLE}. Received: TF_CONFIG={text!r}"
+            + (f" ({config})" if isinstance(config, ValueError) else "")
+        )
 
 
 def check_strategy(strategy, name="strategy", what="Training under a tf.distribute strategy"):
@@ -224,6 +247,8 @@ def multi_worker_fit(
     steps_per_epoch = _validation.positive_int("steps_per_epoch", steps_per_epoch, allow_none=True)
     checkpoint_dir = _validation.path("checkpoint_dir", checkpoint_dir)
     check_strategy(strategy, what="multi_worker_fit")
+    if strategy is None and os.environ.get("TF_CONFIG"):
+        _check_tf_config()
     # Made before any tensor: collectives are configured at start-up.
     strategy = strategy or tf.distribute.MultiWorkerMirroredStrategy()
     _check_elements(dataset)

@@ -1,5 +1,6 @@
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -71,6 +72,16 @@ def test_strategy_selection_on_cpu(monkeypatch):
     monkeypatch.delenv("TF_CONFIG", raising=False)
     with pytest.raises(ValueError, match="needs the TF_CONFIG"):
         distribute.get_strategy("multi_worker")
+    # json's own error names nothing; without a cluster TF would train alone
+    for text, extra in [("notjson", r" \(Expecting value"),
+                        ('{"task": {"type": "worker", "index": 0}}', ""),
+                        ('{"cluster": {"worker": ["a:1"]}}', ""), ("[1]", "")]:
+        monkeypatch.setenv("TF_CONFIG", text)
+        with pytest.raises(ValueError, match=r"TF_CONFIG must be a JSON object with the cluster "
+                           r"and this worker's task, .* Received: TF_CONFIG="
+                           + re.escape(repr(text)) + extra):
+            distribute.get_strategy("multi_worker")
+    monkeypatch.delenv("TF_CONFIG")
     with pytest.raises(RuntimeError, match="no TPU"):
         distribute.get_strategy("tpu")
 
@@ -161,7 +172,7 @@ def test_supported_steps_per_execution_in_process():
         distribute.supported_steps_per_execution(8, "mirrored")
 
 
-def test_multi_worker_fit_checks_its_arguments(tmp_path):
+def test_multi_worker_fit_checks_its_arguments(tmp_path, monkeypatch):
     def build(**compile_args):
         model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
         model.compile(**{"optimizer": "sgd", "loss": "sparse_categorical_crossentropy",
@@ -199,6 +210,10 @@ def test_multi_worker_fit_checks_its_arguments(tmp_path):
                                         **{"strategy": default, "verbose": 0, **kwargs})
     with pytest.raises(ValueError, match="Received: checkpoint_dir=None"):
         distribute.multi_worker_fit(build, data.batch(4), 1, 4, None, strategy=default)
+    with monkeypatch.context() as patch:  # its default strategy reads TF_CONFIG
+        patch.setenv("TF_CONFIG", "notjson")
+        with pytest.raises(ValueError, match="TF_CONFIG must be a JSON object"):
+            distribute.multi_worker_fit(build, data.batch(4), 1, 4, str(tmp_path / "ckpt"))
     # one batch smaller than the global batch is all the data: accepted
     _, history = distribute.multi_worker_fit(build, data.batch(16), 1, 16, str(tmp_path / "one"),
                                              strategy=default, verbose=0)
