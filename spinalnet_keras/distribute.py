@@ -216,7 +216,9 @@ def multi_worker_fit(
         global_batch_size: the dataset's batch size.
         checkpoint_dir: where the chief keeps checkpoints (and resumes).
         strategy: default: `MultiWorkerMirroredStrategy()`.
-        steps_per_epoch: batches per epoch (default: the whole dataset).
+        steps_per_epoch: batches per epoch (default: the whole dataset;
+            needed for a dataset that repeats without end, and at most the
+            dataset's batches otherwise).
         verbose: print a line per epoch on the chief.
 
     Returns:
@@ -252,6 +254,7 @@ def multi_worker_fit(
     # Made before any tensor: collectives are configured at start-up.
     strategy = strategy or tf.distribute.MultiWorkerMirroredStrategy()
     _check_elements(dataset)
+    _check_steps(dataset, steps_per_epoch)
     _check_global_batch(dataset, global_batch_size)
     _, index, is_chief, _ = worker_info()
     with strategy.scope():
@@ -411,6 +414,22 @@ def _check_elements(dataset):
         raise ValueError(
             "`dataset` must yield (inputs, targets) batches; multi_worker_fit takes "
             f"no sample weights. Received elements: {spec!r}"
+        )
+
+
+def _check_steps(dataset, steps_per_epoch):
+    # An endless dataset never ends an epoch; one too short for the steps
+    # asked ends it early, and the loop cannot say so as Keras's fit does.
+    batches = int(dataset.cardinality())
+    if batches == int(tf.data.INFINITE_CARDINALITY) and steps_per_epoch is None:
+        raise ValueError(
+            "`dataset` repeats without end, so an epoch needs `steps_per_epoch`. "
+            "Received: steps_per_epoch=None"
+        )
+    if steps_per_epoch is not None and 0 <= batches < steps_per_epoch:
+        raise ValueError(
+            f"`dataset` holds {batches} batches, fewer than steps_per_epoch="
+            f"{steps_per_epoch}; repeat it, or pass at most {batches}."
         )
 
 

@@ -202,6 +202,10 @@ def test_multi_worker_fit_checks_its_arguments(tmp_path, monkeypatch):
          r"does not apply compile's `loss_weights`.*Received: loss_weights=\[2.0\]"),
         ((lambda: build(loss=["mse"]), data.batch(4), 1, 4), {}, ValueError,
          r"with one loss .* Received: loss=\['mse'\]"),
+        ((build, data.batch(4).repeat(), 1, 4), {}, ValueError,
+         r"repeats without end, so an epoch needs `steps_per_epoch`"),
+        ((build, data.batch(4), 1, 4), dict(steps_per_epoch=3), ValueError,
+         r"holds 2 batches, fewer than steps_per_epoch=3; repeat it, or pass at most 2"),
         ((build, data.map(lambda x, y: (x, y, 1.0)).batch(4), 1, 4), {}, ValueError,
          r"must yield \(inputs, targets\) batches; .* no sample weights. Received elements: \(Tensor"),
     ]:
@@ -218,6 +222,11 @@ def test_multi_worker_fit_checks_its_arguments(tmp_path, monkeypatch):
     _, history = distribute.multi_worker_fit(build, data.batch(16), 1, 16, str(tmp_path / "one"),
                                              strategy=default, verbose=0)
     assert len(history["loss"]) == 1
+    # a repeated dataset with its steps: two epochs of 2 steps each
+    _, history = distribute.multi_worker_fit(build, data.batch(4).repeat(), 2, 4,
+                                             str(tmp_path / "steps"), strategy=default,
+                                             steps_per_epoch=2, verbose=0)
+    assert len(history["loss"]) == 2
 
 
 def test_multi_worker_fit_scales_the_loss_as_its_optimizer_asks(tmp_path):
