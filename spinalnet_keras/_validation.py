@@ -57,6 +57,20 @@ def non_negative_int(name, value):
     return int(value)
 
 
+def numpy_seed(name, value, allow_none=False):
+    """Return `value` as an int if it is a seed NumPy takes (what
+    `keras.utils.set_random_seed` and scikit-learn pass it to), else raise:
+    NumPy's own error names no argument."""
+    if value is None and allow_none:
+        return None
+    if not is_int(value) or not 0 <= value < 2**32:
+        raise ValueError(
+            f"`{name}` must be an integer from 0 to 2**32 - 1 (NumPy's seeds). "
+            f"Received: {name}={value!r}"
+        )
+    return int(value)
+
+
 def values(name, value, check):
     """Return the tuple of `value`'s items, each passed through
     `check(name, item)`; `value` must be a non-empty list, tuple, range or

@@ -133,7 +133,7 @@ class TrainConfig:
         self.learning_rate = _validation.positive_number("learning_rate", self.learning_rate)
         # The paper's 0.5 unless given.
         self.momentum = _validation.sgd_momentum(self.optimizer, self.momentum, 0.5)
-        self.seed = _validation.non_negative_int("seed", self.seed)
+        self.seed = _validation.numpy_seed("seed", self.seed)
         self.deterministic = _validation.boolean("deterministic", self.deterministic)
         self.verbose = _validation.choice("verbose", self.verbose, (0, 1, 2))
         self.output_dir = _validation.path("output_dir", self.output_dir)
@@ -911,7 +911,7 @@ def compare(config, seeds, datasets=None, strategy=None):
         the runs' results and the tables.
     """
     _check_config(config)
-    seeds = list(_validation.values("seeds", seeds, _validation.non_negative_int))
+    seeds = list(_validation.values("seeds", seeds, _validation.numpy_seed))
     if isinstance(datasets, str):
         datasets = [datasets]
     # Each name is checked as a config's dataset below.

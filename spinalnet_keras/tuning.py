@@ -471,7 +471,8 @@ def make_tuner(hypermodel, tuner="random", objective="val_accuracy", max_trials=
     executions_per_trial = _validation.positive_int("executions_per_trial", executions_per_trial)
     max_consecutive_failed_trials = _validation.positive_int(
         "max_consecutive_failed_trials", max_consecutive_failed_trials)
-    seed = _validation.seed("seed", seed)
+    # The Bayesian tuner's scikit-learn model takes NumPy's seeds only.
+    seed = _validation.numpy_seed("seed", seed, allow_none=True)
     overwrite = _validation.boolean("overwrite", overwrite)
     project_name = _validation.plain_name("project_name", project_name)
     directory = _validation.path("directory", directory, allow_none=True)

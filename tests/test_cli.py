@@ -249,6 +249,9 @@ _REGRESSION = dict(model="regression", dataset="table1/sum")
 @pytest.mark.parametrize("kwargs,match", [
     (dict(seed=True), "seed=True"),
     (dict(seed=-1), "seed=-1"),
+    # keras.utils.set_random_seed hands it to NumPy, whose error names nothing
+    (dict(seed=2**32), r"`seed` must be an integer from 0 to 2\*\*32 - 1 \(NumPy's seeds\). "
+     "Received: seed=4294967296"),
     (dict(momentum="0.9"), "momentum='0.9'"),
     (dict(optimizer="adam", momentum=0.9), "`momentum` applies to optimizer='sgd' only; "
      "'adam' is made without one. Received: momentum=0.9"),
@@ -361,6 +364,9 @@ def test_compare_refuses_repeated_seeds_and_datasets(tmp_path):
         compare(config, seeds=[0], datasets=["table1/sum", "table1/cube"])
     with pytest.raises(ValueError, match="non-empty list, tuple, range or 1-D array. Received: seeds=0"):
         compare(config, seeds=0)
+    # before the first run trains, not when its seed comes
+    with pytest.raises(ValueError, match=r"from 0 to 2\*\*32 - 1 .* Received: seeds=4294967296"):
+        compare(config, seeds=[0, 2**32])
     with pytest.raises(TypeError, match="get_strategy.*Received: strategy='mirrored'"):
         compare(config, seeds=range(2), strategy="mirrored")
     # an empty list is not the default dataset, and a number is no list

@@ -164,6 +164,11 @@ def test_bad_hypermodel_and_tuner_arguments(tmp_path):
     with pytest.raises(kt.errors.FatalValueError, match="a trial of no epochs trains and "
                        "scores nothing. Received: epochs=0"):
         tuner.search(task.train, validation_data=task.test, epochs=0, verbose=0)
+    # the Bayesian tuner's scikit-learn model fails on other seeds, naming none
+    for seed in (-1, 2**32):
+        with pytest.raises(ValueError, match=rf"`seed` must be an integer from 0 to 2\*\*32 - 1 "
+                           rf".*Received: seed={seed}"):
+            make_tuner(hm, objective="val_loss", directory=tmp_path, seed=seed)
     # arrays under a strategy of 2 or 3 replicas (a stand-in): fit's batch
     # size, given or its default of 32, must split evenly over them
     import types
