@@ -5,9 +5,10 @@ and parameters. `cost_report` measures both for a layer or a whole model so
 a spinal head can be put beside a dense one.
 
 What counts as a multiplication: the multiply-accumulates of weight
-products (Dense, SpinalDense, EinsumDense, convolutions), per example, as
-the paper counts them ("320*50 + 50*10"). Element-wise work (activations,
-biases, normalisation, pooling) is not counted. A layer with weights whose
+products (Dense, SpinalDense, EinsumDense, convolutions, and these inside
+TimeDistributed), per example, as the paper counts them ("320*50 +
+50*10"). Element-wise work (activations, biases, normalisation, pooling)
+and Embedding's look-ups are not counted. A layer with weights whose
 kind is not known reports `None`, and the report lists it, rather than
 guessing.
 """
@@ -73,10 +74,34 @@ def _separable(layer, in_shape, out_shape):
     )
 
 
+def _einsum(layer, in_shape, out_shape):
+    # Each output element multiplies over the indices that the input and the
+    # kernel share and the output drops ("ab,bc->ac": b per element).
+    inputs, output = layer.equation.replace(" ", "").split("->")
+    x_indices, kernel_indices = inputs.split(",")
+    contracted = [i for i, size in zip(kernel_indices, layer.kernel.shape)
+                  if i in x_indices and i not in output]
+    sizes = dict(zip(kernel_indices, layer.kernel.shape))
+    per_element = math.prod(int(sizes[i]) for i in contracted)
+    elements = tuple(out_shape[1:])
+    if any(d is None for d in elements):
+        return None
+    return math.prod(elements) * per_element
+
+
+def _time_distributed(layer, in_shape, out_shape):
+    # The wrapped layer's cost on one time step, times the steps.
+    step = _layer_cost(layer.layer, (in_shape[0], *in_shape[2:]),
+                       (out_shape[0], *out_shape[2:])).multiplications
+    return _mul(step, in_shape[1])
+
+
 # Checked in order; the first class that matches decides.
 _RULES = (
     (SpinalDense, _spinal),
     (keras.layers.Dense, _dense),
+    (keras.layers.EinsumDense, _einsum),
+    (keras.layers.TimeDistributed, _time_distributed),
     (keras.layers.DepthwiseConv1D, _conv),
     (keras.layers.DepthwiseConv2D, _conv),
     (keras.layers.SeparableConv1D, _separable),
@@ -89,13 +114,15 @@ _RULES = (
     (keras.layers.Conv3DTranspose, _conv),
 )
 
-# Layers whose weights are element-wise (scale, shift, statistics).
+# Layers whose weights take part in no product: element-wise ones (scale,
+# shift, statistics) and Embedding, whose weights are looked up.
 _ELEMENTWISE = (
     keras.layers.BatchNormalization,
     keras.layers.LayerNormalization,
     keras.layers.GroupNormalization,
     keras.layers.Normalization,
     keras.layers.PReLU,
+    keras.layers.Embedding,
 )
 
 

@@ -78,6 +78,29 @@ def test_rank_3_positions_and_convolutions():
     assert "| **total** |" in report.to_markdown()
 
 
+def test_einsum_time_distributed_and_embedding():
+    model = keras.Sequential([
+        keras.Input((7,), dtype="int32"),
+        keras.layers.Embedding(10, 4),                               # look-ups: 0
+        keras.layers.TimeDistributed(SpinalDense(3, width=4, depth=2)),
+        keras.layers.EinsumDense("abc,cd->abd", output_shape=(7, 5)),  # 7*5 outputs * 3
+        keras.layers.TimeDistributed(keras.layers.Dense(2)),         # 5*2 * 7 steps
+        keras.layers.Flatten(),
+        keras.layers.EinsumDense("ab,bc->ac", output_shape=(3,), bias_axes="c"),  # 14*3
+        keras.layers.EinsumDense("...b,bc->...c", output_shape=(2,)),             # 3*2
+    ])
+    report = cost_report(model)
+    # the spinal step: 2*4 + (2+4)*4 + 2*4*3 = 56, over 7 steps
+    assert [c.multiplications for c in report.layers] == [0, 56 * 7, 105, 70, 0, 42, 6]
+    assert report.unknown_layers == ()
+    # the same as the layer itself on the sequence
+    spinal = keras.Sequential([keras.Input((7, 4)), SpinalDense(3, width=4, depth=2)])
+    assert cost_report(spinal).multiplications == 56 * 7
+    # an EinsumDense equals the Dense it writes out
+    dense = keras.Sequential([keras.Input((14,)), keras.layers.Dense(3)])
+    assert cost_report(dense).multiplications == 42
+
+
 def test_unknown_weighted_layer_is_reported_not_guessed():
     model = keras.Sequential([keras.Input((4, 3)), keras.layers.SimpleRNN(5), keras.layers.Dense(2)])
     report = cost_report(model)
