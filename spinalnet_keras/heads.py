@@ -13,6 +13,7 @@ import keras
 from spinalnet_keras import _validation
 from spinalnet_keras.spinal_dense import SpinalDense
 from spinalnet_keras.spinal_dense import _get_activation
+from spinalnet_keras.spinal_dense import _refuse_layer_class
 from spinalnet_keras.spinal_dense import check_sizes
 
 HEAD_KINDS = ("dense", "spinal")
@@ -233,6 +234,7 @@ def check_output_activation(activation):
     a ValueError naming `output_activation` (Keras's own error names no
     argument). The builders call it before making a (possibly pretrained)
     backbone."""
+    _refuse_layer_class("output_activation", activation)
     try:
         keras.activations.get(activation)
     except (ValueError, TypeError) as e:

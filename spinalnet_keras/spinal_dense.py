@@ -88,9 +88,22 @@ def _serialize_activation(activation):
     return activations.serialize(activation)
 
 
+def _refuse_layer_class(name, identifier):
+    """Raise if `identifier` is a Keras layer class, not a layer: callable,
+    it passes `activations.get`, and would be called on the tensor as the
+    layer's constructor (Keras's Dense then fails on "the truth value of an
+    array")."""
+    if isinstance(identifier, type) and issubclass(identifier, keras.layers.Layer):
+        raise ValueError(
+            f"`{name}` takes a Keras layer, not its class: pass "
+            f"{identifier.__name__}(...). Received: {name}={identifier!r}"
+        )
+
+
 def _get_activation(name, identifier):
     """`activations.get`, plus Keras layers (e.g. `LeakyReLU(0.01)`) and
     their serialized configs, which `activations.get` does not accept."""
+    _refuse_layer_class(name, identifier)
     if isinstance(identifier, keras.layers.Layer):
         return identifier
     if isinstance(identifier, dict) and str(

@@ -177,6 +177,12 @@ def test_build_head_on_a_feature_tensor():
         build_head(features, 0, "spinal")
     with pytest.raises(ValueError, match=r"`output_activation`.*output_activation='softmx'"):
         build_head(features, 3, "spinal", output_activation="softmx")
+    # a layer class, not a layer: it would be called on the tensor as its constructor
+    with pytest.raises(ValueError, match=r"`output_activation` takes a Keras layer, not its "
+                       r"class: pass Softmax\(...\)"):
+        build_head(features, 3, "spinal", output_activation=keras.layers.Softmax)
+    with pytest.raises(ValueError, match=r"`activation` takes a Keras layer, not its class"):
+        Head("dense", hidden_units=(7,), activation=keras.layers.LeakyReLU)
     for bad in (3, None, "", "a/b"):  # not a prefix such as "3_" or "None_"
         with pytest.raises(ValueError, match=rf"`name` must be a non-empty string.*name={bad!r}"):
             build_head(features, 3, "spinal", name=bad)

@@ -273,6 +273,11 @@ def test_layer_activation_such_as_leaky_relu():
         (dict(width=4, depth=2, dropout=-0.1), r"dropout=-0.1"),
         (dict(width=4, depth=2, batch_norm="yes"), "batch_norm='yes'"),
         (dict(width=4, depth=2, activation="no_such_fn"), "no_such_fn"),
+        # the class would be called on the tensor as its constructor
+        (dict(width=4, depth=2, activation=keras.layers.LeakyReLU),
+         r"`activation` takes a Keras layer, not its class: pass LeakyReLU\(...\)"),
+        (dict(units=3, width=4, depth=2, output_activation=keras.layers.Softmax),
+         r"`output_activation` takes a Keras layer, not its class: pass Softmax\(...\)"),
         (dict(width=4, depth=2, batch_norm_momentum=1.5), "batch_norm_momentum=1.5"),
         (dict(width=4, depth=2, batch_norm_momentum="0.9"), "batch_norm_momentum='0.9'"),
         (dict(width=4, depth=2, batch_norm_epsilon=0), "batch_norm_epsilon=0"),
