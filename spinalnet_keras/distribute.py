@@ -219,7 +219,7 @@ def multi_worker_fit(
         steps_per_epoch: batches per epoch (default: the whole dataset;
             needed for a dataset that repeats without end, and at most the
             dataset's batches otherwise).
-        verbose: print a line per epoch on the chief.
+        verbose: 0, or 1 or 2 to print a line per epoch on the chief.
 
     Returns:
         `(model, history)`; `history` maps `"loss"` (and `"accuracy"` for
@@ -248,6 +248,7 @@ def multi_worker_fit(
     global_batch_size = _validation.positive_int("global_batch_size", global_batch_size)
     steps_per_epoch = _validation.positive_int("steps_per_epoch", steps_per_epoch, allow_none=True)
     checkpoint_dir = _validation.path("checkpoint_dir", checkpoint_dir)
+    verbose = _validation.choice("verbose", verbose, (0, 1, 2))  # as Keras's fit
     check_strategy(strategy, what="multi_worker_fit")
     if strategy is None and os.environ.get("TF_CONFIG"):
         _check_tf_config()

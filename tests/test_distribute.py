@@ -185,6 +185,8 @@ def test_multi_worker_fit_checks_its_arguments(tmp_path, monkeypatch):
         ((5, data.batch(4), 1, 4), {}, TypeError, "`build_and_compile` must be a function"),
         ((build, [1, 2], 1, 4), {}, TypeError, "must be a tf.data.Dataset. Received: list"),
         ((build, data.batch(4), 1, 4), dict(steps_per_epoch=0), ValueError, "steps_per_epoch=0"),
+        ((build, data.batch(4), 1, 4), dict(verbose="yes"), ValueError,
+         r"`verbose` must be one of \[0, 1, 2\]. Received: verbose='yes'"),
         # batches of 4 averaged as if of 8 would halve every gradient
         ((build, data.batch(4), 1, 8), {}, ValueError, "batches of 4, but global_batch_size=8"),
         ((build, data.batch(8), 1, 4), {}, ValueError, "batches of 8, but global_batch_size=4"),
