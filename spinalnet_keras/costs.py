@@ -79,10 +79,8 @@ def _einsum(layer, in_shape, out_shape):
     # kernel share and the output drops ("ab,bc->ac": b per element).
     inputs, output = layer.equation.replace(" ", "").split("->")
     x_indices, kernel_indices = inputs.split(",")
-    contracted = [i for i, size in zip(kernel_indices, layer.kernel.shape)
-                  if i in x_indices and i not in output]
-    sizes = dict(zip(kernel_indices, layer.kernel.shape))
-    per_element = math.prod(int(sizes[i]) for i in contracted)
+    per_element = math.prod(int(size) for i, size in zip(kernel_indices, layer.kernel.shape)
+                            if i in x_indices and i not in output)
     elements = tuple(out_shape[1:])
     if any(d is None for d in elements):
         return None

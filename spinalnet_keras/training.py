@@ -896,7 +896,7 @@ def compare(config, seeds, datasets=None, strategy=None):
     Args:
         config: a `TrainConfig` (its `head` and `seed` are overridden; its
             head options apply to the spinal variant only).
-        seeds: distinct non-negative ints (a list, tuple or range).
+        seeds: distinct ints from 0 to 2**32 - 1 (a list, tuple or range).
         datasets: optional dataset name or list of distinct names (default
             `[config.dataset]`), one table each.
         strategy: optional `tf.distribute.Strategy`.
