@@ -322,7 +322,8 @@ def export_model(
             ) from e
         if not is_float and not np.array_equal(sample, given):
             # e.g. 2.5 as a token id: the check would run on 2, not on 2.5
-            bad = given.flat[np.flatnonzero(sample != given)[0]]
+            # a Python number: numpy 2 would show np.float64(2.5), 1.x 2.5
+            bad = given.flat[np.flatnonzero(sample != given)[0]].item()
             raise ValueError(
                 f"`sample` must hold values of the model's input dtype, {dtype}, "
                 f"exactly. Received: a {given.dtype} sample holding {bad!r}"

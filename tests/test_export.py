@@ -226,7 +226,7 @@ def test_token_id_model_exports_and_serves_its_integer_input(tmp_path):
     with pytest.raises(ValueError, match=r"input is int32.*pass `sample`"):
         export_model(model, tmp_path / "x")
     with pytest.raises(ValueError, match=r"input dtype, int32, exactly. Received: a float64 "
-                       r"sample holding np.float64\(2.5\)"):
+                       r"sample holding 2.5$"):
         export_model(model, tmp_path / "x", sample=np.full((2, 10), 2.5))
     assert not (tmp_path / "x").exists()
     sample = np.random.default_rng(0).integers(0, 50, (4, 10))

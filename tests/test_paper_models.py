@@ -147,10 +147,15 @@ def test_head_options_and_errors():
 def test_image_networks_name_their_smallest_input(name):
     spec = PAPER_MODELS[name]
     least, channels = spec.min_image_size, spec.input_shape[-1]
-    # the table agrees with Keras: the smallest size builds, one less does not
+    # the table agrees with Keras: the smallest size has features, one less
+    # has none (Keras 3.15 refuses to pool it; Keras 3.10 builds an empty tensor)
     assert spec.features(keras.Input((least, least, channels))).shape[-1] > 0
-    with pytest.raises(ValueError):
-        spec.features(keras.Input((least - 1, least, channels)))
+    try:
+        below = spec.features(keras.Input((least - 1, least, channels)))
+    except ValueError:
+        pass
+    else:
+        assert below.shape[-1] == 0
     assert paper_model(name, input_shape=(least, least + 5, channels)).output_shape == (None, 10)
     with pytest.raises(ValueError, match=rf"'{name}' takes images of at least {least}x{least}. "
                        rf"Received: input_shape=\({least}, {least - 1}, {channels}\). "
