@@ -570,11 +570,13 @@ def train(config, strategy=None, task=None, callbacks=None):
     """
     _check_config(config)
     _check_strategy(strategy)
-    if strategy is not None and not _is_multi_worker(strategy):
+    # Under it, train runs the package's own loop instead of Keras's fit.
+    multi_worker = _is_multi_worker(strategy)
+    if strategy is not None and not multi_worker:
         _check_even_split(config.batch_size, strategy.num_replicas_in_sync)
     callbacks = list(_validation.values("callbacks", callbacks, _check_callback)
                      if callbacks else ())
-    if callbacks and _is_multi_worker(strategy):
+    if callbacks and multi_worker:
         raise ValueError(
             "`callbacks` cannot run under a MultiWorkerMirroredStrategy: train trains "
             "there with the package's own loop (multi_worker_fit), as Keras's fit fails "
@@ -598,7 +600,7 @@ def train(config, strategy=None, task=None, callbacks=None):
         import tensorflow as tf
 
         tf.config.experimental.enable_op_determinism()
-    if _is_multi_worker(strategy):
+    if multi_worker:
         return _train_multi_worker(config, strategy, out, task)
     backup_dir = os.path.join(out, "backup")
     initial_epoch = min(_backed_up_epoch(backup_dir), config.epochs - 1)
