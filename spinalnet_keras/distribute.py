@@ -99,16 +99,15 @@ def _check_tf_config():
             f"(e.g. {_TF_CONFIG_EXAMPLE}) on every worker."
         )
     try:
-        config = json.loads(text)
+        config, error = json.loads(text), ""
     except ValueError as e:
-        config = e
+        config, error = None, f" ({e})"
     task = config.get("task") if isinstance(config, dict) else None
     if not (isinstance(config, dict) and isinstance(config.get("cluster"), dict)
             and isinstance(task, dict) and "type" in task and "index" in task):
         raise ValueError(
             "TF_CONFIG must be a JSON object with the cluster and this worker's "
-            f"task, e.g. {_TF_CONFIG_EXAMPLE}. Received: TF_CONFIG={text!r}"
-            + (f" ({config})" if isinstance(config, ValueError) else "")
+            f"task, e.g. {_TF_CONFIG_EXAMPLE}. Received: TF_CONFIG={text!r}{error}"
         )
 
 
