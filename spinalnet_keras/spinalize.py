@@ -55,6 +55,30 @@ def hidden_dense_layers(model):
     ]
 
 
+def _nested_hint(model):
+    """A sentence naming the nested models of `model` that hold Dense
+    layers (empty if none): `spinalize` rewrites the top-level graph only."""
+
+    def holds_dense(m):
+        return any(
+            type(layer) is keras.layers.Dense
+            or (isinstance(layer, keras.Model) and holds_dense(layer))
+            for layer in m.layers
+        )
+
+    nested = [
+        layer.name for layer in model.layers
+        if isinstance(layer, keras.Model) and holds_dense(layer)
+    ]
+    if not nested:
+        return ""
+    return (
+        f" The nested model(s) {nested} hold Dense layers, which are not "
+        "converted from here: spinalize the nested model and use the result "
+        "in its place."
+    )
+
+
 def spinalize(model, layers=None, width=None, depth=4, splits=2, **spinal_options):
     """Return a copy of `model` with hidden Dense layers made spinal.
 
@@ -62,6 +86,8 @@ def spinalize(model, layers=None, width=None, depth=4, splits=2, **spinal_option
         model: a built Sequential or functional `keras.Model`.
         layers: names (or layer objects) of the Dense layers to convert;
             default: all hidden Dense layers (see `hidden_dense_layers`).
+            Only the model's own layers: Dense layers inside a nested model
+            are converted by spinalizing that model.
         width: width of the spinal sub-layers; default
             `ceil(units / depth)`, so the sub-layers hold about as many
             neurons as the Dense layer they replace.
@@ -82,7 +108,8 @@ def spinalize(model, layers=None, width=None, depth=4, splits=2, **spinal_option
     Raises:
         ValueError: subclassed or unbuilt models, names that are not in
             the model, layers that are not Dense or have no hidden role,
-            layers with fewer input features than `splits`.
+            quantized or LoRA-enabled layers, layers with fewer input
+            features than `splits`.
 
     Example:
 
@@ -109,6 +136,7 @@ def spinalize(model, layers=None, width=None, depth=4, splits=2, **spinal_option
         if not selected:
             raise ValueError(
                 f"Model '{model.name}' has no hidden Dense layer to convert."
+                + _nested_hint(model)
             )
     else:
         if isinstance(layers, (str, keras.layers.Layer)):
@@ -125,7 +153,7 @@ def spinalize(model, layers=None, width=None, depth=4, splits=2, **spinal_option
             if name not in names:
                 raise ValueError(
                     f"Layer {name!r} is not in model '{model.name}'. Hidden "
-                    f"Dense layers: {hidden}"
+                    f"Dense layers: {hidden}." + _nested_hint(model)
                 )
             if type(names[name]) is not keras.layers.Dense:
                 raise ValueError(
@@ -141,6 +169,13 @@ def spinalize(model, layers=None, width=None, depth=4, splits=2, **spinal_option
     selected = set(selected)
     for name in sorted(selected):
         layer = model.get_layer(name)
+        if layer.quantization_mode is not None:
+            raise ValueError(
+                f"Dense layer {name!r} is quantized ({layer.dtype_policy.name}); "
+                "SpinalDense has no quantized form. Convert the float model, "
+                "train it, then quantize (`model.quantize` leaves SpinalDense "
+                "layers in float)."
+            )
         if layer.get_config().get("lora_rank"):
             raise ValueError(
                 f"Dense layer {name!r} has LoRA enabled; its low-rank update "

@@ -124,12 +124,30 @@ def test_errors():
     with pytest.raises(ValueError, match=r"'narrow' has 2 input feature\(s\), fewer than splits=3"):
         spinalize(narrow, splits=3)
     assert spinalize(narrow, layers=["wide"], splits=3).get_layer("wide").splits == 3
+    quantized = keras.models.clone_model(model)
+    with pytest.warns(UserWarning, match="ReLU does not have a `quantize` method"):
+        quantized.quantize("int8")
+    # the copy's SpinalDense would fail at its first call, asking for `_int8_call`
+    with pytest.raises(ValueError, match=r"'h' is quantized \(int8_from_float32\); SpinalDense "
+                       "has no quantized form"):
+        spinalize(quantized)
     model.get_layer("h").enable_lora(2)
     with pytest.raises(ValueError, match="'h' has LoRA enabled"):
         spinalize(model)
     only_output = keras.Sequential([keras.Input((5,)), keras.layers.Dense(1)])
     with pytest.raises(ValueError, match="no hidden Dense layer"):
         spinalize(only_output)
+    # Dense layers in a nested model: the error says where they are and what to do
+    inner = keras.Sequential([keras.Input((5,)), keras.layers.Dense(4, name="inner_h"),
+                              keras.layers.Dense(3)], name="inner")
+    inputs = keras.Input((5,))
+    outer = keras.Model(inputs, keras.layers.Dense(1, name="out")(inner(inputs)))
+    for layers in (None, ["inner_h"]):
+        with pytest.raises(ValueError, match=r"nested model\(s\) \['inner'\] hold Dense layers.*"
+                           "spinalize the nested model"):
+            spinalize(outer, layers=layers)
+    rebuilt = keras.Model(inputs, keras.layers.Dense(1)(spinalize(inner, depth=2)(inputs)))
+    assert isinstance(rebuilt.layers[1].get_layer("inner_h"), SpinalDense)
 
     net = SubclassedDense()
     net(np.zeros((1, 4)))
