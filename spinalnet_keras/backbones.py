@@ -241,7 +241,7 @@ def backbone_model(
     """
     key, _ = _lookup(backbone)
     num_classes = _validation.positive_int("num_classes", num_classes)
-    check_output_activation(output_activation)
+    check_output_activation(output_activation, num_classes)
     pooling = _validation.choice("pooling", pooling, POOLINGS)
     freeze_backbone = _validation.boolean("freeze_backbone", freeze_backbone)
     include_preprocessing = _validation.boolean("include_preprocessing", include_preprocessing)

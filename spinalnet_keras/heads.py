@@ -14,6 +14,7 @@ from spinalnet_keras import _validation
 from spinalnet_keras.spinal_dense import SpinalDense
 from spinalnet_keras.spinal_dense import _get_activation
 from spinalnet_keras.spinal_dense import _refuse_layer_class
+from spinalnet_keras.spinal_dense import _refuse_single_output_softmax
 from spinalnet_keras.spinal_dense import check_sizes
 
 HEAD_KINDS = ("dense", "spinal")
@@ -180,7 +181,7 @@ def build_head(
         The output tensor of shape `(batch, num_outputs)`.
     """
     num_outputs = _validation.positive_int("num_outputs", num_outputs)
-    check_output_activation(output_activation)
+    check_output_activation(output_activation, num_outputs)
     if not isinstance(name, str) or not name or "/" in name:
         # Keras would take 3 or None as the prefix "3_" or "None_".
         raise ValueError(
@@ -229,11 +230,11 @@ def build_head(
     return _output_activation(x, output_activation, name)
 
 
-def check_output_activation(activation):
+def check_output_activation(activation, num_outputs=None):
     """Return `activation` if `keras.layers.Activation` takes it, else raise
     a ValueError naming `output_activation` (Keras's own error names no
-    argument). The builders call it before making a (possibly pretrained)
-    backbone."""
+    argument). Softmax over `num_outputs=1` is refused too. The builders
+    call it before making a (possibly pretrained) backbone."""
     _refuse_layer_class("output_activation", activation)
     try:
         keras.activations.get(activation)
@@ -242,6 +243,7 @@ def check_output_activation(activation):
             "`output_activation` must be an activation name (e.g. 'softmax'), "
             f"a callable or None (linear). Received: output_activation={activation!r}"
         ) from e
+    _refuse_single_output_softmax("output_activation", activation, num_outputs)
     return activation
 
 

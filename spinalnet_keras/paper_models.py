@@ -212,7 +212,7 @@ def paper_model(
     >>> model.count_params()
     13818
     """
-    if name not in PAPER_MODELS:
+    if not isinstance(name, str) or name not in PAPER_MODELS:
         raise ValueError(
             f"Unknown paper model {name!r}. Available: {sorted(PAPER_MODELS)}"
         )
@@ -237,7 +237,7 @@ def paper_model(
     )
     if output_activation == "default":
         output_activation = spec.output_activation
-    check_output_activation(output_activation)
+    check_output_activation(output_activation, num_classes)
     inputs = keras.Input(input_shape, name="inputs")
     features = spec.features(inputs)
     outputs = build_head(features, num_classes, head_spec, output_activation)

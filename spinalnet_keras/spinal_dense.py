@@ -100,6 +100,41 @@ def _refuse_layer_class(name, identifier):
         )
 
 
+# Activations that normalise over the last axis: over a single output they
+# give the same value whatever the input (softmax 1.0, log_softmax 0.0), so
+# such a model cannot learn.
+_NORMALISING = tuple(
+    getattr(activations, n) for n in ("softmax", "log_softmax", "sparsemax")
+    if hasattr(activations, n)
+)
+
+
+def _refuse_single_output_softmax(name, activation, outputs, received=None):
+    """Raise if `activation` normalises over `outputs` == 1 output;
+    `received` is what the caller was given, if `activation` is its
+    resolved form."""
+    if outputs != 1:
+        return
+    if isinstance(activation, keras.layers.Softmax):
+        normalising = activation.axis in (-1, [-1], (-1,))
+    elif isinstance(activation, keras.layers.Activation):
+        normalising = activation.activation in _NORMALISING
+    else:
+        try:
+            normalising = activations.get(activation) in _NORMALISING
+        except (ValueError, TypeError):
+            return  # not an activation: the caller's own check says so
+    if normalising:
+        shown = activation if received is None else received
+        raise ValueError(
+            f"`{name}` normalises over the outputs, and over a single output it "
+            "gives the same value for every input (softmax is always 1.0): "
+            f"nothing could be learned. Received: {name}={shown!r} with 1 "
+            "output. For two classes use 1 output with 'sigmoid' (binary "
+            "crossentropy) or 2 outputs with 'softmax'; for regression, None."
+        )
+
+
 def _get_activation(name, identifier):
     """`activations.get`, plus Keras layers (e.g. `LeakyReLU(0.01)`) and
     their serialized configs, which `activations.get` does not accept."""
@@ -316,11 +351,23 @@ class SpinalDense(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(activity_regularizer=activity_regularizer, **kwargs)
+        if self.quantization_mode is not None:
+            # Keras would accept it here and fail at the first call, asking
+            # for an `_int8_call` (or float8, int4) this layer does not have.
+            raise ValueError(
+                "SpinalDense has no quantized form: its dtype policy must not be "
+                f"quantized. Received: dtype={self.dtype_policy.name!r}. Use a "
+                "float policy (e.g. 'float32', 'mixed_float16'); "
+                "`model.quantize(...)` leaves SpinalDense layers in float."
+            )
         self.units = _validation.positive_int("units", units, allow_none=True)
         self.width, self.depth, self.splits = check_sizes(width, depth, splits)
         self.activation = _get_activation("activation", activation)
         self.output_activation = _get_activation(
             "output_activation", output_activation
+        )
+        _refuse_single_output_softmax(
+            "output_activation", self.output_activation, self.units, output_activation
         )
         if self.units is None and self.output_activation is not activations.linear:
             raise ValueError(

@@ -86,6 +86,8 @@ def test_bad_output_activation_fails_before_the_backbone_is_made(monkeypatch):
     monkeypatch.setattr(backbones, "make_backbone", no_backbone)
     with pytest.raises(ValueError, match=r"`output_activation`.*output_activation='softmx'"):
         backbone_model("VGG16", (32, 32, 3), 3, output_activation="softmx")
+    with pytest.raises(ValueError, match=r"output_activation='softmax' with 1 output"):
+        backbone_model("VGG16", (32, 32, 3), 1)  # the default softmax over one class
     for shape in [(32, 32), (32, 32, 3.5), (32, 0, 3), "abc", None]:
         with pytest.raises(ValueError, match=re.escape(f"input_shape={shape!r}")):
             backbone_model("VGG16", shape, 3)

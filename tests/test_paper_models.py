@@ -84,6 +84,13 @@ def test_head_options_and_errors():
     assert [l.units for l in custom.layers if isinstance(l, keras.layers.Dense)] == [64, 32, 10]
     with pytest.raises(ValueError, match=r"Unknown paper model 'vgg6'.*mnist_cnn"):
         paper_model("vgg6")
+    with pytest.raises(ValueError, match=r"Unknown paper model \['vgg5'\]"):
+        paper_model(["vgg5"])  # not Python's "unhashable type"
+    # the default softmax over one class is 1.0 for every image
+    with pytest.raises(ValueError, match=r"over a single output.*output_activation='softmax' "
+                       "with 1 output"):
+        paper_model("mnist_cnn", num_classes=1)
+    assert paper_model("mnist_cnn", num_classes=1, output_activation="sigmoid").output_shape == (None, 1)
     with pytest.raises(ValueError, match=r"head='wide'"):
         paper_model("vgg5", head="wide")
     with pytest.raises(ValueError, match=r"Unknown head option\(s\) \['widht'\]"):
@@ -182,6 +189,10 @@ def test_build_head_on_a_feature_tensor():
         build_head(features, 0, "spinal")
     with pytest.raises(ValueError, match=r"`output_activation`.*output_activation='softmx'"):
         build_head(features, 3, "spinal", output_activation="softmx")
+    for kind in ("spinal", "dense"):
+        for activation in ("softmax", keras.layers.Softmax(), keras.layers.Activation("softmax")):
+            with pytest.raises(ValueError, match=r"over a single output.* with 1 output"):
+                build_head(features, 1, kind, output_activation=activation)
     # a layer class, not a layer: it would be called on the tensor as its constructor
     with pytest.raises(ValueError, match=r"`output_activation` takes a Keras layer, not its "
                        r"class: pass Softmax\(...\)"):

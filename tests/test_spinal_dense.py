@@ -290,6 +290,21 @@ def test_layer_activation_such_as_leaky_relu():
          r"only with `units`.*output_activation='softmax', units=None"),
         (dict(width=4, depth=2, output_activation=keras.layers.Softmax()),
          r"output_activation=<Softmax.*units=None"),
+        # normalising over one output: the same value for every input
+        (dict(units=1, width=4, depth=2, output_activation="softmax"),
+         r"over a single output it gives the same value for every input.*"
+         r"Received: output_activation='softmax' with 1 output"),
+        (dict(units=1, width=4, depth=2, output_activation="log_softmax"),
+         r"output_activation='log_softmax' with 1 output"),
+        (dict(units=1, width=4, depth=2, output_activation=keras.layers.Softmax()),
+         r"output_activation=<Softmax.* with 1 output"),
+        (dict(units=1, width=4, depth=2, output_activation=keras.activations.softmax),
+         r"output_activation=<function softmax.* with 1 output"),
+        # Keras would build it and fail at the first call, asking for `_int8_call`
+        (dict(width=4, depth=2, dtype="int8_from_float32"),
+         r"SpinalDense has no quantized form.*Received: dtype='int8_from_float32'"),
+        (dict(width=4, depth=2, dtype="float8_from_mixed_bfloat16"),
+         r"Received: dtype='float8_from_mixed_bfloat16'"),
     ],
 )
 def test_bad_arguments_name_the_value(kwargs, match):
@@ -364,6 +379,17 @@ def test_sparse_input_predicts_and_trains_as_its_dense_form():
     for a, b in zip(sparse.get_weights(), dense.get_weights()):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     assert not np.allclose(sparse.get_weights()[0], model(True).get_weights()[0])  # it trained
+
+
+def test_normalising_output_activations_are_taken_over_several_outputs():
+    # softmax over one output is refused above; over two it is the usual head,
+    # and an unrelated activation over one output (a sigmoid) is taken
+    x = np.random.default_rng(0).normal(size=(3, 6)).astype("float32")
+    y = SpinalDense(2, width=3, depth=2, output_activation="softmax")(x)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(keras.ops.sum(y, -1)), 1.0, rtol=1e-6)
+    y = SpinalDense(1, width=3, depth=2, output_activation="sigmoid")(x)
+    assert y.shape == (3, 1) and np.ptp(keras.ops.convert_to_numpy(y)) > 0
+    assert SpinalDense(1, width=3, depth=2, output_activation=keras.layers.Softmax(axis=0)).units == 1
 
 
 def test_quantize_leaves_the_layer_in_float_with_a_warning():
