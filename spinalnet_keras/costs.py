@@ -8,7 +8,9 @@ What counts as a multiplication: the multiply-accumulates of weight
 products (Dense, SpinalDense, EinsumDense, convolutions, and these inside
 TimeDistributed), per example, as the paper counts them ("320*50 +
 50*10"). Element-wise work (activations, biases, normalisation, pooling)
-and Embedding's look-ups are not counted. A layer with weights whose
+and Embedding's look-ups are not counted. A layer that the model calls
+more than once (shared, or in a nested model used twice) counts every
+call, at that call's shapes. A layer with weights whose
 kind is not known reports `None`, and the report lists it, rather than
 guessing.
 """
@@ -134,6 +136,9 @@ class LayerCost:
     trainable_params: int
     non_trainable_params: int
     multiplications: object  # int, or None when unknown
+    # Times the model calls the layer per example (a shared layer, a nested
+    # model used twice); `multiplications` covers all of them.
+    calls: int = 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,7 +147,9 @@ class CostReport:
 
     Attributes:
         layers: tuple of `LayerCost`, in model order (nested models are
-            expanded into their layers).
+            expanded into their layers), one per layer: a layer called more
+            than once has its calls' multiplications summed and `calls`
+            set to their number.
     """
 
     layers: tuple
@@ -209,8 +216,9 @@ class CostReport:
         ]
         for c in self.layers:
             mult = "unknown" if c.multiplications is None else f"{c.multiplications:,}"
+            name = c.name if c.calls == 1 else f"{c.name} ({c.calls} calls)"
             rows.append(
-                f"| {c.name} | {c.class_name} | {c.output_shape} | "
+                f"| {name} | {c.class_name} | {c.output_shape} | "
                 f"{c.trainable_params:,} | {c.non_trainable_params:,} | {mult} |"
             )
         rows.append(
@@ -258,27 +266,66 @@ def _shape(tensors):
     return tuple(tensors.shape)
 
 
-def _model_costs(model, seen):
+def _calls(model):
+    """`{id(layer): [(input shape, output shape) per call]}` over the calls
+    in `model`'s own graph, or None if it has none to read.
+
+    A layer's `input`/`output` describe its first call only, which may be
+    another model's, and a shared layer runs once per call.
+    """
+    graph = model._functional if isinstance(model, keras.Sequential) else model
+    by_depth = getattr(graph, "_nodes_by_depth", None)
+    if by_depth is None:
+        return None
+    calls = {}
+    for nodes in by_depth.values():
+        for node in nodes:
+            if node.input_tensors:
+                calls.setdefault(id(node.operation), []).append(node)
+    # In the order of the calls, so that a report shows the first call's
+    # output shape.
+    return {
+        key: [
+            (_shape(node.input_tensors), _shape(node.output_tensors))
+            for node in sorted(nodes, key=nodes[0].operation._inbound_nodes.index)
+        ]
+        for key, nodes in calls.items()
+    }
+
+
+def _unreadable(layer, model):
+    return ValueError(
+        f"Cannot read the input shape of layer '{layer.name}' of model "
+        f"'{model.name}'. cost_report needs a Sequential or functional "
+        "model that has been built on an `Input` (subclassed models "
+        "have no layer graph: wrap the model in a functional model, or "
+        "report its layers one by one with `input_shape`)."
+    )
+
+
+def _model_costs(model, seen, repeat=1):
     costs = []
+    calls = _calls(model) or {}
     for layer in model.layers:
         if id(layer) in seen or isinstance(layer, keras.layers.InputLayer):
             continue
         seen.add(id(layer))
+        shapes = calls.get(id(layer))
+        if shapes is None:
+            try:
+                shapes = [(_shape(layer.input), _shape(layer.output))]
+            except (AttributeError, ValueError) as e:
+                raise _unreadable(layer, model) from e
         if isinstance(layer, keras.Model):
-            costs.extend(_model_costs(layer, seen))
+            costs.extend(_model_costs(layer, seen, repeat * len(shapes)))
             continue
-        try:
-            in_shape = _shape(layer.input)
-            out_shape = _shape(layer.output)
-        except (AttributeError, ValueError) as e:
-            raise ValueError(
-                f"Cannot read the input shape of layer '{layer.name}' of model "
-                f"'{model.name}'. cost_report needs a Sequential or functional "
-                "model that has been built on an `Input` (subclassed models "
-                "have no layer graph: wrap the model in a functional model, or "
-                "report its layers one by one with `input_shape`)."
-            ) from e
-        costs.append(_layer_cost(layer, in_shape, out_shape))
+        per_call = [_layer_cost(layer, *shape) for shape in shapes]
+        counts = [c.multiplications for c in per_call] * repeat
+        costs.append(dataclasses.replace(
+            per_call[0],
+            multiplications=None if None in counts else sum(counts),
+            calls=len(counts),
+        ))
     return costs
 
 

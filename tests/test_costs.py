@@ -121,6 +121,30 @@ def test_nested_model_is_expanded_and_paper_totals():
     assert cost_report(outer).multiplications == 8 * 200 + 200 * 100 + 100
 
 
+def test_a_layer_called_more_than_once_counts_every_call():
+    # A shared layer runs once per call: a Siamese pair costs twice one branch.
+    left, right = keras.Input((5, 8)), keras.Input((7, 8))
+    shared = keras.layers.Dense(4, name="shared")
+    pair = keras.Model([left, right], [shared(left), shared(right)])
+    (row,) = cost_report(pair).layers
+    assert row.multiplications == 5 * 8 * 4 + 7 * 8 * 4  # each call at its own length
+    assert (row.calls, row.output_shape, row.trainable_params) == (2, (None, 5, 4), 36)
+    assert "| shared (2 calls) | Dense |" in str(cost_report(pair))
+    # a nested model used twice: its layers count twice, their weights once
+    inner = keras.Sequential([keras.Input((8,)), keras.layers.Dense(3, name="inner_dense")])
+    a, b = keras.Input((8,)), keras.Input((8,))
+    twice = keras.Model([a, b], keras.layers.Add()([inner(a), inner(b)]))
+    report = cost_report(twice)
+    assert report.multiplications == 2 * 24 and report.trainable_params == 27
+    assert report.layers[0].calls == 2
+    # a layer also called in another model counts this model's calls alone,
+    # at this model's shapes
+    other = keras.Model(left, shared(left))
+    assert (cost_report(other).multiplications, cost_report(other).layers[0].calls) == (160, 1)
+    short = keras.Input((2, 8))
+    assert cost_report(keras.Model(short, shared(short))).multiplications == 2 * 8 * 4
+
+
 def test_subclassed_and_unbuilt_models_get_clear_errors():
     net = SubclassedDense()
     with pytest.raises(ValueError, match="not built"):
