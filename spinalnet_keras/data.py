@@ -539,12 +539,13 @@ def _validate_augment(augment):
 
 
 def check_options(name, normalization="paper", image_size=None, channels=None,
-                  augment=(), rotation_degrees=None):
+                  augment=(), rotation_degrees=None, data_dir=None, manual_dir=None):
     """Check `load_task`'s data options for dataset `name`, before anything
     is read; return `(image_size, channels, augment)` as checked, the size
-    and the augmentations as tuples. Options for images are refused on the
-    regression data rather than ignored, and `rotation_degrees` without
-    the `"rotate"` it sets."""
+    and the augmentations as tuples. Options for images (and the folders
+    tfds reads them from) are refused on the regression data, which is
+    generated, rather than ignored, and `rotation_degrees` without the
+    `"rotate"` it sets."""
     if name not in DATASETS and name not in REGRESSION_DATASETS:
         raise ValueError(f"Unknown dataset {name!r}. Available: {dataset_names()}")
     normalization = _validation.choice("normalization", normalization, NORMALIZATIONS)
@@ -558,7 +559,8 @@ def check_options(name, normalization="paper", image_size=None, channels=None,
     channels = _validation.choice("channels", channels, (None, 1, 3))
     if name in REGRESSION_DATASETS:
         given = {k: v for k, v in (("image_size", image_size), ("channels", channels),
-                                   ("augment", augment), ("rotation_degrees", rotation_degrees))
+                                   ("augment", augment), ("rotation_degrees", rotation_degrees),
+                                   ("data_dir", data_dir), ("manual_dir", manual_dir))
                  if v}
         if normalization != "paper":
             given["normalization"] = normalization
@@ -744,9 +746,10 @@ def load_task(
             list or a comma list such as `"rotate,flip"`. Image options
             (`image_size`, `channels`, `augment`, a `normalization` other
             than `"paper"`) are refused for the `table1/*` data.
-        data_dir: tfds data directory (the `table1/*` data is generated and
-            needs none).
-        manual_dir: folder with the dataset's original files (offline).
+        data_dir: tfds data directory (refused for the `table1/*` data,
+            which is generated).
+        manual_dir: folder with the dataset's original files (offline;
+            refused for `table1/*`).
         train_examples, test_examples: keep only the first N examples
             (quick runs and tests); for `table1/*`, the number of examples
             generated (default 1000 each).
@@ -787,7 +790,8 @@ def load_task(
         epoch_range = (initial_epoch, epochs)
     seed = _validation.non_negative_int("seed", seed)
     image_size, channels, augment = check_options(
-        name, normalization, image_size, channels, augment, rotation_degrees
+        name, normalization, image_size, channels, augment, rotation_degrees,
+        data_dir, manual_dir,
     )
     options = dict(batch_size=batch_size, seed=seed, normalization=normalization,
                    image_size=image_size, channels=channels, augment=augment,

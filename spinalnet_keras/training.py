@@ -119,8 +119,11 @@ class TrainConfig:
 
             split_sizes(spec.input_shape[-1], self.splits)
         # The data options, as load_task will check them.
+        for name in ("data_dir", "manual_dir"):
+            setattr(self, name, _validation.path(name, getattr(self, name), allow_none=True))
         self.image_size, _, self.augment = check_options(
-            self.dataset, image_size=self.image_size, augment=self.augment
+            self.dataset, image_size=self.image_size, augment=self.augment,
+            data_dir=self.data_dir, manual_dir=self.manual_dir,
         )
         if spec is not None and self.image_size is not None:
             check_image_size(self.model, self.image_size, "image_size")
@@ -137,8 +140,6 @@ class TrainConfig:
         self.deterministic = _validation.boolean("deterministic", self.deterministic)
         self.verbose = _validation.choice("verbose", self.verbose, (0, 1, 2))
         self.output_dir = _validation.path("output_dir", self.output_dir)
-        for name in ("data_dir", "manual_dir"):
-            setattr(self, name, _validation.path(name, getattr(self, name), allow_none=True))
         _check_pairing(self.model, self.dataset, self.dataset in REGRESSION_DATASETS)
         self.freeze_backbone = _validation.boolean("freeze_backbone", self.freeze_backbone)
         self.pooling = _validation.choice("pooling", self.pooling, POOLINGS)

@@ -282,6 +282,8 @@ _REGRESSION = dict(model="regression", dataset="table1/sum")
     (dict(model="vgg19", dataset="cifar10", image_size=(32, 16)),
      r"'vgg19' takes images of at least 32x32. Received: image_size=\(32, 16\)"),
     (dict(augment=("flip",)), r"image datasets only.*augment=\('flip',\)"),
+    (dict(manual_dir="/tmp/files"), r"image datasets only.*manual_dir='/tmp/files'"),
+    (dict(data_dir=3), "`data_dir` must be a path. Received: data_dir=3"),
     (dict(model="ResNet50", dataset="mnist", pooling="mean"), "pooling='mean'"),
     (dict(model="ResNet50", dataset="mnist", freeze_backbone="no"), "freeze_backbone='no'"),
     (dict(model="ResNet50", dataset="mnist", weights="nope.h5"), "weights='nope.h5' .no such"),

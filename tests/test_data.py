@@ -240,6 +240,10 @@ def test_bad_arguments():
         (dict(augment=("flip",)), r"augment: image datasets only.*augment=\('flip',\)"),
         (dict(channels=3, normalization="none"),
          r"channels, normalization: image datasets only.*channels=3, normalization='none'"),
+        # the data is generated: no folder is read
+        (dict(data_dir="/tmp/tfds", manual_dir="/tmp/files"),
+         r"data_dir, manual_dir: image datasets only.*data_dir='/tmp/tfds', "
+         "manual_dir='/tmp/files'"),
     ]:
         with pytest.raises(ValueError, match=match):
             load_task("table1/sum", **kwargs)
