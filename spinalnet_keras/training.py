@@ -341,6 +341,19 @@ def build_training_state(model, data):
             "optimizer and metrics are what it builds."
         )
     spec = getattr(data, "element_spec", data)
+    if not (isinstance(spec, (tuple, list)) and len(spec) in (2, 3)):
+        # Keras would fail on "'NoneType' object has no attribute 'shape'".
+        if hasattr(data, "element_spec"):
+            received = f"a {type(data).__name__} of {spec!r}"
+        elif hasattr(data, "shape"):  # an array: its shape, not its values
+            received = f"a {type(data).__name__} of shape {tuple(data.shape)}"
+        else:
+            received = f"data={data!r}"
+        raise ValueError(
+            "`data` must be the tf.data.Dataset that fit will read, of (inputs, "
+            "targets) batches or (inputs, targets, sample_weights), or its "
+            f"element_spec. Received: {received}"
+        )
     # Keras's own pre-trace build; a Keras without it keeps its deferral.
     build = getattr(model, "_symbolic_build", None)
     if build is None:

@@ -514,6 +514,19 @@ def test_build_training_state_needs_a_compiled_model():
         build_training_state(model, None)
     with pytest.raises(TypeError, match="compiled keras.Model. Received: model='m'"):
         build_training_state("m", None)
+    # data it cannot build from: named, not Keras's "'NoneType' object has no attribute 'shape'"
+    import tensorflow as tf
+
+    model.compile("adam", "sparse_categorical_crossentropy")
+    x = np.zeros((8, 4), "float32")
+    for data, shown in [(tf.data.Dataset.from_tensor_slices(x).batch(2), "a _BatchDataset of "
+                         r"TensorSpec\(shape=\(None, 4\)"),
+                        (x, r"a ndarray of shape \(8, 4\)"), (None, "data=None")]:
+        with pytest.raises(ValueError, match=r"`data` must be the tf.data.Dataset that fit will "
+                           rf"read, of \(inputs, targets\) batches.*Received: {shown}"):
+            build_training_state(model, data)
+    build_training_state(model, (x, np.zeros(8, "int32")))  # arrays, as a batch
+    assert model.optimizer.built
 
 
 def test_train_builds_the_training_state_before_fit(tmp_path):
