@@ -70,7 +70,8 @@ def load_model_file(path):
 def with_input_normalization(model, mean, std, name=None):
     """A model that takes raw images in [0, 255] and applies
     `(x / 255 - mean) / std` (the training pipeline's normalisation) before
-    `model`, as one `Rescaling` layer."""
+    `model`, as one `Rescaling` layer, named `name` (default: the model's
+    name)."""
     if not isinstance(model, keras.Model):
         received = f"model={model!r}"
     elif not getattr(model, "inputs", None):
@@ -83,6 +84,12 @@ def with_input_normalization(model, mean, std, name=None):
         raise ValueError(
             "`model` must be a keras.Model with one input, the images to "
             f"normalise. Received: {received}"
+        )
+    if name is not None and (not isinstance(name, str) or not name or "/" in name):
+        # "" would fall back to the model's name.
+        raise ValueError(
+            "`name` must be a non-empty string without '/', or None for the "
+            f"model's name. Received: name={name!r}"
         )
     channels = model.input_shape[-1]
     stats = {}
@@ -105,7 +112,7 @@ def with_input_normalization(model, mean, std, name=None):
         scale=(1.0 / (255.0 * std)).tolist(), offset=(-mean / std).tolist(),
         name="normalization",
     )(inputs)
-    return keras.Model(inputs, model(x), name=name or model.name)
+    return keras.Model(inputs, model(x), name=model.name if name is None else name)
 
 
 _SAVED_MODEL_CHECK = textwrap.dedent(

@@ -302,9 +302,14 @@ def test_bad_inputs(tmp_path):
         (dict(mean=0.1, std=0), r"`std` must be positive"),
         (dict(mean="a", std=1), "mean='a'"),
         (dict(mean=0.5, std=float("nan")), "one finite number or one per channel .* Received: std=nan"),
+        # "" would fall back to the model's name
+        (dict(mean=0.5, std=1, name=""), "`name` must be a non-empty string.*Received: name=''"),
+        (dict(mean=0.5, std=1, name=3), "`name` must be a non-empty string.*Received: name=3"),
     ]:
         with pytest.raises(ValueError, match=match):
             with_input_normalization(images, **kwargs)
+    assert with_input_normalization(images, 0.5, 1).name == images.name
+    assert with_input_normalization(images, 0.5, 1, name="raw").name == "raw"
     for bad, match in [(joined, "one input.*a model with 2 inputs"),
                        ("final.keras", "one input.*model='final.keras'")]:
         with pytest.raises(ValueError, match=match):
