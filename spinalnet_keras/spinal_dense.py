@@ -176,6 +176,10 @@ def _sublayer_initializers(initializer, count):
     ]
 
 
+# A sub-layer's BatchNormalization variables, as get_sublayer_weights names them.
+_BATCH_NORM_KEYS = ("gamma", "beta", "moving_mean", "moving_variance")
+
+
 class _PerSublayerInitializer:
     """Draws stored kernel blocks as slices of per-sub-layer Dense kernels.
 
@@ -620,20 +624,31 @@ class SpinalDense(keras.layers.Layer):
             first, then rows of the previous sub-layer's output; kernel 0 has
             only the split's rows), `"biases"` (list of `(width,)` arrays, or
             None without bias), and, when `units` is set, `"output_kernel"`
-            and `"output_bias"`. This is the layout of the reference PyTorch
-            scripts' `fc_spinal_layer{i+1}` (transposed) and of a
-            hand-composed `Dense`/`Concatenate` network.
+            and `"output_bias"`. With `batch_norm`, also `"batch_norms"`: a
+            list of `depth` dicts of `(width,)` arrays, `"gamma"`, `"beta"`,
+            `"moving_mean"` and `"moving_variance"` (PyTorch's `weight`,
+            `bias`, `running_mean` and `running_var`). This is the layout of
+            the reference PyTorch scripts' `fc_spinal_layer{i+1}` (transposed)
+            and of a hand-composed `Dense`/`Concatenate` network.
         """
         if not self.built:
             raise ValueError("Build the layer before reading its weights.")
         arrays = [ops.convert_to_numpy(v) for v in self._stored_variables()]
-        return self._unpack(arrays, *self._layouts()["current"])
+        weights = self._unpack(arrays, *self._layouts()["current"])
+        if self.batch_norm:
+            weights["batch_norms"] = [
+                {key: ops.convert_to_numpy(getattr(bn, key)) for key in _BATCH_NORM_KEYS}
+                for bn in self._batch_norms
+            ]
+        return weights
 
     def set_sublayer_weights(self, weights):
         """Inverse of `get_sublayer_weights`: load per-sub-layer weights.
 
         Use it to import weights from a hand-composed network or from the
-        reference PyTorch scripts (transpose `nn.Linear.weight`).
+        reference PyTorch scripts (transpose `nn.Linear.weight`). With
+        `batch_norm`, `"batch_norms"` may be left out to keep the layer's
+        BatchNormalization weights as they are.
         """
         if not self.built:
             raise ValueError("Build the layer before setting its weights.")
@@ -641,12 +656,15 @@ class SpinalDense(keras.layers.Layer):
         # Everything is checked before anything is assigned, so a bad dict
         # leaves the layer as it was.
         keys = {"kernels", "biases"} | ({"output_kernel", "output_bias"} if self.units else set())
-        if not isinstance(weights, dict) or set(weights) != keys:
+        optional = {"batch_norms"} if self.batch_norm else set()
+        if not isinstance(weights, dict) or not keys <= set(weights) <= keys | optional:
             given = sorted(weights) if isinstance(weights, dict) else type(weights).__name__
             raise ValueError(
-                f"`weights` must be a dict with the keys {sorted(keys)}, as "
-                f"get_sublayer_weights() returns. Received: {given}"
+                f"`weights` must be a dict with the keys {sorted(keys)}"
+                + (f" (and optionally {sorted(optional)})" if optional else "")
+                + f", as get_sublayer_weights() returns. Received: {given}"
             )
+        batch_norms = self._checked_batch_norms(weights.get("batch_norms"))
         kernels = [np.asarray(k) for k in weights["kernels"]]
         if len(kernels) != self.depth:
             raise ValueError(
@@ -683,6 +701,35 @@ class SpinalDense(keras.layers.Layer):
         arrays = self._pack({**weights, "kernels": kernels}, *self._layouts()["current"])
         for variable, value in zip(self._stored_variables(), arrays):
             variable.assign(value)
+        for bn, values in zip(self._batch_norms, batch_norms or ()):
+            for key in _BATCH_NORM_KEYS:
+                getattr(bn, key).assign(values[key])
+
+    def _checked_batch_norms(self, batch_norms):
+        """`batch_norms` of set_sublayer_weights as arrays, checked."""
+        if batch_norms is None:
+            return None
+        wanted = (f"`batch_norms` must be a list of {self.depth} dicts with the keys "
+                  f"{list(_BATCH_NORM_KEYS)}, each a ({self.width},) array")
+        if not isinstance(batch_norms, (list, tuple)) or len(batch_norms) != self.depth:
+            raise ValueError(f"{wanted}. Received: {type(batch_norms).__name__}"
+                             + (f" of {len(batch_norms)}" if isinstance(batch_norms, (list, tuple))
+                                else ""))
+        checked = []
+        for i, values in enumerate(batch_norms):
+            if not isinstance(values, dict) or set(values) != set(_BATCH_NORM_KEYS):
+                given = sorted(values) if isinstance(values, dict) else type(values).__name__
+                raise ValueError(f"{wanted}. Received for sub-layer {i}: {given}")
+            arrays = {key: np.asarray(values[key]) for key in _BATCH_NORM_KEYS}
+            for key, array in arrays.items():
+                if array.shape != (self.width,):
+                    raise ValueError(f"{wanted}. Received for sub-layer {i}: {key} of "
+                                     f"shape {array.shape}")
+            if np.any(arrays["moving_variance"] < 0):
+                raise ValueError(f"Sub-layer {i}'s moving_variance must not be negative "
+                                 "(PyTorch's running_var).")
+            checked.append(arrays)
+        return checked
 
     # -- stored layouts ----------------------------------------------------
 

@@ -5,8 +5,9 @@ import numpy as np
 
 
 def numpy_spinal(x, kernels, biases, splits, activation=lambda z: np.maximum(z, 0),
-                 output_kernel=None, output_bias=None):
-    """The forward pass of the notes, §1, written the obvious way."""
+                 output_kernel=None, output_bias=None, batch_norms=None, epsilon=1e-3):
+    """The forward pass of the notes, §1, written the obvious way (with
+    `batch_norms`, each sub-layer's BatchNorm as at inference)."""
     parts = np.array_split(x, splits, axis=-1)
     prev, outs = None, []
     for i, kernel in enumerate(kernels):
@@ -15,6 +16,10 @@ def numpy_spinal(x, kernels, biases, splits, activation=lambda z: np.maximum(z, 
         z = z @ kernel
         if biases is not None:
             z = z + biases[i]
+        if batch_norms is not None:
+            bn = batch_norms[i]
+            z = (z - bn["moving_mean"]) / np.sqrt(bn["moving_variance"] + epsilon)
+            z = z * bn["gamma"] + bn["beta"]
         prev = activation(z)
         outs.append(prev)
     y = np.concatenate(outs, axis=-1)

@@ -31,6 +31,9 @@ EXAMPLES = [
       "sparse and dense features predict alike: True",
       "saved to runs/sparse_text/spinal.keras; reloaded outputs identical: True"]),
     ("spinalize_model.py", [], ["hidden Dense layers: ['fc1', 'fc2']", "all spinal"]),
+    ("import_weights.py", ["--features", "9", "--width", "3", "--depth", "4", "--splits", "3"],
+     ["SpinalDense(10, width=3, depth=4, splits=3, batch_norm=True) on 9 features",
+      "matches the reference: True", "read back in the PyTorch layout: True"]),
     ("serve_saved_model.py", ["--output-dir", "exp", "--onnx"],
      ["saved_model  mnist/1", "served probabilities: (2, 10)",
       "spinalnet_keras imported by the client: False", "onnx         mnist.onnx",
@@ -112,6 +115,9 @@ BAD_ARGUMENTS = [
     ("sparse_text_classification.py", ["--documents", "5"],
      "--documents must be at least 10. Received: 5"),
     ("train_and_compare.py", ["--seeds", "1", "1"], "--seeds must be distinct. Received: 1 1"),
+    ("import_weights.py", ["--width", "0"], "--width must be at least 1. Received: 0"),
+    ("import_weights.py", ["--splits", "9", "--depth", "4"],  # the layer's own message
+     "`splits` must be between 1 and `depth`"),
 ]
 
 

@@ -182,6 +182,65 @@ def test_batch_norm_counts_and_updates():
     assert not np.allclose(before, layer._batch_norms[0].moving_mean.numpy())
 
 
+def test_batch_norm_weights_in_the_sublayer_layout():
+    # As the reference scripts' BatchNorm1d (weight, bias, running_mean,
+    # running_var) would give them: the layer then computes their inference pass.
+    rng = np.random.default_rng(0)
+    layer = SpinalDense(3, width=4, depth=3, batch_norm=True, batch_norm_epsilon=1e-5)
+    layer.build((None, 7))
+    weights = layer.get_sublayer_weights()
+    assert [sorted(bn) for bn in weights["batch_norms"]] == [
+        ["beta", "gamma", "moving_mean", "moving_variance"]] * 3
+    np.testing.assert_array_equal(weights["batch_norms"][0]["moving_variance"], np.ones(4))
+    weights["batch_norms"] = [
+        {"gamma": rng.uniform(0.5, 2, 4), "beta": rng.normal(size=4),
+         "moving_mean": rng.normal(size=4), "moving_variance": rng.uniform(0.5, 2, 4)}
+        for _ in range(3)]
+    layer.set_sublayer_weights(weights)
+    x = _x(6, 7)
+    expected = numpy_spinal(x, weights["kernels"], weights["biases"], 2,
+                            output_kernel=weights["output_kernel"],
+                            output_bias=weights["output_bias"],
+                            batch_norms=weights["batch_norms"], epsilon=1e-5)
+    np.testing.assert_allclose(layer(x, training=False), expected, rtol=1e-5, atol=1e-5)
+    for got, given in zip(layer.get_sublayer_weights()["batch_norms"], weights["batch_norms"]):
+        for key in given:
+            np.testing.assert_allclose(got[key], given[key], rtol=1e-6)
+    # left out: the BatchNorm weights stay; the Dense ones are set
+    kept = layer.get_sublayer_weights()
+    without = {k: v for k, v in kept.items() if k != "batch_norms"}
+    without["output_bias"] = np.full(3, 7.0, "float32")
+    layer.set_sublayer_weights(without)
+    np.testing.assert_allclose(layer.get_sublayer_weights()["batch_norms"][2]["beta"],
+                               kept["batch_norms"][2]["beta"])
+    np.testing.assert_array_equal(layer.output_bias.numpy(), 7.0)
+    # checked whole before anything is assigned
+    before = [v.numpy().copy() for v in layer.weights]
+    bn = kept["batch_norms"]
+    for bad, match in [
+        (bn[:2], r"a list of 3 dicts with the keys \['gamma', 'beta', 'moving_mean', "
+         r"'moving_variance'\], each a \(4,\) array. Received: list of 2"),
+        ({"gamma": 1}, "Received: dict"),
+        (bn[:2] + [{"gamma": bn[2]["gamma"]}], r"Received for sub-layer 2: \['gamma'\]"),
+        (bn[:2] + [{**bn[2], "beta": np.zeros(5)}],
+         r"Received for sub-layer 2: beta of shape \(5,\)"),
+        ([{**bn[0], "moving_variance": -np.ones(4)}] + bn[1:],
+         "Sub-layer 0's moving_variance must not be negative"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            layer.set_sublayer_weights({**kept, "output_bias": np.zeros(3), "batch_norms": bad})
+    for v, old in zip(layer.weights, before):
+        np.testing.assert_array_equal(v.numpy(), old)
+    # a layer without BatchNorm has none to take
+    plain = SpinalDense(3, width=4, depth=3)
+    plain.build((None, 7))
+    assert "batch_norms" not in plain.get_sublayer_weights()
+    with pytest.raises(ValueError, match=r"keys \['biases', 'kernels', 'output_bias', "
+                       r"'output_kernel'\], as get_sublayer_weights\(\) returns. Received: "
+                       r"\['batch_norms', "):
+        plain.set_sublayer_weights({**plain.get_sublayer_weights(), "batch_norms": bn})
+
+
 def test_no_bias():
     layer = SpinalDense(3, width=4, depth=2, use_bias=False)
     layer.build((None, 10))
