@@ -665,6 +665,14 @@ class SpinalDense(keras.layers.Layer):
                 + f", as get_sublayer_weights() returns. Received: {given}"
             )
         batch_norms = self._checked_batch_norms(weights.get("batch_norms"))
+        for key in ("kernels", "biases"):
+            value = weights[key]
+            if not (isinstance(value, (list, tuple, np.ndarray))
+                    or (key == "biases" and value is None)):
+                raise ValueError(
+                    f"`{key}` must be a list of {self.depth} arrays, one per sub-layer. "
+                    f"Received: {key}={value!r}"
+                )
         kernels = [np.asarray(k) for k in weights["kernels"]]
         if len(kernels) != self.depth:
             raise ValueError(
@@ -699,11 +707,15 @@ class SpinalDense(keras.layers.Layer):
                       else f"have shape {shape}")
             raise ValueError(f"`{key}` must {wanted}. Received: {got}")
         arrays = self._pack({**weights, "kernels": kernels}, *self._layouts()["current"])
-        for variable, value in zip(self._stored_variables(), arrays):
-            variable.assign(value)
+        pairs = list(zip(self._stored_variables(), arrays))
         for bn, values in zip(self._batch_norms, batch_norms or ()):
-            for key in _BATCH_NORM_KEYS:
-                getattr(bn, key).assign(values[key])
+            pairs += [(getattr(bn, key), values[key]) for key in _BATCH_NORM_KEYS]
+        try:  # all converted before any is assigned
+            pairs = [(v, np.asarray(a, dtype=v.dtype)) for v, a in pairs]
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"`weights` must hold numbers: {e}") from e
+        for variable, value in pairs:
+            variable.assign(value)
 
     def _checked_batch_norms(self, batch_norms):
         """`batch_norms` of set_sublayer_weights as arrays, checked."""

@@ -485,6 +485,13 @@ def test_set_sublayer_weights_checks_shapes():
         ({"kernels": good["kernels"]}, r"keys \['biases', 'kernels'\].*Received: \['kernels'\]"),
         ({**good, "output_kernel": None}, r"Received: \['biases', 'kernels', 'output_kernel'\]"),
         ({**good, "biases": good["biases"][:1]}, r"`biases` must be 2 arrays of shape \(4,\). Received: \[\(4,\)\]"),
+        ({**good, "kernels": None}, "`kernels` must be a list of 2 arrays, one per sub-layer. "
+         "Received: kernels=None"),
+        ({**good, "biases": 3}, "`biases` must be a list of 2 arrays.*Received: biases=3"),
+        # the kernels would be assigned before the biases failed to convert
+        ({"kernels": [k + 1 for k in good["kernels"]], "biases": [np.array(["x"] * 4)] * 2},
+         "`weights` must hold numbers: could not "
+         "convert string to float"),
     ]:
         with pytest.raises(ValueError, match=match):
             layer.set_sublayer_weights(bad)
