@@ -307,11 +307,11 @@ def test_numpy_scalars_and_path_objects_train_and_are_stored_plain(tmp_path):
                         dropout=np.float32(0.25), batch_norm=np.True_, seed=np.int64(3),
                         learning_rate=np.float64(0.01), optimizer=np.str_("adam"),
                         verbose=np.int64(0), jit_compile=False, train_examples=np.int32(256),
-                        output_dir=tmp_path / "np", data_dir=tmp_path / "data")
+                        output_dir=tmp_path / "np")
     plain = TrainConfig(**_REGRESSION, width=6, epochs=1, dropout=0.25, batch_norm=True,
                         seed=3, learning_rate=0.01, optimizer="adam", verbose=0,
                         jit_compile="off", train_examples=256,
-                        output_dir=str(tmp_path / "np"), data_dir=str(tmp_path / "data"))
+                        output_dir=str(tmp_path / "np"))
     assert given == plain
     assert [type(getattr(given, f.name)) for f in dataclasses.fields(given)] == [
         type(getattr(plain, f.name)) for f in dataclasses.fields(plain)]
