@@ -724,15 +724,18 @@ class SpinalDense(keras.layers.Layer):
         wanted = (f"`batch_norms` must be a list of {self.depth} dicts with the keys "
                   f"{list(_BATCH_NORM_KEYS)}, each a ({self.width},) array")
         if not isinstance(batch_norms, (list, tuple)) or len(batch_norms) != self.depth:
-            raise ValueError(f"{wanted}. Received: {type(batch_norms).__name__}"
-                             + (f" of {len(batch_norms)}" if isinstance(batch_norms, (list, tuple))
-                                else ""))
+            count = f" of {len(batch_norms)}" if isinstance(batch_norms, (list, tuple)) else ""
+            raise ValueError(f"{wanted}. Received: {type(batch_norms).__name__}{count}")
         checked = []
         for i, values in enumerate(batch_norms):
             if not isinstance(values, dict) or set(values) != set(_BATCH_NORM_KEYS):
                 given = sorted(values) if isinstance(values, dict) else type(values).__name__
                 raise ValueError(f"{wanted}. Received for sub-layer {i}: {given}")
-            arrays = {key: np.asarray(values[key]) for key in _BATCH_NORM_KEYS}
+            try:
+                arrays = {key: np.asarray(values[key], dtype="float32")
+                          for key in _BATCH_NORM_KEYS}
+            except (TypeError, ValueError) as e:
+                raise ValueError(f"`weights` must hold numbers: {e}") from e
             for key, array in arrays.items():
                 if array.shape != (self.width,):
                     raise ValueError(f"{wanted}. Received for sub-layer {i}: {key} of "

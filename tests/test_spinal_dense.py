@@ -226,6 +226,8 @@ def test_batch_norm_weights_in_the_sublayer_layout():
          r"Received for sub-layer 2: beta of shape \(5,\)"),
         ([{**bn[0], "moving_variance": -np.ones(4)}] + bn[1:],
          "Sub-layer 0's moving_variance must not be negative"),
+        ([{**bn[0], "moving_variance": np.array(["a"] * 4)}] + bn[1:],
+         "`weights` must hold numbers: could not convert string to float"),
     ]:
         with pytest.raises(ValueError, match=match):
             layer.set_sublayer_weights({**kept, "output_bias": np.zeros(3), "batch_norms": bad})
