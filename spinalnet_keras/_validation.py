@@ -197,6 +197,18 @@ def plain_name(name, value):
     return value
 
 
+def keras_name(name, value, role):
+    """Return `value` if it serves as a Keras layer or model name, else raise
+    (`role` says what it names). Keras would take 3 or None as the text
+    "3" or "None", and "" as no name at all."""
+    if not isinstance(value, str) or not value or "/" in value:
+        raise ValueError(
+            f"`{name}` must be a non-empty string without '/' ({role}). "
+            f"Received: {name}={value!r}"
+        )
+    return value
+
+
 def comma_list(value):
     """`value` cut at its commas if it is a str (`"rotate,flip"`, as on the
     command line), empty items dropped, as a tuple; anything else as it is."""

@@ -85,12 +85,8 @@ def with_input_normalization(model, mean, std, name=None):
             "`model` must be a keras.Model with one input, the images to "
             f"normalise. Received: {received}"
         )
-    if name is not None and (not isinstance(name, str) or not name or "/" in name):
-        # "" would fall back to the model's name.
-        raise ValueError(
-            "`name` must be a non-empty string without '/', or None for the "
-            f"model's name. Received: name={name!r}"
-        )
+    if name is not None:
+        _validation.keras_name("name", name, "the new model's; None gives it the model's")
     channels = model.input_shape[-1]
     stats = {}
     for key, value in (("mean", mean), ("std", std)):

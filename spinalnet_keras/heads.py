@@ -182,12 +182,7 @@ def build_head(
     """
     num_outputs = _validation.positive_int("num_outputs", num_outputs)
     check_output_activation(output_activation, num_outputs)
-    if not isinstance(name, str) or not name or "/" in name:
-        # Keras would take 3 or None as the prefix "3_" or "None_".
-        raise ValueError(
-            "`name` must be a non-empty string without '/' (the prefix of the "
-            f"head's layer names). Received: name={name!r}"
-        )
+    _validation.keras_name("name", name, "the prefix of the head's layer names")
     if isinstance(head, str):
         head = Head(head)
     elif not isinstance(head, Head):
