@@ -268,7 +268,7 @@ def _shape(tensors):
 
 def _calls(model):
     """`{id(layer): [(input shape, output shape) per call]}` over the calls
-    in `model`'s own graph, or None if it has none to read.
+    in `model`'s own graph (empty if it has none to read).
 
     A layer's `input`/`output` describe its first call only, which may be
     another model's, and a shared layer runs once per call.
@@ -276,7 +276,7 @@ def _calls(model):
     graph = model._functional if isinstance(model, keras.Sequential) else model
     by_depth = getattr(graph, "_nodes_by_depth", None)
     if by_depth is None:
-        return None
+        return {}
     calls = {}
     for nodes in by_depth.values():
         for node in nodes:
@@ -305,7 +305,7 @@ def _unreadable(layer, model):
 
 def _model_costs(model, seen, repeat=1):
     costs = []
-    calls = _calls(model) or {}
+    calls = _calls(model)
     for layer in model.layers:
         if id(layer) in seen or isinstance(layer, keras.layers.InputLayer):
             continue
