@@ -31,7 +31,12 @@ _KEPT = ("units", "name", "dtype")
 
 
 def _check_graph_model(model):
-    if not isinstance(model, keras.Model) or not _is_graph_model(model):
+    if not isinstance(model, keras.Model):
+        raise TypeError(
+            "spinalize works on Keras Sequential and functional models. "
+            f"Received: model={model!r} (a {type(model).__name__})"
+        )
+    if not _is_graph_model(model):
         raise ValueError(
             "spinalize works on Sequential and functional models; a subclassed "
             "model has no layer graph to rewrite. Put SpinalDense in its "
@@ -106,6 +111,7 @@ def spinalize(model, layers=None, width=None, depth=4, splits=2, **spinal_option
         not changed. Call `compile` on the result.
 
     Raises:
+        TypeError: `model` is not a Keras model.
         ValueError: subclassed or unbuilt models, names that are not in
             the model, layers that are not Dense or have no hidden role,
             quantized or LoRA-enabled layers, layers with fewer input

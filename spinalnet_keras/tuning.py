@@ -527,16 +527,29 @@ def trial_table(tuner, hypermodel):
     return rows
 
 
+_TRIAL_COLUMNS = ("trial", "status", "width", "depth", "splits", "dropout", "batch_norm",
+                  "learning_rate", "score", "params", "multiplications")
+# What trial_table writes for every trial, whatever the search space.
+_ALWAYS_TRIAL_COLUMNS = ("trial", "status", "width", "depth", "splits", "score", "params",
+                         "multiplications")
+
+
 def format_trial_table(rows):
-    """The rows `trial_table` returned, as a Markdown table."""
+    """The rows `trial_table` returned, as a Markdown table.
+
+    Columns come in `trial_table`'s order; keys a caller added to the rows
+    follow, in the order they first appear. No rows (a search not run yet)
+    give the header alone.
+    """
     if not isinstance(rows, (list, tuple)) or not all(isinstance(r, dict) for r in rows):
         raise TypeError(
             f"`rows` must be the list of dicts trial_table returns. Received: rows={rows!r}"
         )
-    keys = [k for k in ("trial", "status", "width", "depth", "splits", "dropout",
-                        "batch_norm", "learning_rate", "score", "params",
-                        "multiplications") if any(k in r for r in rows)]
-    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    keys = [k for k in _TRIAL_COLUMNS
+            if (k in _ALWAYS_TRIAL_COLUMNS and not rows) or any(k in r for r in rows)]
+    for r in rows:
+        keys += [k for k in r if k not in keys]
+    lines = ["| " + " | ".join(map(str, keys)) + " |", "|" + "---|" * len(keys)]
     for r in rows:
         cells = []
         for k in keys:

@@ -156,6 +156,11 @@ def test_errors():
     net(np.zeros((1, 4)))
     with pytest.raises(ValueError, match="subclassed"):
         spinalize(net)
-    for bad in (net, "model"):
-        with pytest.raises(ValueError, match="Sequential and functional models"):
+    with pytest.raises(ValueError, match="Sequential and functional models"):
+        hidden_dense_layers(net)
+    for bad in ("model", None):
+        with pytest.raises(TypeError, match=r"Sequential and functional models\. "
+                           rf"Received: model={bad!r} \(a {type(bad).__name__}\)"):
             hidden_dense_layers(bad)
+        with pytest.raises(TypeError, match="Received: model="):
+            spinalize(bad)

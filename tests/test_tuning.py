@@ -158,7 +158,13 @@ def test_bad_hypermodel_and_tuner_arguments(tmp_path):
         trial_table(tuner, 3)
     with pytest.raises(TypeError, match="list of dicts trial_table returns. Received: rows='t'"):
         format_trial_table("t")
-    assert format_trial_table([]) == "|  |\n|"  # no trials yet: no columns
+    # no trials yet: the header that trial_table's rows will fill
+    assert format_trial_table(trial_table(tuner, hm)) == (
+        "| trial | status | width | depth | splits | score | params | multiplications |\n"
+        "|---|---|---|---|---|---|---|---|")
+    # a column the caller added is shown, not dropped
+    assert format_trial_table([{"trial": "00", "score": 0.5, "val_mae": 0.25}]) == (
+        "| trial | score | val_mae |\n|---|---|---|\n| 00 | 0.5 | 0.25 |")
     # a search of no epochs would complete its trials with no score or model
     task = _task()
     with pytest.raises(kt.errors.FatalValueError, match="a trial of no epochs trains and "
