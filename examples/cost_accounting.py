@@ -30,6 +30,9 @@ print(f"spinal head: {spinal_cost.multiplications:,} vs {dense_cost.multiplicati
       f"{100 * cut['trainable_params']:.1f}% fewer parameters")
 
 # A single layer needs its input shape:
-print(cost_report(SpinalDense(10, width=10, depth=6), input_shape=(None, 320)).multiplications)
+layer_cost = cost_report(SpinalDense(10, width=10, depth=6), input_shape=(None, 320))
+print(f"SpinalDense(10, width=10, depth=6) on 320 features: "
+      f"{layer_cost.multiplications:,} multiplications")
 # Whole networks, nested models included:
-print(cost_report(paper_model("mnist_cnn", head="spinal")).trainable_params)
+network_cost = cost_report(paper_model("mnist_cnn", head="spinal"))
+print(f"mnist_cnn with the spinal head: {network_cost.trainable_params:,} trainable parameters")

@@ -19,7 +19,10 @@ def keras_file_loads(path):
 EXAMPLES = [
     ("quickstart.py", ["--epochs", "2"],
      ["Keras backend: tensorflow", "spinal", "saved to runs/quickstart/spinal.keras; reloaded outputs identical: True"]),
-    ("cost_accounting.py", [], ["8,480 vs 16,500 multiplications (48.6% fewer)", "13818"]),
+    ("cost_accounting.py", [], ["8,480 vs 16,500 multiplications (48.6% fewer)",
+                                # 160 * 10 + 5 * (160 + 10) * 10 + 60 * 10
+                                "width=10, depth=6) on 320 features: 10,700 multiplications",
+                                "mnist_cnn with the spinal head: 13,818 trainable parameters"]),
     ("paper_networks.py", ["--classes", "26"],  # training steps: test_paper_models
      # paper counts with 26 instead of 10 classes: + 16 * (inputs + 1)
      [f"vgg5       spinal trainable   {3_629_770 + 16 * 513:,}",
