@@ -58,7 +58,9 @@ class TrainConfig:
     `batch_size` is the global batch size (all replicas together).
     `momentum` is SGD's (0.5, the paper's, unless given); other optimizers
     take none. `jit_compile` is `"auto"`, `"on"` or `"off"` (True and False
-    are taken for `"on"` and `"off"`).
+    are taken for `"on"` and `"off"`). `deterministic` turns on TensorFlow's
+    op determinism when `train` starts; it stays on for the rest of the
+    process (TensorFlow has no switch to turn it off).
     Head options left as None keep the network's own (the paper's) values.
     """
 
