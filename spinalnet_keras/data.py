@@ -240,7 +240,7 @@ def prepare(name, data_dir=None, manual_dir=None):
     """
     tfds = _import_tfds()
 
-    if name not in DATASETS:
+    if not isinstance(name, str) or name not in DATASETS:
         raise ValueError(
             f"Unknown dataset {name!r}. Available: {dataset_names()}"
         )
@@ -546,7 +546,8 @@ def check_options(name, normalization="paper", image_size=None, channels=None,
     tfds reads them from) are refused on the regression data, which is
     generated, rather than ignored, and `rotation_degrees` without the
     `"rotate"` it sets."""
-    if name not in DATASETS and name not in REGRESSION_DATASETS:
+    # a list or dict would fail the look-up as "unhashable", naming nothing
+    if not isinstance(name, str) or (name not in DATASETS and name not in REGRESSION_DATASETS):
         raise ValueError(f"Unknown dataset {name!r}. Available: {dataset_names()}")
     normalization = _validation.choice("normalization", normalization, NORMALIZATIONS)
     augment = _validate_augment(augment)

@@ -171,6 +171,8 @@ def model_names():
 
 
 def resolve_model_name(name):
+    if not isinstance(name, str):  # a list would fail the look-up as "unhashable"
+        raise ValueError(f"Unknown model {name!r}. Available: {model_names()}")
     if name in PAPER_MODELS:
         return name
     for backbone in available_backbones():

@@ -274,6 +274,9 @@ _REGRESSION = dict(model="regression", dataset="table1/sum")
     (dict(deterministic=1), "deterministic=1"),
     (dict(output_dir=None), "output_dir=None"),
     (dict(dataset="mnist3"), "Unknown dataset 'mnist3'"),
+    # names in a list: the look-ups would fail as "unhashable", naming nothing
+    (dict(dataset=["mnist"]), r"Unknown dataset \['mnist'\]"),
+    (dict(model=["vgg5"]), r"Unknown model \['vgg5'\]. Available: \['mnist_cnn'"),
     (dict(model="mnist_cnn", dataset="table1/sum"), "is a regression task"),
     (dict(model="regression", dataset="mnist"), "needs a regression dataset"),
     (dict(model="mnist_cnn", dataset="mnist", augment=("blur",)), "augment='blur'"),

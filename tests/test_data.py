@@ -215,6 +215,10 @@ def test_manual_dir_from_environment_and_subfolder(monkeypatch, tmp_path):
 def test_bad_arguments():
     with pytest.raises(ValueError, match=r"Unknown dataset 'mnist2'.*table1/sum"):
         load_task("mnist2")
+    with pytest.raises(ValueError, match=r"Unknown dataset \['mnist'\].*table1/sum"):
+        load_task(["mnist"])
+    with pytest.raises(ValueError, match=r"Unknown dataset \{'mnist': 1\}"):
+        data.prepare({"mnist": 1})
     with pytest.raises(ValueError, match="batch_size=0"):
         load_task("table1/sum", batch_size=0)
     with pytest.raises(ValueError, match="augment='blur'"):

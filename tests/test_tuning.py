@@ -119,6 +119,8 @@ def test_bad_hypermodel_and_tuner_arguments(tmp_path):
             SpinalHyperModel("regression", (8,), 1, **kwargs)
     with pytest.raises(ValueError, match="input_shape=8"):
         SpinalHyperModel("regression", 8, 1)
+    with pytest.raises(ValueError, match=r"Unknown model \['regression'\]. Available"):
+        SpinalHyperModel(["regression"], (8,), 1)
     with pytest.raises(TypeError, match=r"space=\{'widths'"):
         SpinalHyperModel("regression", (8,), 1, space={"widths": (4,)})
     hm = _hypermodel()
