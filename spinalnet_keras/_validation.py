@@ -73,8 +73,10 @@ def numpy_seed(name, value, allow_none=False):
 
 def values(name, value, check):
     """Return the tuple of `value`'s items, each passed through
-    `check(name, item)`; `value` must be a non-empty list, tuple, range or
-    1-D numpy array (`np.arange(4, 33, 4)`)."""
+    `check(f"{name}[{i}]", item)`, so that an error names the item (its
+    message would otherwise say the whole list must be, e.g., a positive
+    integer); `value` must be a non-empty list, tuple, range or 1-D numpy
+    array (`np.arange(4, 33, 4)`)."""
     sequence = isinstance(value, (list, tuple, range)) or (
         isinstance(value, np.ndarray) and value.ndim == 1)
     if not sequence or not len(value):
@@ -82,7 +84,7 @@ def values(name, value, check):
             f"`{name}` must be a non-empty list, tuple, range or 1-D array. "
             f"Received: {name}={value!r}"
         )
-    return tuple(check(name, v) for v in value)
+    return tuple(check(f"{name}[{i}]", v) for i, v in enumerate(value))
 
 
 def shape(name, value, form):

@@ -156,6 +156,11 @@ def spinalize(model, layers=None, width=None, depth=4, splits=2, **spinal_option
         names = {layer.name: layer for layer in model.layers}
         for item in layers:
             name = item.name if isinstance(item, keras.layers.Layer) else item
+            if not isinstance(name, str):  # a list would fail the look-up as "unhashable"
+                raise ValueError(
+                    "`layers` must hold layer names or layers. Received: "
+                    f"layers={layers!r}, holding {name!r}; hidden Dense layers: {hidden}"
+                )
             if name not in names:
                 raise ValueError(
                     f"Layer {name!r} is not in model '{model.name}'. Hidden "

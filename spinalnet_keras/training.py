@@ -513,7 +513,7 @@ def _check_even_split(batch_size, replicas, what="`batch_size`"):
 def _check_callback(name, callback):
     if not isinstance(callback, keras.callbacks.Callback):
         raise TypeError(
-            f"`{name}` must be a list of keras.callbacks.Callback. Received: {callback!r}"
+            f"`{name}` must be a keras.callbacks.Callback. Received: {name}={callback!r}"
         )
     return callback
 

@@ -370,7 +370,7 @@ def test_compare_refuses_repeated_seeds_and_datasets(tmp_path):
     with pytest.raises(ValueError, match="non-empty list, tuple, range or 1-D array. Received: seeds=0"):
         compare(config, seeds=0)
     # before the first run trains, not when its seed comes
-    with pytest.raises(ValueError, match=r"from 0 to 2\*\*32 - 1 .* Received: seeds=4294967296"):
+    with pytest.raises(ValueError, match=r"from 0 to 2\*\*32 - 1 .* Received: seeds\[1\]=4294967296"):
         compare(config, seeds=[0, 2**32])
     with pytest.raises(TypeError, match="get_strategy.*Received: strategy='mirrored'"):
         compare(config, seeds=range(2), strategy="mirrored")
@@ -392,7 +392,8 @@ def test_train_checks_config_strategy_and_callbacks_before_writing(tmp_path):
         train(config, strategy="mirrored")
     with pytest.raises(ValueError, match="`callbacks` must be a non-empty list"):
         train(config, callbacks=keras.callbacks.History())
-    with pytest.raises(TypeError, match="list of keras.callbacks.Callback. Received: 'csv'"):
+    with pytest.raises(TypeError, match=r"`callbacks\[0\]` must be a keras.callbacks.Callback. "
+                       r"Received: callbacks\[0\]='csv'"):
         train(config, callbacks=["csv"])
     assert not (tmp_path / "t").exists()
 

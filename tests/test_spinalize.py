@@ -115,6 +115,9 @@ def test_errors():
         with pytest.raises(ValueError, match=r"`layers` must name at least one layer: a name, "
                            rf"a layer, or a list of them. Received: layers={shown}; hidden"):
             spinalize(model, layers=layers)
+    with pytest.raises(ValueError, match=r"hold layer names or layers. Received: "
+                       r"layers=\[\['h'\]\], holding \['h'\]; hidden"):
+        spinalize(model, layers=[["h"]])
     # what the rest of the graph relies on stays the Dense layer's
     with pytest.raises(ValueError, match=r"`units`, `name`: .*Received: units=5, name='x'"):
         spinalize(model, units=5, name="x")

@@ -80,14 +80,15 @@ def test_impossible_combinations_are_never_built(tmp_path):
 
 @pytest.mark.parametrize("kwargs,match", [
     (dict(widths=()), r"`widths` must be a non-empty list, tuple, range or 1-D array. Received: widths=\(\)"),
-    (dict(depths=(0,)), "depths=0"),
+    (dict(depths=(0,)), r"`depths\[0\]` must be a positive integer. Received: depths\[0\]=0"),
     (dict(splits=(5,), depths=(2, 4)), "splits must be <= depth"),
-    (dict(dropouts=(1.5,)), "dropouts=1.5"),
+    (dict(dropouts=(0.5, 1.5)), r"Received: dropouts\[1\]=1.5"),
     (dict(learning_rates=(0.1, 0.01)), "0 < low < high"),
     (dict(learning_rates=(0.1,)), r"0 < low < high. Received: learning_rates=\(0.1,\)"),
     (dict(widths=8), "non-empty list, tuple, range or 1-D array. Received: widths=8"),
     (dict(dropouts=0.2), "dropouts=0.2"),
-    (dict(splits=(1, True)), "splits=True"),
+    (dict(splits=(1, True)), r"Received: splits\[1\]=True"),
+    (dict(widths=[8, ["x"]]), r"`widths\[1\]` must be a positive integer. Received: widths\[1\]=\['x'\]"),
     (dict(widths=np.array([[4, 8]])), r"1-D array. Received: widths=array\(\[\[4, 8\]\]\)"),
 ])
 def test_bad_search_spaces(kwargs, match):
