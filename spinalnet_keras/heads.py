@@ -168,7 +168,10 @@ def build_head(
     """Apply `head` to the feature tensor `features` (functional API).
 
     Args:
-        features: symbolic tensor of shape `(batch, features)`.
+        features: symbolic tensor of shape `(batch, features)`, or
+            `(batch, ..., features)`: like `Dense`, the head acts on the last
+            axis, giving one prediction per position (e.g. per time step).
+            Pool or flatten a feature map first for one per example.
         num_outputs: classes (or regression outputs).
         head: a `Head`, or `"spinal"` / `"dense"` for one with defaults.
         output_activation: activation of the last Dense (`"softmax"`, or
@@ -178,7 +181,8 @@ def build_head(
         name: prefix of the layer names (a non-empty string).
 
     Returns:
-        The output tensor of shape `(batch, num_outputs)`.
+        The output tensor of shape `(batch, num_outputs)` (`(batch, ...,
+        num_outputs)` for inputs of higher rank).
     """
     num_outputs = _validation.positive_int("num_outputs", num_outputs)
     check_output_activation(output_activation, num_outputs)

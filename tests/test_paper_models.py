@@ -180,6 +180,15 @@ def test_build_head_on_a_feature_tensor():
         assert model.count_params() == params
         probs = model.predict(np.ones((2, 16)), verbose=0)
         np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)  # softmax
+        # on a sequence, as Dense: one prediction per step, each step's own
+        steps = keras.Input((5, 16))
+        tagger = keras.Model(steps, build_head(steps, 3, head))
+        tagger.set_weights(model.get_weights())
+        x = np.random.default_rng(0).random((2, 5, 16)).astype("float32")
+        per_step = tagger.predict(x, verbose=0)
+        assert per_step.shape == (2, 5, 3)
+        np.testing.assert_allclose(per_step[:, 3], model.predict(x[:, 3], verbose=0),
+                                   rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="head='wide'"):
         build_head(features, 3, "wide")
     with pytest.raises(TypeError, match="Received: head=5"):
