@@ -7,6 +7,7 @@ import argparse
 import atexit
 import gc
 import os
+import re
 import sys
 
 from spinalnet_keras import _validation
@@ -449,7 +450,27 @@ def build_parser():
                    help="largest accepted absolute output difference (default 1e-4; "
                    "not with --no-verify)")
     p.set_defaults(func=_export)
+    for command in sub.choices.values():
+        _show_defaults(command)
     return parser
+
+
+def _show_defaults(parser):
+    """Add each option's default to its help, where the help does not give
+    it already (the defaults differ between commands: train's optimizer is
+    the paper's SGD, tune's Adam). Flags that are off and options that are
+    unset by default say nothing."""
+    for action in parser._actions:
+        default = action.default
+        if (not action.option_strings or default is None or default is False
+                or default == () or default == argparse.SUPPRESS):
+            continue
+        if re.search(r"\(default|by default|^default ", action.help or ""):
+            continue  # written in the help's own words ("--strategy"'s "default" is a choice)
+        if isinstance(default, (list, tuple)):
+            default = " ".join(map(str, default))
+        shown = f"default: {default}".replace("%", "%%")  # argparse %-formats help
+        action.help = f"{action.help} ({shown})" if action.help else shown
 
 
 def main(argv=None):

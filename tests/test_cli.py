@@ -357,6 +357,42 @@ def test_every_train_option_reaches_the_config():
     assert (_config(other).optimizer, _config(other).momentum) == ("rmsprop", None)
 
 
+def test_help_gives_every_default(monkeypatch):
+    # The defaults differ between commands (train's optimizer is the paper's
+    # SGD at 0.01, tune's Adam at 1e-3), so each command's help shows its own.
+    from spinalnet_keras.cli import build_parser
+
+    monkeypatch.setenv("COLUMNS", "400")  # no help text wrapped
+    commands = build_parser()._subparsers._group_actions[0].choices
+    texts = {name: command.format_help() for name, command in commands.items()}
+
+    def help_of(command, option):
+        # the option's entry: its line and the indented lines under it
+        (entry,) = re.findall(rf"^  {option}[ ,\n].*?(?=^  -|^\S|\Z)", texts[command],
+                              re.MULTILINE | re.DOTALL)
+        return " ".join(entry.split())
+
+    assert help_of("train", "--optimizer").endswith("default: sgd")
+    assert help_of("tune", "--optimizer").endswith("default: adam")
+    assert help_of("tune", "--learning-rate").endswith("default: 0.001")
+    assert help_of("compare", "--seeds").endswith("default: 0 1 2 3 4")
+    assert help_of("demo", "--epochs").endswith("default: 100")
+    assert help_of("demo", "--verbose").endswith("default: 0")  # 0 is a default too
+    assert help_of("train", "--strategy").endswith("one_device, default (default: auto)")
+    # a default the help gives in its own words is not given twice
+    assert help_of("train", "--pooling").endswith("(default avg)")
+    # and every option that has a default shows it
+    for name, command in commands.items():
+        for action in command._actions:
+            default = action.default
+            if (action.option_strings and default not in (None, False, (), "==SUPPRESS==")
+                    and action.dest != "func"):
+                shown = " ".join(map(str, default)) if isinstance(default, (list, tuple)) \
+                    else str(default)
+                assert shown.replace(",", " ") in help_of(name, action.option_strings[0]) \
+                    .replace(",", " "), (name, action.option_strings, default)
+
+
 def test_compare_refuses_repeated_seeds_and_datasets(tmp_path):
     from spinalnet_keras.training import compare
 
