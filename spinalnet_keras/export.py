@@ -47,7 +47,9 @@ class ExportError(RuntimeError):
 
 
 def load_model_file(path):
-    """Load a `.keras` file safely (no code from the file is run)."""
+    """Load a `.keras` file safely (no code from the file is run): a file
+    that holds code, such as a `Lambda` layer's function, is refused with a
+    ValueError saying so."""
     path = _validation.path("path", path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"No model file at {path!r}.")
@@ -61,6 +63,15 @@ def load_model_file(path):
     try:
         return keras.saving.load_model(path, safe_mode=True)
     except Exception as e:
+        if "safe_mode" in str(e):
+            # Keras's own advice (pass safe_mode=False) is not an argument here.
+            raise ValueError(
+                f"{path!r} holds Python code that loading it would run (e.g. a Lambda "
+                "layer's function), and this package loads model files in Keras's "
+                "safe mode only, never running code from a file. Rebuild the model "
+                "without it, or, if you trust the file, load it yourself with "
+                "keras.saving.load_model(path, safe_mode=False) and pass the model."
+            ) from e
         raise ValueError(
             f"Could not load {path!r}; the file is corrupt or not a Keras model "
             f"file ({type(e).__name__}: {e})"

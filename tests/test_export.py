@@ -253,6 +253,14 @@ def test_bad_inputs(tmp_path):
         load_model_file(corrupt)
     with pytest.raises(ValueError, match="Expected a `.keras` model file"):
         load_model_file(__file__)
+    # code in a file is never run, and the refusal says so (not "corrupt")
+    inputs = keras.Input((2,))
+    keras.Model(inputs, keras.layers.Lambda(lambda t: t * 2)(inputs)).save(tmp_path / "l.keras")
+    with pytest.raises(ValueError, match=r"l.keras' holds Python code that loading it would "
+                       r"run .*safe mode only.*load_model\(path, safe_mode=False\)"):
+        load_model_file(tmp_path / "l.keras")
+    with pytest.raises(ValueError, match="holds Python code"):
+        export_model(str(tmp_path / "l.keras"), tmp_path / "x")
     model = paper_model("regression")
     with pytest.raises(ValueError, match="formats='tflite'"):
         export_model(model, tmp_path / "x", formats=("tflite",))
