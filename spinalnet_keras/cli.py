@@ -354,6 +354,15 @@ def _tune(args):
         f.write(table + "\n")
     with open(os.path.join(project, "trials.json"), "w") as f:
         json.dump(rows, f, indent=2, default=str)
+    if not any(r["status"] == "COMPLETED" for r in rows):
+        # keras-tuner would offer a failed trial as the best, whose checkpoint
+        # does not exist (an h5 "unable to open file" error).
+        raise RuntimeError(
+            f"No trial of the search completed ({len(rows)} trial(s): "
+            f"{', '.join(sorted({r['status'] for r in rows}))}), so there is no best model "
+            "to save or export; the errors above say why each failed (e.g. a NaN loss: "
+            f"try a lower --learning-rate). The table is in {project}."
+        )
     best = tuner.get_best_models(1)[0]  # reloaded from the best trial's checkpoint
     best_hps = tuner.get_best_hyperparameters(1)[0]
     best_hp = {k: v for k, v in best_hps.values.items() if not k.startswith("splits_at")}

@@ -384,6 +384,21 @@ def test_cli_tune_writes_table_best_model_and_export(tmp_path, capsys):
     assert (tmp_path / "best_export" / "search" / "1" / "saved_model.pb").is_file()
 
 
+def test_cli_tune_with_no_trial_completed_says_so(tmp_path, capsys):
+    # every trial's loss is NaN: keras-tuner would hand a failed trial's
+    # missing checkpoint on as the best model
+    out = tmp_path / "tune"
+    argv = _tune_cmd(out, ["--optimizer", "sgd", "--learning-rate", "1e30",
+                           "--max-trials", "2", "--max-consecutive-failed-trials", "3"])[3:]
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert captured.out.count("| FAILED |") == 2
+    assert (f"No trial of the search completed (2 trial(s): FAILED), so there is no best "
+            f"model to save or export") in captured.err
+    assert (out / "search" / "trials.md").is_file()
+    assert not (out / "search" / "best.keras").exists()
+
+
 def test_every_tune_option_reaches_the_search(tmp_path, monkeypatch, capsys):
     # The search itself is stopped where the tuner would be made: what
     # matters here is that no option is dropped on the way.
