@@ -198,13 +198,22 @@ def _train(args):
         print(f"worker {result['worker']} done")
         return
     metric = result["metric"]
+    best = ("no epoch with a finite one" if result["best_epoch"] is None
+            else f"best epoch {result['best_epoch']} {result['best']:.4f}")
     print(
         f"{result['model']} ({result['head']}) on {result['dataset']}: test {metric} "
-        f"after the last epoch {result['final']:.4f}, best epoch {result['best_epoch']} "
-        f"{result['best']:.4f}; {result['trainable_params']:,} trainable parameters, "
+        f"after the last epoch {result['final']:.4f}, {best}; "
+        f"{result['trainable_params']:,} trainable parameters, "
         f"{result['multiplications']:,} multiplications per example. "
         f"Files in {os.path.abspath(args.output_dir)}"
     )
+    diverged = result.get("diverged_at_epoch")  # absent from results of version 0.4
+    if diverged is not None:
+        raise RuntimeError(
+            f"training diverged: the loss was not finite in epoch {diverged}, where the "
+            "run stopped, so the model's weights are no use. Try a lower --learning-rate "
+            "(and a new --output-dir: this one holds the finished run)."
+        )
 
 
 def _compare(args):

@@ -421,30 +421,47 @@ def plot_history(rows, path, title):
     plt.close(fig)
 
 
+def diverged_at_epoch(rows):
+    """The first epoch (from 1) whose training loss is not finite, or None."""
+    for i, r in enumerate(rows):
+        if not math.isfinite(r["loss"]):
+            return i + 1
+    return None
+
+
+def _best(values, higher):
+    """The best finite value and its epoch (from 1); NaN and None where no
+    epoch has a finite value (a run that diverged at once)."""
+    finite = [(v, i) for i, v in enumerate(values) if math.isfinite(v)]
+    if not finite:
+        return float("nan"), None
+    value, i = (max if higher else min)(finite, key=lambda pair: pair[0])
+    return value, i + 1
+
+
 def summarize_history(rows, kind, epochs_of_interest=(100, 200)):
-    """Final and best test metric of a run, and the paper's Table I figure
-    (running minimum of the training loss at given epochs) for regression."""
-    if kind == "regression":
-        test = [r["val_loss"] for r in rows]
-        summary = {
-            "metric": "mse",
-            "final": test[-1],
-            "best": min(test),
-            "best_epoch": int(np.argmin(test)) + 1,
-        }
+    """Final and best test metric of a run, the first epoch whose training
+    loss was not finite (`diverged_at_epoch`, None if none), and the paper's
+    Table I figure (running minimum of the training loss at given epochs)
+    for regression. The best is the best finite value: epochs of a diverged
+    run are NaN."""
+    regression = kind == "regression"
+    test = [r["val_loss" if regression else "val_accuracy"] for r in rows]
+    best, best_epoch = _best(test, higher=not regression)
+    summary = {
+        "metric": "mse" if regression else "accuracy",
+        "final": test[-1],
+        "best": best,
+        "best_epoch": best_epoch,
+        "diverged_at_epoch": diverged_at_epoch(rows),
+    }
+    if regression:
         losses = [r["loss"] for r in rows]
         for e in epochs_of_interest:
             if e <= len(losses):
-                summary[f"train_loss_min_at_{e}"] = min(losses[:e])
-        summary["train_loss_min"] = min(losses)
-        return summary
-    test = [r["val_accuracy"] for r in rows]
-    return {
-        "metric": "accuracy",
-        "final": test[-1],
-        "best": max(test),
-        "best_epoch": int(np.argmax(test)) + 1,
-    }
+                summary[f"train_loss_min_at_{e}"] = _best(losses[:e], higher=False)[0]
+        summary["train_loss_min"] = _best(losses, higher=False)[0]
+    return summary
 
 
 # Fields that change how a run is executed or shown, not what it computes:
@@ -563,7 +580,9 @@ def train(config, strategy=None, task=None, callbacks=None):
             files would describe data it did not see). It is one epoch
             that tf.data reshuffles, so an interrupted run resumes on other
             batches than an uninterrupted one would have seen.
-        callbacks: extra Keras callbacks, run after the package's own. Not
+        callbacks: extra Keras callbacks, run after the package's own
+            (among them `TerminateOnNaN`: a loss that is not finite ends the
+            run, and the result's `diverged_at_epoch` says where). Not
             under a `MultiWorkerMirroredStrategy`, where train runs the
             package's own loop (`multi_worker_fit`), not Keras's fit.
 
@@ -657,6 +676,9 @@ def train(config, strategy=None, task=None, callbacks=None):
             save_best_only=True,
             initial_value_threshold=best_so_far,
         ),
+        # A loss that is NaN or infinite stays so: the epochs left would
+        # train nothing. The run ends there, and result.json says so.
+        keras.callbacks.TerminateOnNaN(),
         *(callbacks or []),
     ]
     start = time.perf_counter()
@@ -767,7 +789,8 @@ def _train_multi_worker(config, strategy, out, task=None):
     return _write_result(
         os.path.join(out, "result.json"), config, model, rows, seconds,
         workers=workers, metric="mse" if task.kind == "regression" else "accuracy",
-        final=final, best=final, best_epoch=len(rows), history=history,
+        final=final, best=final, best_epoch=len(rows),
+        diverged_at_epoch=diverged_at_epoch(rows), history=history,
     )
 
 
@@ -775,6 +798,9 @@ def _train_multi_worker(config, strategy, out, task=None):
 
 
 def _mean_sd(values):
+    if not all(math.isfinite(v) for v in values):
+        # a diverged run; statistics.stdev fails on NaN ("no attribute 'numerator'")
+        return float("nan"), float("nan")
     mean = statistics.fmean(values)
     sd = statistics.stdev(values) if len(values) > 1 else 0.0
     return mean, sd
@@ -791,7 +817,10 @@ def comparison_rows(results):
         if not runs:
             continue
         higher = runs[0]["metric"] == "accuracy"
-        pick = max if higher else min
+
+        def pick(values):  # the best run's value; NaN (a diverged run) is no best
+            return _best(list(values), higher)[0]
+
         final_mean, final_sd = _mean_sd([r["final"] for r in runs])
         best_mean, _ = _mean_sd([r["best"] for r in runs])
         row = {
@@ -808,6 +837,8 @@ def comparison_rows(results):
             "final_best": pick(r["final"] for r in runs),
             "best_epoch_mean": best_mean,
             "best_epoch_best": pick(r["best"] for r in runs),
+            # runs whose loss stopped being finite (their figures are NaN)
+            "diverged": sum(r.get("diverged_at_epoch") is not None for r in runs),
         }
         for key in ("train_loss_min_at_100", "train_loss_min_at_200"):
             if all(key in r for r in runs):
@@ -849,6 +880,11 @@ def comparison_markdown(rows, title):
             f"{scale * r['final_sd']:.3f} | {scale * r['final_best']:.3f} | "
             f"{scale * r['best_epoch_mean']:.3f} | {scale * r['best_epoch_best']:.3f} | {red} |"
         )
+    for r in rows:
+        if r.get("diverged"):
+            lines += ["", f"{r['head']}: {r['diverged']} of {r['runs']} run(s) diverged "
+                      "(a loss that was not finite; training stopped there), so its "
+                      "means are NaN; a lower learning rate may help."]
     if any("train_loss_min_at_100_mean" in r for r in rows):
         lines += ["", "Paper's Table I figure (running minimum of the training loss, 1e-3):", ""]
         for r in rows:

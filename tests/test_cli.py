@@ -599,3 +599,50 @@ def test_run_files_are_replaced_whole_never_truncated(tmp_path):
         assert json.load(reader) == {"seed": 1}  # what it opened stays whole
     assert json.loads(path.read_text()) == {"seed": 2}
     assert os.listdir(tmp_path) == ["config.json"]  # no temporary file left
+
+
+def test_a_diverged_run_stops_and_says_so(tmp_path, capsys):
+    # SGD at 1e30: the loss is NaN within the first epoch. The epochs left
+    # would train nothing; the run stops, its result says where, and the
+    # command fails instead of reporting a NaN model as trained.
+    out = tmp_path / "nan"
+    argv = ["train", "--model", "regression", "--dataset", "table1/sum", "--optimizer", "sgd",
+            "--learning-rate", "1e30", "--epochs", "3", "--output-dir", str(out),
+            "--verbose", "0"]
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert "test mse after the last epoch nan, no epoch with a finite one" in captured.out
+    assert ("training diverged: the loss was not finite in epoch 1, where the run "
+            "stopped") in captured.err
+    result = json.loads((out / "result.json").read_text())
+    assert (result["epochs"], result["diverged_at_epoch"], result["best_epoch"]) == (1, 1, None)
+    assert np.isnan(result["final"]) and len(read_history(out / "history.csv")) == 1
+    assert main(argv) == 2  # the finished run, found again, fails alike
+
+
+def test_summaries_and_comparisons_skip_what_diverged():
+    from spinalnet_keras.training import comparison_markdown
+    from spinalnet_keras.training import comparison_rows
+    from spinalnet_keras.training import summarize_history
+
+    nan = float("nan")
+    rows = [{"epoch": 0, "loss": 0.4, "val_loss": 0.5}, {"epoch": 1, "loss": 0.3, "val_loss": 0.25},
+            {"epoch": 2, "loss": nan, "val_loss": nan}]
+    summary = summarize_history(rows, "regression")
+    assert (summary["best"], summary["best_epoch"], summary["diverged_at_epoch"]) == (0.25, 2, 3)
+    assert summary["train_loss_min"] == 0.3 and np.isnan(summary["final"])
+    accuracy = summarize_history([{"epoch": 0, "loss": 1.0, "val_accuracy": 0.75}], "accuracy")
+    assert (accuracy["best"], accuracy["best_epoch"], accuracy["diverged_at_epoch"]) == (0.75, 1, None)
+
+    def run(head, final, diverged=None):
+        return {"model": "regression", "head": head, "metric": "mse", "final": final,
+                "best": final, "trainable_params": 10, "multiplications": 10,
+                "head_params": 10, "head_multiplications": 10, "diverged_at_epoch": diverged}
+
+    dense, spinal = comparison_rows([run("dense", 0.5), run("dense", 0.25),
+                                     run("spinal", 0.125), run("spinal", nan, 4)])
+    assert (dense["final_mean"], dense["final_best"], dense["diverged"]) == (0.375, 0.25, 0)
+    assert np.isnan(spinal["final_mean"]) and np.isnan(spinal["final_sd"])
+    assert (spinal["final_best"], spinal["diverged"]) == (0.125, 1)  # the finite run's
+    text = comparison_markdown([dense, spinal], "t")
+    assert "\nspinal: 1 of 2 run(s) diverged" in text and "\ndense: " not in text
