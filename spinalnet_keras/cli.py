@@ -207,7 +207,7 @@ def _train(args):
         f"{result['multiplications']:,} multiplications per example. "
         f"Files in {os.path.abspath(args.output_dir)}"
     )
-    diverged = result.get("diverged_at_epoch")  # absent from results of version 0.4
+    diverged = result.get("diverged_at_epoch")  # absent from results written before it
     if diverged is not None:
         raise RuntimeError(
             f"training diverged: the loss was not finite in epoch {diverged}, where the "

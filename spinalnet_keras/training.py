@@ -837,7 +837,7 @@ def comparison_rows(results):
             "final_best": pick(r["final"] for r in runs),
             "best_epoch_mean": best_mean,
             "best_epoch_best": pick(r["best"] for r in runs),
-            # runs whose loss stopped being finite (their figures are NaN)
+            # runs whose training loss stopped being finite
             "diverged": sum(r.get("diverged_at_epoch") is not None for r in runs),
         }
         for key in ("train_loss_min_at_100", "train_loss_min_at_200"):
@@ -882,9 +882,11 @@ def comparison_markdown(rows, title):
         )
     for r in rows:
         if r.get("diverged"):
+            # A regression run's figures are then NaN; a classifier's accuracy
+            # stays a number (chance level), so the note says which runs.
             lines += ["", f"{r['head']}: {r['diverged']} of {r['runs']} run(s) diverged "
-                      "(a loss that was not finite; training stopped there), so its "
-                      "means are NaN; a lower learning rate may help."]
+                      "(a training loss that was not finite); a lower learning rate "
+                      "may help."]
     if any("train_loss_min_at_100_mean" in r for r in rows):
         lines += ["", "Paper's Table I figure (running minimum of the training loss, 1e-3):", ""]
         for r in rows:
