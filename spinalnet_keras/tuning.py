@@ -545,8 +545,8 @@ def format_trial_table(rows):
         raise TypeError(
             f"`rows` must be the list of dicts trial_table returns. Received: rows={rows!r}"
         )
-    keys = [k for k in _TRIAL_COLUMNS
-            if (k in _ALWAYS_TRIAL_COLUMNS and not rows) or any(k in r for r in rows)]
+    keys = ([k for k in _TRIAL_COLUMNS if any(k in r for r in rows)] if rows
+            else list(_ALWAYS_TRIAL_COLUMNS))
     for r in rows:
         keys += [k for k in r if k not in keys]
     lines = ["| " + " | ".join(map(str, keys)) + " |", "|" + "---|" * len(keys)]
