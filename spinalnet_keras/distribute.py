@@ -25,6 +25,7 @@ to take part in a save. A run started again (all workers, same
 """
 
 import json
+import math
 import os
 import shutil
 import warnings
@@ -223,7 +224,10 @@ def multi_worker_fit(
     Returns:
         `(model, history)`; `history` maps `"loss"` (and `"accuracy"` for
         classifiers) to one value per epoch of this session, reduced over
-        all workers.
+        all workers. An epoch whose loss is not finite (NaN or infinite)
+        is the last, as with Keras's `TerminateOnNaN`: it is checkpointed,
+        so a later call resumes after it, from weights that are no longer
+        numbers.
 
     Raises:
         TypeError: `build_and_compile` is not a function or returns no
@@ -364,6 +368,14 @@ def multi_worker_fit(
             if verbose and is_chief:
                 extra = f" accuracy {history['accuracy'][-1]:.4f}" if classifier else ""
                 print(f"epoch {epoch + 1}/{epochs} loss {history['loss'][-1]:.5f}{extra}", flush=True)
+            # As Keras's TerminateOnNaN: the weights are no longer numbers,
+            # so the epochs left would train nothing. The loss is reduced
+            # over all workers, so every worker stops at the same epoch.
+            if not math.isfinite(history["loss"][-1]):
+                if verbose and is_chief:
+                    print(f"epoch {epoch + 1}: the loss is not finite; training stops",
+                          flush=True)
+                break
     finally:
         if not is_chief:
             shutil.rmtree(write_dir, ignore_errors=True)

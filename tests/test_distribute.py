@@ -231,6 +231,30 @@ def test_multi_worker_fit_checks_its_arguments(tmp_path, monkeypatch):
     assert len(history["loss"]) == 2
 
 
+def test_multi_worker_fit_stops_where_the_loss_is_not_finite(tmp_path, capsys):
+    # As Keras's TerminateOnNaN: the epochs after a NaN loss would train
+    # nothing. The epoch is checkpointed; a later call resumes after it.
+    x = np.random.default_rng(0).normal(size=(64, 4)).astype("float32")
+    data = tf.data.Dataset.from_tensor_slices((x, x[:, :1] * 2.0)).batch(16)
+
+    def build():
+        model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
+        model.compile(keras.optimizers.SGD(1e30), "mse")
+        return model
+
+    ckpt = str(tmp_path / "ckpt")
+    _, history = distribute.multi_worker_fit(build, data, 3, 16, ckpt,
+                                             strategy=tf.distribute.get_strategy())
+    assert len(history["loss"]) == 1 and np.isnan(history["loss"][0])
+    assert "epoch 1: the loss is not finite; training stops" in capsys.readouterr().out
+    epoch = tf.train.load_variable(tf.train.latest_checkpoint(ckpt),
+                                   "epoch/.ATTRIBUTES/VARIABLE_VALUE")
+    assert epoch == 1
+    _, history = distribute.multi_worker_fit(build, data, 3, 16, ckpt,
+                                             strategy=tf.distribute.get_strategy(), verbose=0)
+    assert len(history["loss"]) == 1  # resumed at epoch 2, stopped again
+
+
 def test_multi_worker_fit_scales_the_loss_as_its_optimizer_asks(tmp_path):
     # A LossScaleOptimizer (what compile makes under mixed_float16) and an
     # optimizer's loss_scale_factor divide the gradients they are given by
@@ -395,6 +419,9 @@ def test_train_multi_worker_takes_the_given_task_and_refuses_callbacks(tmp_path)
     assert not result["refused_dir"]
     # trained on the task handed in, not on one loaded for config
     assert result["loss"] == [0.0, 0.0] and result["workers"] == 1
+    # a run that diverged in its first epoch of 3 stopped there, numbered as
+    # an epoch of Keras's history (from 0)
+    assert result["diverged"] == [1, 1, [0]]
 
 
 def test_cli_compare_multi_worker(tmp_path):

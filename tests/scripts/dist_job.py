@@ -126,7 +126,18 @@ elif mode == "train_one_worker":
     task = Task("table1/sum", "regression", zeros, zeros, (8,), 1, 64, 64,
                 -(-64 // config.batch_size))
     run = train(config, strategy=worker_strategy, task=task)
+    # SGD at 1e30: NaN in the first epoch, where the loop stops.
+    import dataclasses
+
+    from spinalnet_keras.training import read_history
+
+    diverging = dataclasses.replace(config, optimizer="sgd", learning_rate=1e30, epochs=3,
+                                    output_dir=out + "_nan")
+    nan_run = train(diverging, strategy=worker_strategy)
     result = {"refused": refused, "refused_dir": refused_dir,
-              "loss": run["history"]["loss"], "workers": run["workers"]}
+              "loss": run["history"]["loss"], "workers": run["workers"],
+              "diverged": [nan_run["epochs"], nan_run["diverged_at_epoch"],
+                           [r["epoch"] for r in read_history(
+                               os.path.join(diverging.output_dir, "history.csv"))]]}
 with open(out, "w") as f:
     json.dump(result, f)
