@@ -393,8 +393,8 @@ def test_cli_tune_with_no_trial_completed_says_so(tmp_path, capsys):
     assert main(argv) == 2
     captured = capsys.readouterr()
     assert captured.out.count("| FAILED |") == 2
-    assert (f"No trial of the search completed (2 trial(s): FAILED), so there is no best "
-            f"model to save or export") in captured.err
+    assert ("No trial of the search completed (2 trial(s): FAILED), so there is no best "
+            "model to save or export") in captured.err
     assert (out / "search" / "trials.md").is_file()
     assert not (out / "search" / "best.keras").exists()
 
