@@ -979,16 +979,15 @@ def compare(config, seeds, datasets=None, strategy=None):
     seeds = list(_validation.values("seeds", seeds, _validation.numpy_seed))
     if isinstance(datasets, str):
         datasets = [datasets]
-    # Each name is checked as a config's dataset below.
-    datasets = list(_validation.values("datasets", datasets, lambda _, name: name)
-                    if datasets is not None else [config.dataset])
+    # Each name is checked as a config's dataset, so that every run's config
+    # is valid before the first one trains.
+    datasets = list(_validation.values(
+        "datasets", datasets, lambda _, name: dataclasses.replace(config, dataset=name).dataset)
+        if datasets is not None else [config.dataset])
     _check_strategy(strategy)
-    # A repeated seed would be the same run counted twice in the mean.
-    for name, values in (("seeds", seeds), ("datasets", datasets)):
-        if len(set(values)) != len(values):
-            raise ValueError(f"`{name}` must be distinct. Received: {name}={values!r}")
-    for dataset in datasets:  # every run's config is valid before the first one
-        dataclasses.replace(config, dataset=dataset)
+    _validation.each_once("seeds", seeds, "a repeated seed would count one run twice in the "
+                          "means", seeds)
+    _validation.each_once("datasets", datasets, "each dataset is compared once", datasets)
     tables, chief = {}, True
     for dataset in datasets:
         results = []

@@ -397,10 +397,14 @@ def test_compare_refuses_repeated_seeds_and_datasets(tmp_path):
     from spinalnet_keras.training import compare
 
     config = TrainConfig(**_REGRESSION, epochs=1, output_dir=str(tmp_path / "c"), verbose=0)
-    with pytest.raises(ValueError, match=r"`seeds` must be distinct. Received: seeds=\[0, 1, 0\]"):
+    with pytest.raises(ValueError, match=r"`seeds` names 0 more than once; a repeated seed would "
+                       r"count one run twice in the means. Received: seeds=\[0, 1, 0\]"):
         compare(config, seeds=[0, 1, 0])
-    with pytest.raises(ValueError, match="`datasets` must be distinct"):
+    with pytest.raises(ValueError, match=r"`datasets` names 'table1/sum' more than once"):
         compare(config, seeds=[0], datasets=["table1/sum", "table1/sum"])
+    for name in (["table1/sum"], {"table1/sum": 1}):  # not "unhashable type"
+        with pytest.raises(ValueError, match=rf"Unknown dataset {re.escape(repr(name))}. Available"):
+            compare(config, seeds=[0], datasets=["table1/sum", name])
     with pytest.raises(ValueError, match="Unknown dataset 'table1/cube'"):
         compare(config, seeds=[0], datasets=["table1/sum", "table1/cube"])
     with pytest.raises(ValueError, match="non-empty list, tuple, range or 1-D array. Received: seeds=0"):
