@@ -85,6 +85,20 @@ def _augment(text):
     return items
 
 
+def _head_default(field):
+    """The spinal head's `field` when its option is not given: the paper
+    network's own, or `Head`'s on a backbone, as `(default: ...)`."""
+    from spinalnet_keras.heads import Head
+    from spinalnet_keras.paper_models import PAPER_MODELS
+
+    def shown(head):
+        value = getattr(head, field)
+        return ("on" if value else "off") if isinstance(value, bool) else f"{value:g}"
+
+    models = ", ".join(f"{name} {shown(spec.spinal_head)}" for name, spec in PAPER_MODELS.items())
+    return f"(default: the paper network's spinal head: {models}; a backbone's {shown(Head('spinal'))})"
+
+
 def _add_training_arguments(p, defaults, head=True):
     from spinalnet_keras.distribute import STRATEGIES
     from spinalnet_keras.training import OPTIMIZERS
@@ -94,12 +108,16 @@ def _add_training_arguments(p, defaults, head=True):
                    help="a paper network (mnist_cnn, vgg5, vgg19, regression) or a "
                    "keras.applications backbone name (VGG19, ResNet50, ...)")
     if head:  # tune searches these instead
-        g.add_argument("--width", type=_positive_int, help="spinal sub-layer width")
-        g.add_argument("--depth", type=_positive_int, help="number of spinal sub-layers")
-        g.add_argument("--splits", type=_positive_int, help="number of input splits")
-        g.add_argument("--dropout", type=_rate, help="dropout before each spinal sub-layer")
+        g.add_argument("--width", type=_positive_int,
+                       help=f"spinal sub-layer width {_head_default('width')}")
+        g.add_argument("--depth", type=_positive_int,
+                       help=f"number of spinal sub-layers {_head_default('depth')}")
+        g.add_argument("--splits", type=_positive_int,
+                       help=f"number of input splits {_head_default('splits')}")
+        g.add_argument("--dropout", type=_rate,
+                       help=f"dropout before each spinal sub-layer {_head_default('dropout')}")
         g.add_argument("--batch-norm", action=argparse.BooleanOptionalAction, default=None,
-                       help="BatchNorm after each spinal sub-layer")
+                       help=f"BatchNorm after each spinal sub-layer {_head_default('batch_norm')}")
     g.add_argument("--weights", default=None,
                    help="backbones: 'imagenet' or a weights file (default: random)")
     g.add_argument("--freeze-backbone", action="store_true",

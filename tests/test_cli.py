@@ -381,6 +381,13 @@ def test_help_gives_every_default(monkeypatch):
     assert help_of("train", "--strategy").endswith("one_device, default (default: auto)")
     # a default the help gives in its own words is not given twice
     assert help_of("train", "--pooling").endswith("(default avg)")
+    # the head's options default to the model's own head
+    for command in ("train", "compare"):
+        assert help_of(command, "--width").endswith(
+            "(default: the paper network's spinal head: mnist_cnn 8, vgg5 128, vgg19 512, "
+            "regression 50; a backbone's 20)")
+        assert "mnist_cnn off, vgg5 on, vgg19 off" in help_of(command, "--batch-norm")
+        assert "vgg5 0.5, vgg19 0.5, regression 0; a backbone's 0)" in help_of(command, "--dropout")
     # and every option that has a default shows it
     for name, command in commands.items():
         for action in command._actions:
