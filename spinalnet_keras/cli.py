@@ -483,8 +483,8 @@ def build_parser():
     p.add_argument("--dataset", help="dataset the model was trained on (for --raw-input)")
     p.add_argument("--no-verify", action="store_true", help="skip the verification")
     p.add_argument("--tolerance", type=_positive_float,
-                   help="largest accepted absolute output difference (default 1e-4; "
-                   "not with --no-verify)")
+                   help="largest accepted output difference, relative to outputs larger "
+                   "than 1 (default 1e-4; not with --no-verify)")
     p.set_defaults(func=_export)
     for command in sub.choices.values():
         _show_defaults(command)

@@ -93,9 +93,35 @@ def test_outputs_that_differ_fail_the_export(tmp_path, monkeypatch):
         return y + 1.0, info
 
     monkeypatch.setattr(export_module, "_run_fresh", perturbed)
-    with pytest.raises(ExportError, match=r"saved_model \(max error 1"):
+    with pytest.raises(ExportError, match=r"saved_model \(max error .*; max absolute difference 1\)"):
         export_model(model, tmp_path / "e", formats=("saved_model",))
     assert _listing(tmp_path) == []
+
+
+def test_the_check_is_relative_for_outputs_above_one(tmp_path, monkeypatch):
+    # float32 keeps about 7 digits: two right computations of outputs near
+    # 10,000 differ by about 1e-3, which an absolute bound of 1e-4 failed
+    # (ONNX of a trained regression model, on the default sample).
+    keras.utils.set_random_seed(0)
+    model = paper_model("regression", head="spinal")
+    model.set_weights([w * 3.0 for w in model.get_weights()])  # outputs in the thousands
+    report = export_model(model, tmp_path / "onnx", formats=("onnx",))
+    entry = report["formats"]["onnx"]
+    assert entry["verified"] and entry["max_error"] <= 1e-4, entry
+    assert "verified, max error" in format_report(report)
+    old = {"name": "m", "formats": {"keras": {"path": "m.keras", "verified": True,
+                                              "max_abs_error": 2e-6, "tolerance": 1e-4}}}
+    assert "verified, max error 2.00e-06 <= 0.0001" in format_report(old)  # an earlier report
+    # Below 1 in size, the bound stays absolute; a shape that differs fails
+    # as such, not on numpy's broadcasting.
+    classifier = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, activation="softmax")])
+    real = export_module._run_fresh
+    for change, match in [(lambda y: y + 2e-4, r"max error 0.0002, .* max absolute difference 0.0002"),
+                          (lambda y: y[:, :1], r"saved_model \(outputs of shape \(4, 1\), the model's \(4, 2\)\)")]:
+        monkeypatch.setattr(export_module, "_run_fresh",
+                            lambda *args, change=change: (change(real(*args)[0]), ""))
+        with pytest.raises(ExportError, match=match):
+            export_model(classifier, tmp_path / "c", formats=("saved_model",))
 
 
 def test_keras_failing_to_export_on_another_backend_says_how_to_export(tmp_path, monkeypatch):
