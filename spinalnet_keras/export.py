@@ -37,6 +37,7 @@ import numpy as np
 
 from spinalnet_keras import _dependencies
 from spinalnet_keras import _validation
+from spinalnet_keras.backbones import ImagePreprocessing
 
 FORMATS = ("saved_model", "keras", "onnx")
 DEFAULT_TOLERANCE = 1e-4
@@ -181,6 +182,24 @@ def _run_fresh(script, artifact, batch, workdir):
     return y, proc.stdout.strip()
 
 
+# Layers that take raw values (pixels in [0, 255]) and scale them.
+_RAW_INPUT_LAYERS = (ImagePreprocessing, keras.layers.Rescaling, keras.layers.Normalization)
+
+
+def _takes_raw_input(model):
+    """Whether `model` scales raw values itself: its first layer (within a
+    nested first model, such as a keras.applications backbone) is a
+    `Rescaling`, `Normalization` or `ImagePreprocessing` layer, as in
+    `backbone_model`'s models and `with_input_normalization`'s."""
+    layer = model
+    while isinstance(layer, keras.Model):
+        inner = [x for x in layer.layers if not isinstance(x, keras.layers.InputLayer)]
+        if not inner:
+            return False
+        layer = inner[0]
+    return isinstance(layer, _RAW_INPUT_LAYERS)
+
+
 def _compare(name, expected, got, tolerance):
     """The check of one format's outputs `got` against the model's. Each
     output's error is its difference, divided by the output's magnitude
@@ -225,7 +244,12 @@ def export_model(
             output where its magnitude is above 1 (float32 rounds large values
             coarser), absolute otherwise (default 1e-4). Only with `verify`.
         sample: batch of inputs for the check (default: 4 random inputs of
-            the model's input shape, uniform in [0, 255]; needed where the
+            the model's input shape: uniform in [0, 255] for a model that
+            scales raw values itself (its first layer, or its first nested
+            model's, is a `Rescaling`, `Normalization` or
+            `ImagePreprocessing`: `backbone_model`'s and
+            `with_input_normalization`'s models), standard normal, the
+            scale of normalised inputs, otherwise; needed where the
             input shape has unknown dimensions or the input is not a float,
             such as token ids). Its values must be exact in the model's
             input dtype. Only with `verify`.
@@ -330,7 +354,12 @@ def export_model(
                     "vocabulary), so no sample can be drawn to verify the export; "
                     "pass `sample`, a batch of the model's inputs."
                 )
-            sample = np.random.default_rng(0).uniform(0, 255, (4,) + wanted)
+            rng = np.random.default_rng(0)
+            # Inputs of the scale the model takes: raw [0, 255] values
+            # would drive a model trained on normalised ones far outside
+            # its range (saturated softmax outputs verify little).
+            sample = (rng.uniform(0, 255, (4,) + wanted) if _takes_raw_input(model)
+                      else rng.standard_normal((4,) + wanted))
         given = np.asarray(sample)
         if given.ndim != len(wanted) + 1 or not len(given) or any(
             w is not None and w != d for w, d in zip(wanted, given.shape[1:])

@@ -42,6 +42,40 @@ def test_every_format_written_and_verified(kind, tmp_path):
     assert _listing(tmp_path) == ["export"]
 
 
+def test_the_default_sample_has_the_scale_the_model_takes(tmp_path, monkeypatch):
+    # Raw [0, 255] values for a model that scales them itself; standard
+    # normal ones, the scale of normalised inputs, for one trained on those
+    # (raw pixels saturated a paper network's softmax, verifying little).
+    batches = []
+    real = export_module._run_fresh
+
+    def recording(script, artifact, batch, workdir):
+        batches.append(np.asarray(batch))
+        return real(script, artifact, batch, workdir)
+
+    monkeypatch.setattr(export_module, "_run_fresh", recording)
+    paper = paper_model("mnist_cnn", head="spinal")
+    for i, (model, raw) in enumerate([
+            (paper, False), (with_input_normalization(paper, 0.1307, 0.3081), True)]):
+        export_model(model, tmp_path / str(i), formats=("saved_model",))
+        batch = batches[-1]
+        assert batch.shape == (4, 28, 28, 1)
+        if raw:
+            assert batch.min() >= 0 and batch.max() > 200, i
+        else:
+            assert batch.min() < -1 and abs(batch.mean()) < 0.1 and batch.max() < 10, i
+    # What counts as scaling raw values itself: the first layer, looked for
+    # inside a nested first model too.
+    takes_raw = export_module._takes_raw_input
+    backbone = backbone_model("MobileNetV2", (32, 32, 3), 3, head="dense")
+    assert takes_raw(backbone)  # its ImagePreprocessing
+    assert not takes_raw(backbone_model("MobileNetV2", (32, 32, 3), 3, head="dense",
+                                        include_preprocessing=False))
+    rescaled = keras.Sequential([keras.Input((4, 4, 3)), keras.layers.Rescaling(1 / 255),
+                                 keras.layers.Flatten()])
+    assert takes_raw(keras.Sequential([rescaled, keras.layers.Dense(2)]))
+
+
 def test_reuse_through_tfsmlayer(tmp_path):
     model = paper_model("regression", head="spinal")
     export_model(model, tmp_path / "e", name="reg", formats=("saved_model",))
@@ -104,8 +138,9 @@ def test_the_check_is_relative_for_outputs_above_one(tmp_path, monkeypatch):
     # (ONNX of a trained regression model, on the default sample).
     keras.utils.set_random_seed(0)
     model = paper_model("regression", head="spinal")
-    model.set_weights([w * 3.0 for w in model.get_weights()])  # outputs in the thousands
-    report = export_model(model, tmp_path / "onnx", formats=("onnx",))
+    model.set_weights([w * 3.0 for w in model.get_weights()])
+    raw = np.random.default_rng(0).uniform(0, 255, (4, 8))  # outputs in the thousands
+    report = export_model(model, tmp_path / "onnx", formats=("onnx",), sample=raw)
     entry = report["formats"]["onnx"]
     assert entry["verified"] and entry["max_error"] <= 1e-4, entry
     assert "verified, max error" in format_report(report)
