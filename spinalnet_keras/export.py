@@ -203,9 +203,9 @@ def _takes_raw_input(model):
 def _compare(name, expected, got, tolerance):
     """The check of one format's outputs `got` against the model's. Each
     output's error is its difference, divided by the output's magnitude
-    where that is above 1: float32 keeps about 7 significant digits, so two right
-    computations of an output near 1000 (a regression model on the default
-    sample) differ by about 1e-4, and an absolute bound would fail them."""
+    where that is above 1: float32 keeps about 7 significant digits, so two
+    right computations of an output near 1000 (a regression model's, say)
+    differ by about 1e-4, and an absolute bound would fail them."""
     entry = {"format": name, "tolerance": tolerance, "shape": list(got.shape)}
     if expected.shape != got.shape:  # no error to measure
         return {**entry, "model_shape": list(expected.shape), "max_error": None,
