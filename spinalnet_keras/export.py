@@ -211,10 +211,8 @@ def _compare(name, expected, got, tolerance):
         return {**entry, "model_shape": list(expected.shape), "max_error": None,
                 "max_abs_error": None, "verified": False}
     diff = np.abs(expected.astype("float64") - got)
-    scaled = diff / np.maximum(1.0, np.abs(expected))
-    err = float(np.max(scaled)) if diff.size else 0.0
-    return {**entry, "max_error": err,
-            "max_abs_error": float(np.max(diff)) if diff.size else 0.0,
+    err = float(np.max(diff / np.maximum(1.0, np.abs(expected)), initial=0.0))  # 0 if empty
+    return {**entry, "max_error": err, "max_abs_error": float(np.max(diff, initial=0.0)),
             "verified": err <= tolerance}
 
 
