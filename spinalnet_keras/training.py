@@ -762,12 +762,12 @@ def _train_multi_worker(config, strategy, out, task=None):
         return {"worker": index, "chief": False, "history": history}
     history_path = os.path.join(out, "history.csv")
     rows = read_history(history_path)
-    # history.csv is written at the end, so a run resumed after the chief
-    # died has no rows for the epochs before; the checkpoint knows where
-    # this session ended, which is not `epochs` when the loss diverged.
+    # This session's first epoch, from where the checkpoint says it ended
+    # (not `epochs` when the loss diverged): history.csv is written at the
+    # end, so a run resumed after the chief died has no rows to count from.
     checkpoint = tf.train.latest_checkpoint(os.path.join(out, "checkpoints"))
     done = int(tf.train.load_variable(checkpoint, "epoch/.ATTRIBUTES/VARIABLE_VALUE"))
-    first = rows[-1]["epoch"] + 1 if rows else done - len(history["loss"])
+    first = done - len(history["loss"])
     rows += [
         {"epoch": first + i, **{k: v[i] for k, v in history.items()}}
         for i in range(len(history["loss"]))
