@@ -30,19 +30,24 @@ parser.add_argument("--max-trials", type=int, default=8)
 parser.add_argument("--epochs", type=int, default=10)
 parser.add_argument("--examples", type=int, default=None, help="training examples (default all 1000)")
 parser.add_argument("--output-dir", default="runs/tune_example")
+parser.add_argument("--seed", type=int, default=0,
+                    help="of the hyperparameters tried and of each trial's initial weights")
 args = parser.parse_args()
 if args.epochs < 1:
     parser.error(f"--epochs must be at least 1. Received: {args.epochs}")
+if args.seed < 0:
+    parser.error(f"--seed must be at least 0. Received: {args.seed}")
 
 task = load_task("table1/sum", batch_size=64, train_examples=args.examples)
 space = SearchSpace(widths=(8, 16, 32, 50), depths=(2, 4, 6), splits=(1, 2, 4))
 hypermodel = SpinalHyperModel(
     "regression", task.input_shape, task.num_outputs, space=space,
-    optimizer="adam", learning_rate=0.01, loss="mse", metrics=(),
+    optimizer="adam", learning_rate=0.01, loss="mse", metrics=(), seed=args.seed,
 )
 tuner = make_tuner(hypermodel, "random", objective="val_loss", max_trials=args.max_trials,
-                   directory=args.output_dir, project_name="search", seed=0)
-# Started again with the same --output-dir, the search skips finished trials.
+                   directory=args.output_dir, project_name="search", seed=args.seed)
+# Started again with the same --output-dir, the search skips finished trials;
+# run afresh with the same seed, it repeats (the same trials and scores).
 tuner.search(task.train, validation_data=task.test, epochs=args.epochs, verbose=0)
 
 print(format_trial_table(trial_table(tuner, hypermodel)))

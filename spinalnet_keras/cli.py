@@ -354,6 +354,7 @@ def _tune(args):
         steps_per_execution=steps_per_execution_for(args.steps_per_execution,
                                                     task.steps_per_epoch),
         jit_compile=JIT_COMPILE[args.jit_compile],
+        seed=config.seed,
     )
     objective = args.objective or ("val_loss" if regression else "val_accuracy")
     # Hyperband's budget is the epochs a trial may train; the others' a trial count.
@@ -447,7 +448,10 @@ def build_parser():
     _add_training_arguments(p, dict(model="mnist_cnn", dataset="mnist", epochs=2,
                                     batch_size=64, optimizer="adam", learning_rate=1e-3,
                                     output_dir="runs/tune", verbose=1), head=False)
-    p.add_argument("--seed", type=_non_negative_int, default=0)
+    p.add_argument("--seed", type=_non_negative_int, default=0,
+                   help="seed of the data order, of the hyperparameters tried and of each "
+                        "trial's initial weights: the same seed repeats the search "
+                        "(default: 0)")
     p.add_argument("--widths", type=_positive_int, nargs="+", default=[8, 16, 32, 64])
     p.add_argument("--depths", type=_positive_int, nargs="+", default=[2, 4, 6, 8])
     p.add_argument("--split-counts", type=_positive_int, nargs="+", default=[1, 2, 4],

@@ -208,12 +208,20 @@ class SpinalHyperModel(kt.HyperModel):
         backbone_options: extra `backbone_model` arguments (`weights`,
             `freeze_backbone`, `pooling`, ...) and head options the space
             does not search (e.g. `dropout`), for backbones only.
+        name: the hypermodel's name.
+        seed: None (default) or an integer from 0 to 2**32 - 1: every
+            model is then built after `keras.utils.set_random_seed(seed)`
+            (which also seeds Python's, NumPy's and TensorFlow's global
+            generators, as `train` does), so each trial starts from weights
+            and dropout masks of that seed, and a search with the same
+            seeds repeats. With None, Keras's global generator goes on
+            from trial to trial.
     """
 
     def __init__(self, model, input_shape, num_classes, space=None, optimizer="adam",
                  learning_rate=1e-3, loss="sparse_categorical_crossentropy",
                  metrics=("accuracy",), backbone_options=None, momentum=None,
-                 steps_per_execution=1, jit_compile="auto", name="spinal"):
+                 steps_per_execution=1, jit_compile="auto", name="spinal", seed=None):
         if not isinstance(name, str) or not name:
             raise ValueError(f"`name` must be a non-empty string. Received: name={name!r}")
         super().__init__(name=name)
@@ -268,6 +276,7 @@ class SpinalHyperModel(kt.HyperModel):
                 f"Received: jit_compile={jit_compile!r}"
             )
         self.jit_compile = jit_compile if jit_compile == "auto" else bool(jit_compile)
+        self.seed = _validation.numpy_seed("seed", seed, allow_none=True)
         self.features = self._feature_count()
         if not allowed_splits(self.space, max(self.space.depths), self.features):
             raise ValueError(
@@ -311,6 +320,8 @@ class SpinalHyperModel(kt.HyperModel):
         lr = self.learning_rate
         if space.learning_rates is not None:
             lr = hp.Float("learning_rate", *space.learning_rates, sampling="log")
+        if self.seed is not None:
+            keras.utils.set_random_seed(self.seed)
         model = self._build_with_head(**head)
         optimizer = new_optimizer(self.optimizer, lr, self.momentum)
         # keras-tuner builds inside the search's distribution strategy
@@ -416,6 +427,19 @@ def check_search_strategy(strategy):
     return strategy
 
 
+class _ZeroSeed(int):
+    """The seed 0, true as a truth value. keras-tuner's oracle takes
+    `seed or random.randint(1, 10000)`, so a plain 0 would become a random
+    seed and the search would not repeat; as this int, 0 stays 0 (also in
+    the oracle's saved state, which JSON writes as 0)."""
+
+    def __new__(cls):
+        return super().__new__(cls, 0)
+
+    def __bool__(self):
+        return True
+
+
 def make_tuner(hypermodel, tuner="random", objective="val_accuracy", max_trials=None,
                directory="runs/tune", project_name="search", seed=0,
                max_epochs=None, executions_per_trial=1, max_consecutive_failed_trials=3,
@@ -433,6 +457,13 @@ def make_tuner(hypermodel, tuner="random", objective="val_accuracy", max_trials=
             (default 10). Each budget belongs to its tuners: giving the
             other one is an error, not ignored.
         directory, project_name: where trials live; the same values resume.
+        seed: of keras-tuner's choice of hyperparameters (and the Bayesian
+            tuner's model): an integer from 0 to 2**32 - 1, or None for a
+            random one. 0 is kept (keras-tuner alone would take a random
+            seed for it). The trials' initial weights and dropout masks
+            follow the hypermodel's `seed`.
+        executions_per_trial: models trained per trial, whose scores
+            keras-tuner averages.
         max_consecutive_failed_trials: failed trials tolerated in a row.
         distribution_strategy: a `tf.distribute.Strategy` for every trial
             (Keras's TensorFlow backend only: a RuntimeError on another; not
@@ -473,6 +504,8 @@ def make_tuner(hypermodel, tuner="random", objective="val_accuracy", max_trials=
         "max_consecutive_failed_trials", max_consecutive_failed_trials)
     # The Bayesian tuner's scikit-learn model takes NumPy's seeds only.
     seed = _validation.numpy_seed("seed", seed, allow_none=True)
+    if seed == 0:
+        seed = _ZeroSeed()
     overwrite = _validation.boolean("overwrite", overwrite)
     project_name = _validation.plain_name("project_name", project_name)
     directory = _validation.path("directory", directory, allow_none=True)

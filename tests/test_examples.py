@@ -115,6 +115,7 @@ BAD_ARGUMENTS = [
     ("backbone_transfer.py", ["--steps", "-1"], "--steps must be at least 0. Received: -1"),
     ("paper_networks.py", ["--train-steps", "-1"], "--train-steps must be at least 0. Received: -1"),
     ("tune_spinal_head.py", ["--epochs", "0"], "--epochs must be at least 1. Received: 0"),
+    ("tune_spinal_head.py", ["--seed", "-1"], "--seed must be at least 0. Received: -1"),
     ("sparse_text_classification.py", ["--documents", "5"],
      "--documents must be at least 10. Received: 5"),
     ("train_and_compare.py", ["--seeds", "1", "1"], "--seeds must be distinct. Received: 1 1"),

@@ -115,6 +115,8 @@ def test_bad_hypermodel_and_tuner_arguments(tmp_path):
         (dict(loss="mse_typo"), "`loss` 'mse_typo' is not a Keras loss name"),
         (dict(loss=3), "Received: loss=3"),
         (dict(name=3), "`name` must be a non-empty string. Received: name=3"),
+        (dict(seed=-1), r"`seed` must be an integer from 0 to 2\*\*32 - 1 .*Received: seed=-1"),
+        (dict(seed=1.5), "Received: seed=1.5"),
     ]:
         with pytest.raises(ValueError, match=match):
             SpinalHyperModel("regression", (8,), 1, **kwargs)
@@ -249,6 +251,50 @@ def test_numpy_values_and_a_path_object_search(tmp_path):
     tuner.search(task.train, validation_data=task.test, epochs=1, verbose=0)
     assert [r["status"] for r in trial_table(tuner, hm)] == ["COMPLETED"]
     assert (tmp_path / "search" / "search" / "oracle.json").is_file()
+
+
+def _search_record(tuner, hypermodel):
+    return [(r["width"], r["depth"], r["splits"], r["score"])
+            for r in trial_table(tuner, hypermodel)]
+
+
+@pytest.mark.parametrize("seed", [0, 7])
+def test_a_seeded_search_repeats(seed, tmp_path):
+    # keras-tuner alone turns seed 0 into a random one (`seed or randint`)
+    space = SearchSpace(widths=(2, 3, 4, 5, 6, 7, 8), depths=(2, 3, 4), splits=(1, 2))
+    for kind, budget in [("random", {"max_trials": 1}), ("bayesian", {"max_trials": 1}),
+                         ("hyperband", {"max_epochs": 2})]:
+        assert make_tuner(_hypermodel(space), kind, objective="val_loss", **budget,
+                          directory=tmp_path / kind, seed=seed).oracle.seed == seed
+    records = []
+    for run in "ab":
+        hm = _hypermodel(space, seed=seed)
+        tuner = make_tuner(hm, "random", objective="val_loss", max_trials=3,
+                           directory=tmp_path / run, seed=seed)
+        task = _task()
+        tuner.search(task.train, validation_data=task.test, epochs=1, verbose=0)
+        records.append(_search_record(tuner, hm))
+    # the same hyperparameters, and the same scores: the same initial weights
+    assert records[0] == records[1]
+    assert len(records[0]) == 3 and all(math.isfinite(r[3]) for r in records[0])
+    # the oracle's saved state keeps the seed, for a resumed search
+    state = json.loads((tmp_path / "a" / "search" / "oracle.json").read_text())
+    assert state["seed"] == seed
+
+
+def test_an_unseeded_hypermodel_leaves_the_global_generators_alone():
+    keras.utils.set_random_seed(5)
+    expected = np.random.rand()
+    keras.utils.set_random_seed(5)
+    hm = _hypermodel(SearchSpace(widths=(4,), depths=(2,), splits=(1,)))
+    hm.build(kt.HyperParameters())
+    hm_seeded = _hypermodel(SearchSpace(widths=(4,), depths=(2,), splits=(1,)), seed=5)
+    # building consumed nothing of NumPy's generator ...
+    assert np.random.rand() == expected
+    # ... and a seeded hypermodel's model has the same weights every time
+    first, second = (hm_seeded.build(kt.HyperParameters()) for _ in range(2))
+    for a, b in zip(first.get_weights(), second.get_weights()):
+        np.testing.assert_array_equal(a, b)
 
 
 @pytest.mark.parametrize("kind", ["bayesian", "hyperband"])
@@ -423,8 +469,8 @@ def test_every_tune_option_reaches_the_search(tmp_path, monkeypatch, capsys):
         widths=(4, 8), depths=(1, 2), splits=(1, 2), dropouts=(0.0, 0.3), batch_norm=True,
         learning_rates=(1e-4, 1e-2))
     assert (hm.model, hm.input_shape, hm.optimizer, hm.learning_rate, hm.momentum,
-            hm.steps_per_execution, hm.jit_compile) == (
-        "regression", (8,), "sgd", 0.05, 0.8, 2, False)
+            hm.steps_per_execution, hm.jit_compile, hm.seed) == (
+        "regression", (8,), "sgd", 0.05, 0.8, 2, False, 3)
     assert seen == dict(tuner="random", objective="val_loss", max_trials=4,
                         directory=str(tmp_path), project_name="p", seed=3,
                         distribution_strategy=None, max_consecutive_failed_trials=5,
