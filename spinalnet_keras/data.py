@@ -482,7 +482,10 @@ def _streamed_examples(split):
         num_parallel_calls=tf.data.AUTOTUNE,
     )
     labels = tf.data.Dataset.from_tensor_slices(np.load(labels_file))
-    return tf.data.Dataset.zip((images, labels))
+    # The records' count is not known to tf.data (see _epoch_orders on why
+    # fit needs it); the labels' is, and it is the split's.
+    return tf.data.Dataset.zip((images, labels)).apply(
+        tf.data.experimental.assert_cardinality(split.count))
 
 
 def _epoch_orders(count, seed, epoch_range, batch_size=None):
@@ -516,8 +519,14 @@ def _epoch_orders(count, seed, epoch_range, batch_size=None):
 
     if epoch_range is None:
         keys = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).take(1)
-    else:
-        keys = tf.data.Dataset.range(*epoch_range)
+        # flat_map hides the epoch's length, and Keras's fit, given no
+        # steps_per_epoch, would learn it only by running out of data in the
+        # first epoch, warning "Your input ran out of data" in every search
+        # trial.
+        per_epoch = count if batch_size is None else full + (rest > 0)
+        return keys.flat_map(_plain(one_epoch)).apply(
+            tf.data.experimental.assert_cardinality(per_epoch))
+    keys = tf.data.Dataset.range(*epoch_range)
     return keys.flat_map(_plain(one_epoch))
 
 

@@ -2,7 +2,9 @@ import glob
 import os
 import sys
 import types
+import warnings
 
+import keras
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
@@ -352,6 +354,17 @@ def test_training_epochs_shuffle_every_example_from_seed_and_epoch(tmp_path, in_
     one = pipeline()
     a, b = _epoch_labels(one, 1, 7)[0], _epoch_labels(one, 1, 7)[0]
     assert sorted(a.tolist()) == list(range(50)) and not np.array_equal(a, b)
+    # ... whose length is known (also with per-example crops), so that
+    # Keras's fit need not run out of data to learn it, warning so
+    assert int(one.cardinality()) == int(pipeline(augment="crop").cardinality()) == 7
+    model = keras.Sequential([keras.Input((1, 1, 1)), keras.layers.Flatten(),
+                              keras.layers.Dense(50, activation="softmax")])
+    model.compile("sgd", "sparse_categorical_crossentropy")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        history = model.fit(one, epochs=2, verbose=0)
+    assert [str(w.message) for w in caught if "ran out of data" in str(w.message)] == []
+    assert len(history.history["loss"]) == 2
     # evaluation keeps the split's order
     test = data.image_pipeline(images, data.DATASETS["cifar10"], 8, False,
                                cache_path=str(tmp_path / "d"), in_memory_bytes=in_memory_bytes)
