@@ -401,8 +401,9 @@ def _tune(args):
     if args.export:
         from spinalnet_keras.export import format_report
 
-        report = export_model(best, args.export, name=args.project,
-                              formats=("saved_model",), overwrite=args.overwrite)
+        # named for the network, as the export command names it, not for the search
+        report = export_model(best, args.export, formats=("saved_model",),
+                              overwrite=args.overwrite)
         print(format_report(report))
 
 
@@ -468,7 +469,8 @@ def build_parser():
     p.add_argument("--project", default="search", help="name of the search under --output-dir")
     p.add_argument("--max-consecutive-failed-trials", type=_positive_int, default=3)
     p.add_argument("--overwrite", action="store_true", help="start the search afresh")
-    p.add_argument("--export", help="export the best model (SavedModel) to this directory")
+    p.add_argument("--export", help="export the best model to this directory, as a verified SavedModel "
+                        "named for the network (e.g. DIR/mnist_cnn_spinal/1)")
     p.set_defaults(func=_tune)
 
     p = sub.add_parser("export", help="SavedModel / .keras / ONNX, verified",

@@ -427,7 +427,8 @@ def test_cli_tune_writes_table_best_model_and_export(tmp_path, capsys):
     assert best.steps_per_execution == 2
     assert best.jit_compile is True  # as asked; Keras's "auto" is off on a CPU
     assert len(json.loads((out / "search" / "trials.json").read_text())) == 4
-    assert (tmp_path / "best_export" / "search" / "1" / "saved_model.pb").is_file()
+    # named for the network, not for the search
+    assert (tmp_path / "best_export" / "regression_spinal" / "1" / "saved_model.pb").is_file()
 
 
 def test_cli_tune_with_no_trial_completed_says_so(tmp_path, capsys):
