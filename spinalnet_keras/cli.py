@@ -309,6 +309,8 @@ def _export(args):
 def _tune(args):
     import json
 
+    import keras
+
     from spinalnet_keras.export import export_model
     from spinalnet_keras.training import JIT_COMPILE, _check_even_split, is_backbone
     from spinalnet_keras.training import load_config_task
@@ -341,7 +343,12 @@ def _tune(args):
         import tensorflow as tf
 
         tf.config.experimental.enable_op_determinism()
-    task = load_config_task(config)
+    # Every trial trains on the same epochs, in train's order for this seed
+    # (TensorFlow's global seed, which tf.data's shuffle takes, set as train
+    # sets it): trials compare on one data order, whatever ran before them
+    # (a resumed search included).
+    keras.utils.set_random_seed(config.seed)
+    task = load_config_task(config, initial_epoch=0)
     regression = task.kind == "regression"
     hypermodel = SpinalHyperModel(
         config.model, task.input_shape, task.num_outputs, space=space,
@@ -369,7 +376,7 @@ def _tune(args):
         overwrite=args.overwrite,
     )
     tuner.search(task.train, validation_data=task.test, epochs=args.epochs,
-                 verbose=args.verbose)
+                 steps_per_epoch=task.steps_per_epoch, verbose=args.verbose)
     role = os.environ.get("KERASTUNER_TUNER_ID", "")
     if role.startswith("tuner"):  # a worker of a distributed search: done
         print(f"{role}: search finished")

@@ -306,7 +306,8 @@ def _over_epochs(one_epoch, seed, epoch_range):
     back to back; without a range, one epoch reshuffled on every pass.
 
     tf.data's shuffle takes only Python seeds, so each epoch is its own
-    dataset, seeded by (seed, epoch), joined in a balanced tree of
+    dataset, seeded by (seed, epoch) (and, as every tf.data shuffle,
+    TensorFlow's global seed), joined in a balanced tree of
     `concatenate` (depth log2 of the number of epochs)."""
     if epoch_range is None:
         return one_epoch(seed, True)
@@ -614,8 +615,9 @@ def image_pipeline(
     preprocessing ops (never Python loops). Augmentation and shuffling only
     when `training`; then, with `epoch_range=(start, stop)`, the dataset
     holds epochs `start..stop-1` back to back, each shuffled from
-    `(seed, epoch)` alone (for `fit(steps_per_epoch=...)` and exact
-    resumption); without it, one epoch, reshuffled on every pass.
+    `(seed, epoch)` (a streamed split's shuffle buffer also from
+    TensorFlow's global seed) for `fit(steps_per_epoch=...)` and exact
+    resumption; without it, one epoch, reshuffled on every pass.
 
     The split is decoded (and resized) to uint8 once (`decode_split`; with
     `cache_path`, on disk for later runs). A split of at most
@@ -765,7 +767,11 @@ def load_task(
             generated (default 1000 each).
         epochs, initial_epoch: when `epochs` is given, `task.train` holds
             epochs `initial_epoch..epochs-1` back to back, each shuffled from
-            `(seed, epoch)` alone, to be used with
+            `(seed, epoch)` alone (for the `table1/*` data and splits
+            streamed from disk, whose tf.data shuffle also takes
+            TensorFlow's global seed, from `(seed, epoch)` and that seed:
+            `train` sets it to `seed` first, with
+            `keras.utils.set_random_seed(seed)`), to be used with
             `fit(steps_per_epoch=task.steps_per_epoch)`; an interrupted run
             resumed at epoch k then sees exactly the batches an
             uninterrupted run would.

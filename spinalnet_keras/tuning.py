@@ -18,6 +18,7 @@ chief and on workers with `KERASTUNER_TUNER_ID` (`chief`, `tuner0`, ...),
 `KERASTUNER_ORACLE_IP` and `KERASTUNER_ORACLE_PORT` set.
 """
 
+import collections
 import dataclasses
 import math
 import re
@@ -214,8 +215,10 @@ class SpinalHyperModel(kt.HyperModel):
             (which also seeds Python's, NumPy's and TensorFlow's global
             generators, as `train` does), so each trial starts from weights
             and dropout masks of that seed, and a search with the same
-            seeds repeats. With None, Keras's global generator goes on
-            from trial to trial.
+            seeds repeats. A trial's further executions
+            (`executions_per_trial`) each take a seed drawn from
+            `(seed, execution)`, so that they differ. With None, Keras's
+            global generator goes on from trial to trial.
     """
 
     def __init__(self, model, input_shape, num_classes, space=None, optimizer="adam",
@@ -277,6 +280,7 @@ class SpinalHyperModel(kt.HyperModel):
             )
         self.jit_compile = jit_compile if jit_compile == "auto" else bool(jit_compile)
         self.seed = _validation.numpy_seed("seed", seed, allow_none=True)
+        self._builds = collections.Counter()  # builds so far, per hyperparameter values
         self.features = self._feature_count()
         if not allowed_splits(self.space, max(self.space.depths), self.features):
             raise ValueError(
@@ -294,6 +298,19 @@ class SpinalHyperModel(kt.HyperModel):
         probe = self._build_with_head(width=1, depth=1, splits=1)
         (layer,) = [l for l in probe.layers if isinstance(l, SpinalDense)]
         return layer.input_dim
+
+    def _build_seed(self, hp):
+        """`seed` for the first model built with `hp`'s values, and a seed
+        drawn from (seed, n) for the n-th after it: with
+        `executions_per_trial > 1`, keras-tuner builds a trial's model once
+        per execution, and executions from the same weights would train
+        alike and average nothing."""
+        key = repr(sorted(hp.values.items()))
+        built = self._builds[key]
+        self._builds[key] += 1
+        if built == 0:
+            return self.seed
+        return int(np.random.SeedSequence([self.seed, built]).generate_state(1)[0])
 
     def build(self, hp):
         space = self.space
@@ -321,7 +338,7 @@ class SpinalHyperModel(kt.HyperModel):
         if space.learning_rates is not None:
             lr = hp.Float("learning_rate", *space.learning_rates, sampling="log")
         if self.seed is not None:
-            keras.utils.set_random_seed(self.seed)
+            keras.utils.set_random_seed(self._build_seed(hp))
         model = self._build_with_head(**head)
         optimizer = new_optimizer(self.optimizer, lr, self.momentum)
         # keras-tuner builds inside the search's distribution strategy

@@ -268,11 +268,17 @@ def test_a_seeded_search_repeats(seed, tmp_path):
                           directory=tmp_path / kind, seed=seed).oracle.seed == seed
     records = []
     for run in "ab":
+        keras.utils.set_random_seed(123)  # whatever ran before in the process
         hm = _hypermodel(space, seed=seed)
         tuner = make_tuner(hm, "random", objective="val_loss", max_trials=3,
                            directory=tmp_path / run, seed=seed)
-        task = _task()
-        tuner.search(task.train, validation_data=task.test, epochs=1, verbose=0)
+        # as tune does: every trial trains on the epochs train would see
+        # (tf.data's shuffle of the table1 data also takes the global seed)
+        keras.utils.set_random_seed(seed)
+        task = load_task("table1/sum", batch_size=128, train_examples=256,
+                         test_examples=128, epochs=1)
+        tuner.search(task.train, validation_data=task.test, epochs=1,
+                     steps_per_epoch=task.steps_per_epoch, verbose=0)
         records.append(_search_record(tuner, hm))
     # the same hyperparameters, and the same scores: the same initial weights
     assert records[0] == records[1]
@@ -282,19 +288,49 @@ def test_a_seeded_search_repeats(seed, tmp_path):
     assert state["seed"] == seed
 
 
+class _FirstKernelSum(SpinalHyperModel):
+    sums = []
+
+    def fit(self, hp, model, *args, **kwargs):
+        self.sums.append(float(np.sum(model.get_weights()[0])))
+        return super().fit(hp, model, *args, **kwargs)
+
+
+def test_a_seeded_trials_executions_start_from_their_own_weights(tmp_path):
+    # executions from the same weights would train alike and average nothing
+    space = SearchSpace(widths=(4, 8), depths=(2,), splits=(1,))
+    runs = []
+    for run in "ab":
+        _FirstKernelSum.sums = []
+        hm = _FirstKernelSum("regression", (8,), 1, space=space, loss="mse", metrics=(),
+                             seed=3)
+        tuner = make_tuner(hm, "random", objective="val_loss", max_trials=2,
+                           executions_per_trial=2, directory=tmp_path / run)
+        task = _task()
+        tuner.search(task.train, validation_data=task.test, epochs=1, verbose=0)
+        runs.append(_FirstKernelSum.sums)
+    assert len(runs[0]) == 4 and len(set(runs[0])) == 4
+    assert runs[0] == runs[1]  # and the search still repeats
+
+
 def test_an_unseeded_hypermodel_leaves_the_global_generators_alone():
     keras.utils.set_random_seed(5)
     expected = np.random.rand()
     keras.utils.set_random_seed(5)
     hm = _hypermodel(SearchSpace(widths=(4,), depths=(2,), splits=(1,)))
     hm.build(kt.HyperParameters())
-    hm_seeded = _hypermodel(SearchSpace(widths=(4,), depths=(2,), splits=(1,)), seed=5)
-    # building consumed nothing of NumPy's generator ...
+    # building consumed nothing of NumPy's generator
     assert np.random.rand() == expected
-    # ... and a seeded hypermodel's model has the same weights every time
-    first, second = (hm_seeded.build(kt.HyperParameters()) for _ in range(2))
+    # a seeded hypermodel: the first model of some values has the seed's
+    # weights; the next (a further execution of the trial) its own
+    space = SearchSpace(widths=(4,), depths=(2,), splits=(1,))
+    first, second = (_hypermodel(space, seed=5).build(kt.HyperParameters()) for _ in range(2))
+    again = _hypermodel(space, seed=5)
+    third = again.build(kt.HyperParameters())
     for a, b in zip(first.get_weights(), second.get_weights()):
         np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(third.get_weights()[0],
+                              again.build(kt.HyperParameters()).get_weights()[0])
 
 
 @pytest.mark.parametrize("kind", ["bayesian", "hyperband"])
@@ -409,6 +445,19 @@ def _tune_cmd(out, extra=()):
             "--widths", "4", "8", "--depths", "1", "2", "--split-counts", "1", "2",
             "--max-trials", "4", "--epochs", "1", "--batch-size", "128", "--verbose", "0",
             "--output-dir", str(out), *extra]
+
+
+def test_cli_tune_with_a_seed_repeats_its_search(tmp_path):
+    rows = []
+    for run, before in [("a", 11), ("b", 12)]:
+        keras.utils.set_random_seed(before)  # whatever ran before in the process
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            assert main(_tune_cmd(tmp_path / run, ["--epochs", "2", "--seed", "5"])[3:]) == 0
+        assert not [w for w in caught if "ran out of data" in str(w.message)]
+        rows.append(json.loads((tmp_path / run / "search" / "trials.json").read_text()))
+    assert [r["status"] for r in rows[0]] == ["COMPLETED"] * 4
+    assert rows[0] == rows[1]  # the same trials, scores included
 
 
 def test_cli_tune_writes_table_best_model_and_export(tmp_path, capsys):
