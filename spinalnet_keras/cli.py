@@ -476,8 +476,9 @@ def build_parser():
     p.add_argument("--project", default="search", help="name of the search under --output-dir")
     p.add_argument("--max-consecutive-failed-trials", type=_positive_int, default=3)
     p.add_argument("--overwrite", action="store_true", help="start the search afresh")
-    p.add_argument("--export", help="export the best model to this directory, as a verified SavedModel "
-                        "named for the network (e.g. DIR/mnist_cnn_spinal/1)")
+    p.add_argument("--export", help="export the best model to this directory, as a verified "
+                                    "SavedModel named for the network (e.g. "
+                                    "DIR/mnist_cnn_spinal/1)")
     p.set_defaults(func=_tune)
 
     p = sub.add_parser("export", help="SavedModel / .keras / ONNX, verified",

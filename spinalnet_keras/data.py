@@ -766,15 +766,15 @@ def load_task(
             (quick runs and tests); for `table1/*`, the number of examples
             generated (default 1000 each).
         epochs, initial_epoch: when `epochs` is given, `task.train` holds
-            epochs `initial_epoch..epochs-1` back to back, each shuffled from
-            `(seed, epoch)` alone (for the `table1/*` data and splits
-            streamed from disk, whose tf.data shuffle also takes
-            TensorFlow's global seed, from `(seed, epoch)` and that seed:
-            `train` sets it to `seed` first, with
-            `keras.utils.set_random_seed(seed)`), to be used with
+            epochs `initial_epoch..epochs-1` back to back, to be used with
             `fit(steps_per_epoch=task.steps_per_epoch)`; an interrupted run
             resumed at epoch k then sees exactly the batches an
-            uninterrupted run would.
+            uninterrupted run would. Each epoch is shuffled from
+            `(seed, epoch)`: alone for image splits held in memory; with
+            TensorFlow's global seed at this call as well for the
+            `table1/*` data and splits streamed from disk, which tf.data's
+            shuffle orders (`train` and `tune` call
+            `keras.utils.set_random_seed(seed)` first).
 
     Returns:
         A `Task`.
