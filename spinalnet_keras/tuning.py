@@ -280,7 +280,7 @@ class SpinalHyperModel(kt.HyperModel):
             )
         self.jit_compile = jit_compile if jit_compile == "auto" else bool(jit_compile)
         self.seed = _validation.numpy_seed("seed", seed, allow_none=True)
-        self._builds = collections.Counter()  # builds so far, per hyperparameter values
+        self._fits = collections.Counter()  # models trained so far, per hyperparameter values
         self.features = self._feature_count()
         if not allowed_splits(self.space, max(self.space.depths), self.features):
             raise ValueError(
@@ -300,17 +300,17 @@ class SpinalHyperModel(kt.HyperModel):
         return layer.input_dim
 
     def _build_seed(self, hp):
-        """`seed` for the first model built with `hp`'s values, and a seed
-        drawn from (seed, n) for the n-th after it: with
-        `executions_per_trial > 1`, keras-tuner builds a trial's model once
-        per execution, and executions from the same weights would train
-        alike and average nothing."""
-        key = repr(sorted(hp.values.items()))
-        built = self._builds[key]
-        self._builds[key] += 1
-        if built == 0:
+        """`seed` for a model of `hp`'s values none of which has trained
+        yet, and a seed drawn from (seed, n) once n have: with
+        `executions_per_trial > 1`, keras-tuner builds and trains a trial's
+        model once per execution, and executions from the same weights
+        would train alike and average nothing. Builds that do not train
+        (keras-tuner's declaration of the space, `trial_table`, reloading
+        the best model) count for nothing."""
+        trained = self._fits[_values_key(hp)]
+        if trained == 0:
             return self.seed
-        return int(np.random.SeedSequence([self.seed, built]).generate_state(1)[0])
+        return int(np.random.SeedSequence([self.seed, trained]).generate_state(1)[0])
 
     def build(self, hp):
         space = self.space
@@ -365,6 +365,7 @@ class SpinalHyperModel(kt.HyperModel):
             )
         data = args[0] if args else kwargs.get("x")
         _check_batch_split(model, data, kwargs.get("batch_size"))
+        self._fits[_values_key(hp)] += 1
         if hasattr(data, "element_spec"):  # a tf.data pipeline
             build_training_state(model, data)
             # Keras ignores `shuffle` for a tf.data pipeline (the pipeline
@@ -372,6 +373,10 @@ class SpinalHyperModel(kt.HyperModel):
             kwargs.setdefault("shuffle", False)
         # A NaN loss fails the trial (recorded), instead of scoring it.
         return model.fit(*args, callbacks=[*(callbacks or []), _FailOnNaN()], **kwargs)
+
+
+def _values_key(hp):
+    return repr(sorted(hp.values.items()))
 
 
 def _check_batch_split(model, data, batch_size):
