@@ -313,7 +313,7 @@ def test_a_seeded_trials_executions_start_from_their_own_weights(tmp_path):
     assert runs[0] == runs[1]  # and the search still repeats
 
 
-def test_an_unseeded_hypermodel_leaves_the_global_generators_alone():
+def test_builds_reseed_only_a_seeded_hypermodel_and_always_alike():
     keras.utils.set_random_seed(5)
     expected = np.random.rand()
     keras.utils.set_random_seed(5)
