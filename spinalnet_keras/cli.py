@@ -276,6 +276,27 @@ def _formats(text):
     return items
 
 
+def _load_sample(path):
+    """The `--sample` array: a `.npy` file, read without unpickling
+    (a pickle in a file someone hands over could run code)."""
+    import numpy as np
+
+    try:
+        sample = np.load(path, allow_pickle=False)
+    except (ValueError, EOFError) as e:  # a pickle, an object array, a cut file
+        raise ValueError(
+            f"--sample {path} is not an array of numbers saved with numpy.save "
+            f"(pickled data is never loaded). NumPy said: {e}"
+        ) from e
+    if not isinstance(sample, np.ndarray):  # np.load opens a .npz as an archive
+        sample.close()
+        raise ValueError(
+            f"--sample {path} is an .npz archive; save the batch alone with "
+            "numpy.save(path, batch) (a .npy file)."
+        )
+    return sample
+
+
 def _export(args):
     from spinalnet_keras.backbones import ImagePreprocessing
     from spinalnet_keras.data import DATASETS
@@ -284,6 +305,7 @@ def _export(args):
 
     if args.dataset is not None and not args.raw_input:
         raise ValueError("--dataset is used with --raw-input only; add --raw-input or drop it.")
+    sample = None if args.sample is None else _load_sample(args.sample)
     model = load_model_file(args.model_file)
     if args.raw_input:
         if any(isinstance(l, ImagePreprocessing) for l in model.layers):
@@ -301,6 +323,7 @@ def _export(args):
     report = export_model(
         model, args.output_dir, name=args.name, formats=args.formats,
         overwrite=args.overwrite, verify=not args.no_verify, tolerance=args.tolerance,
+        sample=sample,
     )
     print(format_report(report))
     print(f"Written to {os.path.abspath(args.output_dir)} (report: export_report.json)")
@@ -499,6 +522,11 @@ def build_parser():
     p.add_argument("--tolerance", type=_positive_float,
                    help="largest accepted output difference, relative to outputs larger "
                    "than 1 (default 1e-4; not with --no-verify)")
+    p.add_argument("--sample", metavar="FILE.npy",
+                   help="the batch to verify on, an array saved with numpy.save, of the "
+                   "model's input shape and values (raw images with --raw-input); needed "
+                   "for token-id inputs and unknown input dimensions (default: 4 random "
+                   "inputs; not with --no-verify)")
     p.set_defaults(func=_export)
     for command in sub.choices.values():
         _show_defaults(command)

@@ -343,14 +343,16 @@ def export_model(
                 raise ValueError(
                     f"The model's input shape {model.input_shape} has unknown "
                     "dimensions, so no sample can be drawn to verify the export; "
-                    "pass `sample`, a batch of the model's inputs."
+                    "pass `sample`, a batch of the model's inputs (the export command's "
+                    "`--sample FILE.npy`)."
                 )
             if not is_float:
                 raise ValueError(
                     f"The model's input is {dtype}, and random values could be "
                     "ones it does not take (e.g. token ids beyond an Embedding's "
                     "vocabulary), so no sample can be drawn to verify the export; "
-                    "pass `sample`, a batch of the model's inputs."
+                    "pass `sample`, a batch of the model's inputs (the export command's "
+                    "`--sample FILE.npy`)."
                 )
             rng = np.random.default_rng(0)
             # Inputs of the scale the model takes: raw [0, 255] values

@@ -305,6 +305,61 @@ def test_token_id_model_exports_and_serves_its_integer_input(tmp_path):
     np.testing.assert_allclose(probs.numpy(), model.predict(sample, verbose=0), atol=1e-6)
 
 
+def test_cli_export_verifies_on_a_sample_file(tmp_path, capsys):
+    # A token-id model cannot be checked on random inputs; from the command
+    # line, --sample gives the batch (it could not be exported verified before).
+    from spinalnet_keras import SpinalDense
+
+    ids = keras.Input((6,), dtype="int32", name="tokens")
+    x = keras.layers.Flatten()(keras.layers.Embedding(20, 4)(ids))
+    keras.Model(ids, SpinalDense(3, width=4, depth=2, output_activation="softmax")(x),
+                name="text").save(tmp_path / "text.keras")
+    model_file = str(tmp_path / "text.keras")
+    assert main(["export", model_file, "--output-dir", str(tmp_path / "a")]) == 2
+    assert "pass `sample`, a batch of the model's inputs (the export command's `--sample " \
+        "FILE.npy`)." in capsys.readouterr().err
+    np.save(tmp_path / "ids.npy", np.random.default_rng(0).integers(0, 20, (3, 6)))
+    assert main(["export", model_file, "--output-dir", str(tmp_path / "b"),
+                 "--sample", str(tmp_path / "ids.npy")]) == 0
+    report = json.loads((tmp_path / "b" / "export_report.json").read_text())
+    assert report["verified"] and report["input_dtype"] == "int32"
+    assert report["formats"]["saved_model"]["shape"] == [3, 3]  # the file's batch of 3
+
+    # With --raw-input the sample is raw pixels, as the exported model takes them.
+    images = paper_model("mnist_cnn", head="spinal")
+    images.save(tmp_path / "images.keras")
+    raw = np.random.default_rng(1).integers(0, 256, (2, 28, 28, 1)).astype("uint8")
+    np.save(tmp_path / "raw.npy", raw)
+    assert main(["export", str(tmp_path / "images.keras"), "--output-dir", str(tmp_path / "r"),
+                 "--formats", "keras", "--raw-input", "--dataset", "mnist",
+                 "--sample", str(tmp_path / "raw.npy")]) == 0
+    report = json.loads((tmp_path / "r" / "export_report.json").read_text())
+    assert report["verified"] and report["formats"]["keras"]["shape"] == [2, 10]
+
+    # Files that are no array of numbers are refused, and a pickle is never unpickled.
+    np.save(tmp_path / "objects.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    np.savez(tmp_path / "archive.npz", batch=raw)
+    (tmp_path / "empty.npy").write_bytes(b"")
+    np.save(tmp_path / "wrong.npy", np.zeros((2, 5)))
+    for argv, message in [
+        (["--sample", str(tmp_path / "objects.npy")],
+         "objects.npy is not an array of numbers saved with numpy.save (pickled data is "
+         "never loaded). NumPy said: Object arrays cannot be loaded"),
+        (["--sample", str(tmp_path / "archive.npz")],
+         "archive.npz is an .npz archive; save the batch alone with numpy.save"),
+        (["--sample", str(tmp_path / "empty.npy")], "empty.npy is not an array of numbers"),
+        (["--sample", str(tmp_path / "missing.npy")], "No such file or directory"),
+        (["--sample", str(tmp_path / "wrong.npy")],
+         r"shape (batch, 6). Received: shape (2, 5)"),
+        (["--sample", str(tmp_path / "ids.npy"), "--no-verify"],
+         "verify=False skips the check; pass one or the other"),
+    ]:
+        assert main(["export", model_file, "--output-dir", str(tmp_path / "x"),
+                     "--formats", "keras", *argv]) == 2
+        assert message in capsys.readouterr().err, argv
+    assert not (tmp_path / "x").exists()
+
+
 def test_bad_inputs(tmp_path):
     with pytest.raises(FileNotFoundError, match="No model file"):
         load_model_file(tmp_path / "missing.keras")
