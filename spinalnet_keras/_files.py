@@ -1,5 +1,7 @@
 """Files the package writes where another process may be reading them."""
 
+import json
+import math
 import os
 
 
@@ -20,3 +22,21 @@ def write_atomically(path, text):
     with open(tmp, "w") as f:
         f.write(text)
     os.replace(tmp, path)
+
+
+def _null_for_non_finite(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _null_for_non_finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_null_for_non_finite(v) for v in value]
+    return value
+
+
+def json_text(value, **kwargs):
+    """`json.dumps(value, **kwargs)` as strict JSON (RFC 8259): a float
+    that is not finite (a diverged run's metric) is written `null`. Python
+    would write `NaN`, which JSON has not, and strict readers (JavaScript's
+    `JSON.parse`, jq before 1.7) refuse the whole file for it."""
+    return json.dumps(_null_for_non_finite(value), allow_nan=False, **kwargs)

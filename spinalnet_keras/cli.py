@@ -11,6 +11,7 @@ import re
 import sys
 
 from spinalnet_keras import _validation
+from spinalnet_keras._files import json_text
 
 
 DEMO_DATASETS = ("table1/sum", "table1/sin_sum", "table1/prod", "table1/sin_prod")
@@ -330,8 +331,6 @@ def _export(args):
 
 
 def _tune(args):
-    import json
-
     import keras
 
     from spinalnet_keras.export import export_model
@@ -411,7 +410,7 @@ def _tune(args):
     with open(os.path.join(project, "trials.md"), "w") as f:
         f.write(table + "\n")
     with open(os.path.join(project, "trials.json"), "w") as f:
-        json.dump(rows, f, indent=2, default=str)
+        f.write(json_text(rows, indent=2, default=str))
     if not any(r["status"] == "COMPLETED" for r in rows):
         # keras-tuner would offer a failed trial as the best, whose checkpoint
         # does not exist (an h5 "unable to open file" error).

@@ -28,6 +28,7 @@ import keras
 import numpy as np
 
 from spinalnet_keras import _validation
+from spinalnet_keras._files import json_text
 from spinalnet_keras._files import write_atomically
 from spinalnet_keras.backbones import available_backbones
 from spinalnet_keras.backbones import backbone_model
@@ -568,7 +569,8 @@ def _check_task(config, task):
 
 
 def train(config, strategy=None, task=None, callbacks=None):
-    """Train one model as `config` says; resumable; returns `result.json`'s dict.
+    """Train one model as `config` says; resumable; returns `result.json`'s dict
+    (with NaN where the file, strict JSON, holds a diverged run's figures as null).
 
     Args:
         config: a `TrainConfig`.
@@ -626,8 +628,7 @@ def train(config, strategy=None, task=None, callbacks=None):
     os.makedirs(out, exist_ok=True)
     result_path = os.path.join(out, "result.json")
     if os.path.exists(result_path):
-        with open(result_path) as f:
-            result = json.load(f)
+        result = _read_result(result_path)
         if config.verbose:
             print(f"{out}: already complete ({result['epochs']} epochs), not rerun.")
         return result
@@ -722,8 +723,23 @@ def _write_result(path, config, model, rows, seconds, **extra):
         "train_seconds_this_session": round(seconds, 2),
         **extra,
     }
-    write_atomically(path, json.dumps(result, indent=2))
+    write_atomically(path, json_text(result, indent=2))
     return result
+
+
+def _is_metric_value(key):
+    # summarize_history's figures: NaN where a run diverged (its other
+    # values that may be None, such as best_epoch, mean "none")
+    return key in ("final", "best") or key.startswith("train_loss_min")
+
+
+def _read_result(path):
+    """`result.json` as `train` returned it: the file holds a diverged
+    run's NaN figures as null (strict JSON); files written before hold NaN."""
+    with open(path) as f:
+        result = json.load(f)
+    return {k: float("nan") if v is None and _is_metric_value(k) else v
+            for k, v in result.items()}
 
 
 def _is_multi_worker(strategy):

@@ -625,10 +625,25 @@ def test_a_diverged_run_stops_and_says_so(tmp_path, capsys):
     assert "test mse after the last epoch nan, no epoch with a finite one" in captured.out
     assert ("training diverged: the loss was not finite in epoch 1, where the run "
             "stopped") in captured.err
-    result = json.loads((out / "result.json").read_text())
+    def refuse(constant):
+        raise AssertionError(f"{constant} is not JSON")
+
+    # strict JSON: NaN, which JSON has not, is written null
+    result = json.loads((out / "result.json").read_text(), parse_constant=refuse)
     assert (result["epochs"], result["diverged_at_epoch"], result["best_epoch"]) == (1, 1, None)
-    assert np.isnan(result["final"]) and len(read_history(out / "history.csv")) == 1
+    assert (result["final"], result["best"]) == (None, None)
+    assert len(read_history(out / "history.csv")) == 1
     assert main(argv) == 2  # the finished run, found again, fails alike
+    assert "test mse after the last epoch nan" in capsys.readouterr().out
+    # and train returns it as it did the first time, NaN for the figures
+    config = TrainConfig(model="regression", dataset="table1/sum", optimizer="sgd",
+                         learning_rate=1e30, epochs=3, output_dir=str(out), verbose=0)
+    found = train(config)
+    assert np.isnan(found["final"]) and np.isnan(found["train_loss_min"])
+    assert found["best_epoch"] is None and found["diverged_at_epoch"] == 1
+    # a file written before, with NaN, is read alike
+    (out / "result.json").write_text(json.dumps({**found, "final": float("nan")}))
+    assert np.isnan(train(config)["final"])
 
 
 def test_summaries_and_comparisons_skip_what_diverged():
