@@ -19,6 +19,7 @@ import contextlib
 import csv
 import dataclasses
 import json
+import logging
 import math
 import os
 import statistics
@@ -320,6 +321,39 @@ def compile_model(model, config, task, steps_per_execution=None):
         jit_compile=JIT_COMPILE[config.jit_compile],
     )
     return model
+
+
+class _KerasStepRetracing(logging.Filter):
+    """Drops TensorFlow's warning that a Keras training or test step
+    "triggered tf.function retracing"."""
+
+    def filter(self, record):
+        message = record.getMessage()
+        return not ("triggered tf.function retracing" in message
+                    and "TensorFlowTrainer" in message)
+
+
+@contextlib.contextmanager
+def new_models_in_turn():
+    """Silence TensorFlow's retracing warning about Keras's step functions
+    while models, each new, train one after another (compare's runs, a
+    search's trials).
+
+    TensorFlow counts traces per Python function *code*, not per function:
+    each new model's `fit` makes its own step function and traces it once
+    (tested), yet all of them share Keras's code, so from about the fifth
+    model TensorFlow warns "5 out of the last 9 calls to ...
+    multi_step_on_iterator triggered tf.function retracing", as if one
+    function were traced again and again, and advises changes that do not
+    apply. A retracing of any other function still warns.
+    """
+    logger = logging.getLogger("tensorflow")  # tf.get_logger()'s
+    quiet = _KerasStepRetracing()
+    logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        logger.removeFilter(quiet)
 
 
 def build_training_state(model, data):
@@ -1020,7 +1054,8 @@ def compare(config, seeds, datasets=None, strategy=None):
                     ),
                     **({k: None for k in HEAD_OPTIONS} if head == "dense" else {}),
                 )
-                results.append(train(run, strategy=strategy))
+                with new_models_in_turn():
+                    results.append(train(run, strategy=strategy))
         if any(r.get("chief") is False for r in results):
             chief = False  # a worker of a multi-worker run: the chief has the results
             continue

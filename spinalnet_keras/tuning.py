@@ -40,6 +40,7 @@ from spinalnet_keras.paper_models import paper_model
 from spinalnet_keras.spinal_dense import SpinalDense
 from spinalnet_keras.training import _check_even_split
 from spinalnet_keras.training import build_training_state
+from spinalnet_keras.training import new_models_in_turn
 from spinalnet_keras.training import new_optimizer
 
 _TUNER_CLASSES = {
@@ -372,7 +373,8 @@ class SpinalHyperModel(kt.HyperModel):
             # shuffles, or not); fit's default True would only warn so.
             kwargs.setdefault("shuffle", False)
         # A NaN loss fails the trial (recorded), instead of scoring it.
-        return model.fit(*args, callbacks=[*(callbacks or []), _FailOnNaN()], **kwargs)
+        with new_models_in_turn():
+            return model.fit(*args, callbacks=[*(callbacks or []), _FailOnNaN()], **kwargs)
 
 
 def _values_key(hp):
