@@ -62,7 +62,9 @@ class TrainConfig:
     take none. `jit_compile` is `"auto"`, `"on"` or `"off"` (True and False
     are taken for `"on"` and `"off"`). `deterministic` turns on TensorFlow's
     op determinism when `train` starts; it stays on for the rest of the
-    process (TensorFlow has no switch to turn it off).
+    process (TensorFlow has no switch to turn it off). Keras compiles
+    without XLA under it, so `jit_compile="on"` is refused with it, and
+    by `train` in a process where it is on.
     Head options left as None keep the network's own (the paper's) values.
     """
 
@@ -142,6 +144,13 @@ class TrainConfig:
         self.momentum = _validation.sgd_momentum(self.optimizer, self.momentum, 0.5)
         self.seed = _validation.numpy_seed("seed", self.seed)
         self.deterministic = _validation.boolean("deterministic", self.deterministic)
+        if self.deterministic and self.jit_compile == "on":
+            raise ValueError(
+                "`jit_compile='on'` cannot go with `deterministic=True`: under "
+                "TensorFlow's op determinism Keras compiles without XLA (not every "
+                "XLA op is deterministic), so XLA would not be used. Received: "
+                "jit_compile='on', deterministic=True"
+            )
         self.verbose = _validation.choice("verbose", self.verbose, (0, 1, 2))
         self.output_dir = _validation.path("output_dir", self.output_dir)
         _check_pairing(self.model, self.dataset, self.dataset in REGRESSION_DATASETS)
@@ -320,6 +329,15 @@ def compile_model(model, config, task, steps_per_execution=None):
         ),
         jit_compile=JIT_COMPILE[config.jit_compile],
     )
+    if config.jit_compile == "on" and not model.jit_compile:
+        # Keras only warned: the run's files would say XLA compiled it.
+        raise ValueError(
+            "jit_compile='on' cannot be honoured: Keras compiles this model without "
+            "XLA, as it does while TensorFlow's op determinism is on (an earlier "
+            "deterministic run in this process turned it on, and it cannot be turned "
+            "off) or for a layer without XLA support. Use jit_compile='auto' or 'off', "
+            "or a new process."
+        )
     return model
 
 

@@ -272,6 +272,9 @@ _REGRESSION = dict(model="regression", dataset="table1/sum")
     (dict(dropout=1.0), "dropout=1.0"),
     (dict(batch_norm="yes"), "batch_norm='yes'"),
     (dict(deterministic=1), "deterministic=1"),
+    # Keras would compile without XLA, and the run's files would say "on"
+    (dict(deterministic=True, jit_compile=True), "`jit_compile='on'` cannot go with "
+     r"`deterministic=True`: under TensorFlow's op determinism Keras compiles without XLA"),
     (dict(output_dir=None), "output_dir=None"),
     (dict(dataset="mnist3"), "Unknown dataset 'mnist3'"),
     # names in a list: the look-ups would fail as "unhashable", naming nothing
@@ -294,6 +297,29 @@ _REGRESSION = dict(model="regression", dataset="table1/sum")
 def test_train_config_checks_every_field(kwargs, match):
     with pytest.raises(ValueError, match=match):
         TrainConfig(**{**_REGRESSION, **kwargs})
+
+
+def test_xla_asked_for_and_not_given_by_keras_is_an_error(tmp_path, monkeypatch):
+    # Keras compiles without XLA, with a warning only, where a layer does not
+    # support it or op determinism is on (turned on by an earlier
+    # deterministic run: TensorFlow cannot turn it off).
+    from spinalnet_keras import training
+
+    def without_xla(config, task):
+        model = build_model(config, task)
+        model.layers[-1].supports_jit = False
+        return model
+
+    build_model = training.build_model
+    monkeypatch.setattr(training, "build_model", without_xla)
+    config = TrainConfig(model="regression", dataset="table1/sum", epochs=1, jit_compile="on",
+                         output_dir=str(tmp_path / "run"), verbose=0)
+    with pytest.raises(ValueError, match="jit_compile='on' cannot be honoured: Keras compiles "
+                       "this model without XLA"):
+        train(config)
+    assert not (tmp_path / "run" / "config.json").exists()  # the folder stays free
+    # "auto" is Keras's to resolve, and trains
+    assert train(dataclasses.replace(config, jit_compile="auto"))["epochs"] == 1
 
 
 def test_train_config_normalises_what_it_accepts():
@@ -336,7 +362,7 @@ def test_every_train_option_reaches_the_config():
         learning_rate=0.5, momentum=0.9, seed=7, output_dir="o", data_dir="d",
         manual_dir="m", augment=("flip",), image_size=(48, 40), weights="imagenet",
         freeze_backbone=True, pooling="max", deterministic=True, steps_per_execution=3,
-        jit_compile="on", train_examples=10, test_examples=5, verbose=2)
+        jit_compile="off", train_examples=10, test_examples=5, verbose=2)
     assert set(expected) == {f.name for f in dataclasses.fields(TrainConfig)}
     # The head options need the spinal head, and momentum SGD: both defaults.
     defaults = TrainConfig()
@@ -348,7 +374,7 @@ def test_every_train_option_reaches_the_config():
             "--seed", "7", "--output-dir", "o", "--data-dir", "d", "--manual-dir", "m",
             "--augment", "flip", "--image-size", "48x40", "--weights", "imagenet",
             "--freeze-backbone", "--pooling", "max", "--deterministic",
-            "--steps-per-execution", "3", "--jit-compile", "on", "--train-examples", "10",
+            "--steps-per-execution", "3", "--jit-compile", "off", "--train-examples", "10",
             "--test-examples", "5", "--verbose", "2"]
     args = build_parser().parse_args(argv)
     config = _config(args, head=args.head, seed=args.seed)
