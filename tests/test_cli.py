@@ -299,6 +299,7 @@ def test_train_config_checks_every_field(kwargs, match):
         TrainConfig(**{**_REGRESSION, **kwargs})
 
 
+@pytest.mark.filterwarnings("ignore:Model doesn't support `jit_compile=True`")  # Keras's, expected
 def test_xla_asked_for_and_not_given_by_keras_is_an_error(tmp_path, monkeypatch):
     # Keras compiles without XLA, with a warning only, where a layer does not
     # support it or op determinism is on (turned on by an earlier
