@@ -338,7 +338,7 @@ def test_builds_reseed_only_a_seeded_hypermodel_and_always_alike():
 # another function traced again and again. Prints how many retracing
 # warnings TensorFlow's logger passed on for Keras's steps and for others.
 _RETRACING_JOB = """
-import logging, sys, tempfile
+import logging, sys
 import keras_tuner as kt, tensorflow as tf
 from spinalnet_keras import SearchSpace, SpinalHyperModel, TrainConfig, compare, load_task
 from spinalnet_keras.training import new_models_in_turn
@@ -351,7 +351,7 @@ path = sys.argv[1]
 if path == "compare":
     compare(TrainConfig(model="regression", dataset="table1/sum", epochs=1, train_examples=256,
                         test_examples=128, batch_size=128, optimizer="adam",
-                        output_dir=tempfile.mkdtemp(), verbose=0), seeds=[0, 1, 2])
+                        output_dir=sys.argv[2], verbose=0), seeds=[0, 1, 2])
 else:
     task = load_task("table1/sum", batch_size=128, train_examples=256, test_examples=128)
     for _ in range(7):  # 2 batches: one call of the step per epoch
@@ -375,14 +375,14 @@ print(sum("plus_one" not in m for m in retraced), sum("plus_one" in m for m in r
 
 
 @pytest.mark.parametrize("path", ["keras", "hypermodel", "compare"])
-def test_models_trained_in_turn_do_not_warn_that_a_step_retraced(path):
+def test_models_trained_in_turn_do_not_warn_that_a_step_retraced(path, tmp_path):
     # Each new model traces its own step function once, but TensorFlow
     # counts traces per function code, which all models share, so from
     # about the fifth model Keras's fit alone warns of "retracing" and
     # advises changes that do not apply. Its warnings are counted per
     # process, hence a fresh process for each path.
-    proc = subprocess.run([sys.executable, "-c", _RETRACING_JOB, path], capture_output=True,
-                          text=True, timeout=300, env=ENV)
+    proc = subprocess.run([sys.executable, "-c", _RETRACING_JOB, path, str(tmp_path)],
+                          capture_output=True, text=True, timeout=300, env=ENV)
     assert proc.returncode == 0, proc.stderr[-3000:]
     steps, others = map(int, proc.stdout.split()[-2:])
     if path == "keras":
