@@ -354,8 +354,8 @@ class _KerasStepRetracing(logging.Filter):
 @contextlib.contextmanager
 def new_models_in_turn():
     """Silence TensorFlow's retracing warning about Keras's step functions
-    while models, each new, train one after another (compare's runs, a
-    search's trials).
+    while models, each new, train one after another (`train`'s runs, as
+    compare makes them, and a search's trials).
 
     TensorFlow counts traces per Python function *code*, not per function:
     each new model's `fit` makes its own step function and traces it once
@@ -735,15 +735,16 @@ def train(config, strategy=None, task=None, callbacks=None):
         *(callbacks or []),
     ]
     start = time.perf_counter()
-    model.fit(
-        task.train,
-        validation_data=task.test,
-        epochs=config.epochs,
-        steps_per_epoch=steps_per_epoch,
-        callbacks=callbacks,
-        verbose=config.verbose,
-        shuffle=False,  # the pipeline shuffles, with the run's seed
-    )
+    with new_models_in_turn():  # each run's model is new: compare's, or a caller's loop
+        model.fit(
+            task.train,
+            validation_data=task.test,
+            epochs=config.epochs,
+            steps_per_epoch=steps_per_epoch,
+            callbacks=callbacks,
+            verbose=config.verbose,
+            shuffle=False,  # the pipeline shuffles, with the run's seed
+        )
     seconds = time.perf_counter() - start
     model.save(os.path.join(out, "final.keras"))
     rows = read_history(history_path)
@@ -1072,8 +1073,7 @@ def compare(config, seeds, datasets=None, strategy=None):
                     ),
                     **({k: None for k in HEAD_OPTIONS} if head == "dense" else {}),
                 )
-                with new_models_in_turn():
-                    results.append(train(run, strategy=strategy))
+                results.append(train(run, strategy=strategy))
         if any(r.get("chief") is False for r in results):
             chief = False  # a worker of a multi-worker run: the chief has the results
             continue
