@@ -32,8 +32,9 @@ def _hypermodel(space=None, **kwargs):
                             learning_rate=0.01, **kwargs)
 
 
-def _task():
-    return load_task("table1/sum", batch_size=128, train_examples=256, test_examples=128)
+def _task(**options):
+    return load_task("table1/sum", batch_size=128, train_examples=256, test_examples=128,
+                     **options)
 
 
 def test_search_space_is_what_the_arguments_say():
@@ -275,8 +276,7 @@ def test_a_seeded_search_repeats(seed, tmp_path):
         # as tune does: every trial trains on the epochs train would see
         # (tf.data's shuffle of the table1 data also takes the global seed)
         keras.utils.set_random_seed(seed)
-        task = load_task("table1/sum", batch_size=128, train_examples=256,
-                         test_examples=128, epochs=1)
+        task = _task(epochs=1)
         tuner.search(task.train, validation_data=task.test, epochs=1,
                      steps_per_epoch=task.steps_per_epoch, verbose=0)
         records.append(_search_record(tuner, hm))
