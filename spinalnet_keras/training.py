@@ -329,16 +329,27 @@ def compile_model(model, config, task, steps_per_execution=None):
         ),
         jit_compile=JIT_COMPILE[config.jit_compile],
     )
-    if config.jit_compile == "on" and not model.jit_compile:
+    if config.jit_compile == "on":
         # Keras only warned: the run's files would say XLA compiled it.
+        require_xla(model, "jit_compile='on'", "'auto' or 'off'")
+    return model
+
+
+def require_xla(model, asked, instead):
+    """Raises where Keras compiled `model` without the XLA it was asked for.
+
+    Keras only warns when it drops XLA: while TensorFlow's op determinism is
+    on (which TensorFlow cannot turn off again) or for a layer without XLA
+    support. `asked` and `instead` name the option as the caller takes it.
+    """
+    if not model.jit_compile:
         raise ValueError(
-            "jit_compile='on' cannot be honoured: Keras compiles this model without "
+            f"{asked} cannot be honoured: Keras compiles this model without "
             "XLA, as it does while TensorFlow's op determinism is on (an earlier "
             "deterministic run in this process turned it on, and it cannot be turned "
-            "off) or for a layer without XLA support. Use jit_compile='auto' or 'off', "
+            f"off) or for a layer without XLA support. Use jit_compile={instead}, "
             "or a new process."
         )
-    return model
 
 
 class _KerasStepRetracing(logging.Filter):

@@ -42,6 +42,7 @@ from spinalnet_keras.training import _check_even_split
 from spinalnet_keras.training import build_training_state
 from spinalnet_keras.training import new_models_in_turn
 from spinalnet_keras.training import new_optimizer
+from spinalnet_keras.training import require_xla
 
 _TUNER_CLASSES = {
     "random": kt.RandomSearch,
@@ -204,6 +205,9 @@ class SpinalHyperModel(kt.HyperModel):
             take none.
         steps_per_execution: as for `Model.compile`.
         jit_compile: `"auto"`, True or False, as for `Model.compile`.
+            True is an error where Keras compiles the model without XLA
+            (while op determinism is on, or for a layer without XLA
+            support), where Keras itself only warns.
         loss, metrics: compile arguments (default: classification), checked
             here: a name Keras does not know is an error before any trial.
             `make_tuner`'s objective is one of the names `fit` logs for them.
@@ -347,6 +351,8 @@ class SpinalHyperModel(kt.HyperModel):
                       steps_per_execution=supported_steps_per_execution(
                           self.steps_per_execution),
                       jit_compile=self.jit_compile)
+        if self.jit_compile is True:
+            require_xla(model, "jit_compile=True", "'auto' or False")
         # keras-tuner's get_best_models reloads a trial's checkpoint, which
         # holds the optimizer's state; an optimizer without its variables yet
         # skips that state with a warning, and the reloaded best model would

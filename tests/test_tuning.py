@@ -239,6 +239,31 @@ def test_metric_functions_and_objects_are_objectives_by_the_names_keras_logs(tmp
     assert math.isfinite(trial.score)
 
 
+class _WithoutXla(SpinalHyperModel):
+    def _build_with_head(self, **head):
+        model = super()._build_with_head(**head)
+        model.layers[-1].supports_jit = False
+        return model
+
+
+@pytest.mark.filterwarnings("ignore:Model doesn't support `jit_compile=True`")  # Keras's, expected
+def test_xla_asked_for_and_not_given_by_keras_is_an_error(tmp_path):
+    # Keras compiles without XLA, with a warning only, while op determinism
+    # is on or for a layer without XLA support: the search would report
+    # trials as XLA-compiled that were not.
+    space = SearchSpace(widths=(4,), depths=(2,), splits=(1,))
+    hm = _WithoutXla("regression", (8,), 1, loss="mse", metrics=(), space=space,
+                     jit_compile=True)
+    with pytest.raises(ValueError, match=r"jit_compile=True cannot be honoured: Keras "
+                       r"compiles this model without XLA.*Use jit_compile='auto' or False"):
+        make_tuner(hm, "random", objective="val_loss", max_trials=1,
+                   directory=tmp_path / "search")
+    for jit_compile in ("auto", False):  # Keras's to resolve, or not asked for
+        hm = _WithoutXla("regression", (8,), 1, loss="mse", metrics=(), space=space,
+                         jit_compile=jit_compile)
+        assert hm.build(kt.HyperParameters()).jit_compile is False
+
+
 def test_numpy_values_and_a_path_object_search(tmp_path):
     # keras-tuner's random.seed takes no numpy int: the checked values go on
     hm = SpinalHyperModel("regression", np.array([8]), np.int64(1), loss="mse", metrics=(),
