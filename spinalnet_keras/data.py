@@ -489,26 +489,32 @@ def _streamed_examples(split):
         tf.data.experimental.assert_cardinality(split.count))
 
 
-def _epoch_orders(count, seed, epoch_range, batch_size=None):
-    """Example indices in a random order per epoch, all epochs in one dataset.
+def _epoch_orders(count, seed, epoch_range, batch_size, per_example=None):
+    """Example indices in a random order per epoch, in batches, all epochs in
+    one dataset.
 
     With `epoch_range=(start, stop)`, epochs start..stop-1 back to back, the
     order of epoch e drawn from (seed, e) alone; without, one epoch with a
-    new order on every pass. With `batch_size`, the indices come in batches
-    (one element per batch, no per-example work); without, one per element,
-    each with a seed `(epoch key, position)` for per-example augmentation.
+    new order on every pass. Each element is a batch of indices (no
+    per-example work); with `per_example(index, seed)`, each example's
+    result instead, seeded `(epoch key, position)` for per-example
+    augmentation, batched within its epoch: a batch never spans two epochs,
+    so every epoch has the same batches (`fit`'s `steps_per_epoch`) and a
+    resumed run starts where the interrupted one stopped.
     """
-    full, rest = divmod(count, batch_size or count)
+    full, rest = divmod(count, batch_size)
     run_seed = tf.constant(seed, tf.int64)
 
     def one_epoch(key):
         order = tf.random.experimental.stateless_shuffle(
             tf.range(count, dtype=tf.int64), seed=tf.stack([key, run_seed])
         )
-        if batch_size is None:
+        if per_example is not None:
             positions = tf.range(count, dtype=tf.int64)
             seeds = tf.stack([tf.fill([count], key), positions], axis=1)
-            return tf.data.Dataset.from_tensor_slices((order, seeds))
+            return tf.data.Dataset.from_tensor_slices((order, seeds)).map(
+                _plain(per_example), num_parallel_calls=tf.data.AUTOTUNE
+            ).batch(batch_size)
         batches = tf.data.Dataset.from_tensor_slices(
             tf.reshape(order[: full * batch_size], (full, batch_size))
         )
@@ -520,15 +526,14 @@ def _epoch_orders(count, seed, epoch_range, batch_size=None):
 
     if epoch_range is None:
         keys = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).take(1)
-        # flat_map hides the epoch's length, and Keras's fit, given no
-        # steps_per_epoch, would learn it only by running out of data in the
-        # first epoch, warning "Your input ran out of data" in every search
-        # trial.
-        per_epoch = count if batch_size is None else full + (rest > 0)
-        return keys.flat_map(_plain(one_epoch)).apply(
-            tf.data.experimental.assert_cardinality(per_epoch))
-    keys = tf.data.Dataset.range(*epoch_range)
-    return keys.flat_map(_plain(one_epoch))
+    else:
+        keys = tf.data.Dataset.range(*epoch_range)
+    # flat_map hides the length, which Keras's fit needs: given no
+    # steps_per_epoch, it would learn an epoch's only by running out of data
+    # ("Your input ran out of data" in every search trial), and a search's
+    # Hyperband continuation tells from it that the data holds all epochs.
+    return keys.flat_map(_plain(one_epoch)).apply(
+        tf.data.experimental.assert_cardinality((full + (rest > 0)) * len(keys)))
 
 
 def _validate_augment(augment):
@@ -667,9 +672,8 @@ def image_pipeline(
                 _plain(lambda i: (images[i : i + batch_size], labels[i : i + batch_size]))
             )
         elif crop:  # per example, with stateless seeds (epoch key, position)
-            out = _epoch_orders(split.count, seed, epoch_range).map(
-                _plain(lambda i, s: cropped(images[i], labels[i], s)), num_parallel_calls=parallel
-            ).batch(batch_size)
+            out = _epoch_orders(split.count, seed, epoch_range, batch_size,
+                                lambda i, s: cropped(images[i], labels[i], s))
         else:
             out = _epoch_orders(split.count, seed, epoch_range, batch_size).map(
                 _plain(lambda i: (tf.gather(images, i), tf.gather(labels, i))),
