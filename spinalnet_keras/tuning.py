@@ -224,6 +224,13 @@ class SpinalHyperModel(kt.HyperModel):
             (`executions_per_trial`) each take a seed drawn from
             `(seed, execution)`, so that they differ. With None, Keras's
             global generator goes on from trial to trial.
+
+    A trial that continues another from an `initial_epoch` (Hyperband's)
+    reads a `tf.data` pipeline that holds all the trial's epochs back to
+    back (`load_task(epochs=...)`'s, with `steps_per_epoch`) or repeats
+    without end from that epoch's first batch, as the uninterrupted trial
+    would have; Keras's fit alone would train it on the first epochs'
+    batches again.
     """
 
     def __init__(self, model, input_shape, num_classes, space=None, optimizer="adam",
@@ -370,8 +377,20 @@ class SpinalHyperModel(kt.HyperModel):
                 f"`epochs` must be a positive integer: a trial of no epochs trains and "
                 f"scores nothing. Received: epochs={epochs!r}"
             )
+        initial_epoch = kwargs.get("initial_epoch", 0)
+        if not _validation.is_int(initial_epoch) or not 0 <= initial_epoch < epochs:
+            raise kt.errors.FatalValueError(
+                f"`initial_epoch` must be an integer in [0, epochs={epochs}): a trial "
+                f"from there trains nothing. Received: initial_epoch={initial_epoch!r}"
+            )
         data = args[0] if args else kwargs.get("x")
         _check_batch_split(model, data, kwargs.get("batch_size"))
+        continued = _continued(data, initial_epoch, epochs, kwargs.get("steps_per_epoch"))
+        if continued is not data:
+            if args:
+                args = (continued, *args[1:])
+            else:
+                kwargs["x"] = continued
         self._fits[_values_key(hp)] += 1
         if hasattr(data, "element_spec"):  # a tf.data pipeline
             build_training_state(model, data)
@@ -381,6 +400,25 @@ class SpinalHyperModel(kt.HyperModel):
         # A NaN loss fails the trial (recorded), instead of scoring it.
         with new_models_in_turn():
             return model.fit(*args, callbacks=[*(callbacks or []), _FailOnNaN()], **kwargs)
+
+
+def _continued(data, initial_epoch, epochs, steps_per_epoch):
+    """The data a trial continued from `initial_epoch` (Hyperband's) reads.
+
+    Keras's fit reads a pipeline from its start whatever the initial epoch,
+    so a continued trial would train its later epochs on the first epochs'
+    batches again. A pipeline that holds all the trial's epochs back to back
+    (`load_task(epochs=...)`'s, the `tune` command's) or repeats without end
+    is read from the continued epoch's first batch instead, the batches an
+    uninterrupted trial would have trained on; one that holds fewer (one
+    epoch, read again each epoch) is left as it is.
+    """
+    if not (initial_epoch and steps_per_epoch and isinstance(data, tf.data.Dataset)):
+        return data
+    batches = int(data.cardinality())
+    if batches == int(tf.data.INFINITE_CARDINALITY) or batches >= epochs * steps_per_epoch:
+        return data.skip(initial_epoch * steps_per_epoch)
+    return data
 
 
 def _values_key(hp):

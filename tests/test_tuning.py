@@ -264,6 +264,51 @@ def test_xla_asked_for_and_not_given_by_keras_is_an_error(tmp_path):
         assert hm.build(kt.HyperParameters()).jit_compile is False
 
 
+def test_a_continued_trial_reads_on_from_its_initial_epoch():
+    # Hyperband continues a trial from its checkpoint with initial_epoch=k;
+    # Keras's fit would read the data from its first batch again.
+    task = _task(epochs=3)  # three epochs of 2 batches, back to back
+    hm = SpinalHyperModel("regression", task.input_shape, 1, loss="mse", metrics=(),
+                          optimizer="sgd", learning_rate=0.01,
+                          space=SearchSpace(widths=(4,), depths=(2,), splits=(1,)))
+    hp = kt.HyperParameters()
+    start = hm.build(hp).get_weights()
+
+    def weights_after(fit, data, **kwargs):
+        model = hm.build(hp)
+        model.set_weights(start)
+        history = fit(model, data, steps_per_epoch=2, verbose=0, **kwargs)
+        assert len(history.history["loss"]) == 1  # one epoch, trained
+        return np.concatenate([w.ravel() for w in model.get_weights()])
+
+    def continued(model, data, **kwargs):
+        return hm.fit(hp, model, data, epochs=3, initial_epoch=2, **kwargs)
+
+    def continued_x(model, data, **kwargs):
+        return hm.fit(hp, model, x=data, epochs=3, initial_epoch=2, **kwargs)
+
+    def keras_fit(model, data, **kwargs):
+        return model.fit(data, epochs=1, shuffle=False, **kwargs)
+
+    third_epoch = weights_after(keras_fit, task.train.skip(4))
+    np.testing.assert_array_equal(weights_after(continued, task.train), third_epoch)
+    # an endless pipeline alike, and given as x=
+    np.testing.assert_array_equal(weights_after(continued_x, task.train.repeat()), third_epoch)
+    # what Keras's fit alone would have trained on
+    assert not np.array_equal(weights_after(keras_fit, task.train), third_epoch)
+    # a pipeline of one epoch, read again each epoch, is read as it is
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        weights_after(continued, _task().train)
+    assert not [w for w in caught if "ran out of data" in str(w.message)]
+    for initial_epoch in (3, -1, 1.0):
+        with pytest.raises(kt.errors.FatalValueError,
+                           match=rf"`initial_epoch` must be an integer in \[0, epochs=3\): "
+                                 rf"a trial from there trains nothing. Received: "
+                                 rf"initial_epoch={initial_epoch}"):
+            hm.fit(hp, hm.build(hp), task.train, epochs=3, initial_epoch=initial_epoch)
+
+
 def test_numpy_values_and_a_path_object_search(tmp_path):
     # keras-tuner's random.seed takes no numpy int: the checked values go on
     hm = SpinalHyperModel("regression", np.array([8]), np.int64(1), loss="mse", metrics=(),
