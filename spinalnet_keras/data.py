@@ -23,7 +23,6 @@ import socket
 import urllib.parse
 import warnings
 
-import keras
 import numpy as np
 import tensorflow as tf
 
@@ -271,17 +270,82 @@ def prepare(name, data_dir=None, manual_dir=None):
     return builder
 
 
-def _augmenter(augment, rotation_degrees, seed):
-    layers = []
+def _augmented(images, seed, augment, rotation_degrees):
+    """A batch of float images (0..255, before normalisation) augmented as
+    the paper's scripts augment with torchvision, each image its own draw.
+
+    Every draw comes from `seed` (a [2] integer tensor) alone, with
+    stateless ops: a batch's augmentation depends on its seed only, not on
+    what the pipeline drew before, how many batches tf.data prepared in
+    parallel, or whether the run resumed.
+
+    - `"rotate"`: RandomRotation(rotation_degrees): an angle uniform in
+      [-rotation_degrees, rotation_degrees] about the image centre,
+      nearest-neighbour, black outside the image.
+    - `"perspective"`: RandomPerspective(distortion_scale=0.5, p=0.5): each
+      corner moved inwards by up to a quarter of the side, bilinear, black
+      outside.
+    - `"flip"`: RandomHorizontalFlip(p=0.5).
+    """
+    rotate_seed, perspective_seed, flip_seed = tf.unstack(
+        tf.random.experimental.stateless_split(seed, 3))
+    shape = tf.shape(images)
+    batch, height, width = shape[0], shape[1], shape[2]
+    h = tf.cast(height, tf.float32)
+    w = tf.cast(width, tf.float32)
+
+    def transformed(transforms, interpolation):
+        return tf.raw_ops.ImageProjectiveTransformV3(
+            images=images, transforms=transforms, output_shape=shape[1:3],
+            fill_value=0.0, interpolation=interpolation, fill_mode="CONSTANT")
+
     if "rotate" in augment:
-        layers.append(
-            keras.layers.RandomRotation(rotation_degrees / 360.0, seed=seed)
-        )
+        degrees = tf.random.stateless_uniform(
+            [batch], rotate_seed, -rotation_degrees, rotation_degrees)
+        images = transformed(_rotations(degrees * (math.pi / 180.0), h, w), "NEAREST")
     if "perspective" in augment:
-        layers.append(keras.layers.RandomPerspective(factor=0.5, seed=seed))
+        images = transformed(_perspectives(perspective_seed, batch, h, w), "BILINEAR")
     if "flip" in augment:
-        layers.append(keras.layers.RandomFlip("horizontal", seed=seed))
-    return keras.Sequential(layers) if layers else None
+        flip = tf.random.stateless_uniform([batch], flip_seed) < 0.5
+        images = tf.where(flip[:, None, None, None], tf.reverse(images, axis=[2]), images)
+    return images
+
+
+def _rotations(angles, height, width):
+    # For each output pixel (x, y), the input pixel it shows (the projective
+    # transforms' convention): rotated back about the centre, so that the
+    # image turns counter-clockwise by `angles` (radians), as torchvision's.
+    cos, sin = tf.cos(angles), tf.sin(angles)
+    cx, cy = (width - 1) / 2, (height - 1) / 2
+    zeros = tf.zeros_like(angles)
+    return tf.stack([cos, -sin, cx - cos * cx + sin * cy,
+                     sin, cos, cy - sin * cx - cos * cy, zeros, zeros], axis=1)
+
+
+def _perspectives(seed, batch, height, width, distortion_scale=0.5, p=0.5):
+    # torchvision's RandomPerspective.get_params: each corner moves inwards
+    # by a whole number of pixels up to distortion_scale * half the side;
+    # then the coefficients that take the moved corners (output) back to
+    # the image's corners (input), as its _get_perspective_coeffs.
+    coin_seed, corner_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    most = tf.floor(distortion_scale * tf.floor(tf.stack([width, height]) / 2))
+    inwards = tf.floor(tf.random.stateless_uniform([batch, 4, 2], corner_seed) * (most + 1))
+    right, bottom = width - 1, height - 1
+    start = tf.constant([[0.0, 0.0], [1.0, 0.0], [1.0, 1.0], [0.0, 1.0]]) * tf.stack([right, bottom])
+    # top-left, top-right, bottom-right, bottom-left: the sign that moves inwards
+    end = start + inwards * tf.constant([[1.0, 1.0], [-1.0, 1.0], [-1.0, -1.0], [1.0, -1.0]])
+    start = tf.broadcast_to(tf.cast(start, tf.float64), [batch, 4, 2])
+    end = tf.cast(end, tf.float64)
+    ex, ey, sx, sy = end[..., 0], end[..., 1], start[..., 0], start[..., 1]
+    ones, zeros = tf.ones_like(ex), tf.zeros_like(ex)
+    rows_x = tf.stack([ex, ey, ones, zeros, zeros, zeros, -sx * ex, -sx * ey], axis=-1)
+    rows_y = tf.stack([zeros, zeros, zeros, ex, ey, ones, -sy * ex, -sy * ey], axis=-1)
+    system = tf.reshape(tf.stack([rows_x, rows_y], axis=2), [batch, 8, 8])
+    targets = tf.reshape(tf.stack([sx, sy], axis=2), [batch, 8, 1])
+    coefficients = tf.cast(tf.linalg.solve(system, targets)[..., 0], tf.float32)
+    identity = tf.constant([1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0])
+    applied = tf.random.stateless_uniform([batch], coin_seed) < p
+    return tf.where(applied[:, None], coefficients, identity)
 
 
 def _random_resized_crop(image, seed, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):
@@ -497,7 +561,7 @@ def _epoch_orders(count, seed, epoch_range, batch_size, per_example=None):
     order of epoch e drawn from (seed, e) alone; without, one epoch with a
     new order on every pass. Each element is a batch of indices (no
     per-example work); with `per_example(index, seed)`, each example's
-    result instead, seeded `(epoch key, position)` for per-example
+    result instead, seeded from `(seed, epoch key, position)` for per-example
     augmentation, batched within its epoch: a batch never spans two epochs,
     so every epoch has the same batches (`fit`'s `steps_per_epoch`) and a
     resumed run starts where the interrupted one stopped.
@@ -511,7 +575,8 @@ def _epoch_orders(count, seed, epoch_range, batch_size, per_example=None):
         )
         if per_example is not None:
             positions = tf.range(count, dtype=tf.int64)
-            seeds = tf.stack([tf.fill([count], key), positions], axis=1)
+            # one seed per (run seed, epoch, position): unique for each
+            seeds = tf.stack([tf.fill([count], key), run_seed * count + positions], axis=1)
             return tf.data.Dataset.from_tensor_slices((order, seeds)).map(
                 _plain(per_example), num_parallel_calls=tf.data.AUTOTUNE
             ).batch(batch_size)
@@ -634,13 +699,17 @@ def image_pipeline(
     normalization = _validation.choice("normalization", normalization, NORMALIZATIONS)
     augment = _validate_augment(augment)
 
-    def to_float(images, labels):
+    per_batch = tuple(a for a in augment if a != "crop") if training else ()
+
+    def to_float(images, labels, augment_seed=None):
         # Runs on whole batches: memory and the shuffle buffer hold raw
         # uint8 images (4x less memory traffic than float32), and the
         # conversion is one vectorised op per batch instead of per image.
         images = tf.cast(images, tf.float32)
         if channels == 3 and images.shape[-1] == 1:
             images = tf.image.grayscale_to_rgb(images)
+        if augment_seed is not None:  # before normalising: black fills, as torchvision's
+            images = _augmented(images, augment_seed, per_batch, rotation_degrees)
         if normalization != "none":
             images = images / 255.0
         if normalization == "paper" and spec.mean is not None:
@@ -700,12 +769,23 @@ def image_pipeline(
             if training
             else examples.batch(batch_size)
         )
-    out = out.map(_plain(to_float), num_parallel_calls=parallel)
-    augmenter = _augmenter(augment, rotation_degrees, seed) if training else None
-    if augmenter is not None:
-        out = out.map(
-            lambda x, y: (augmenter(x, training=True), y), num_parallel_calls=parallel
+    if per_batch:
+        # A batch's augmentation is seeded by its number in the run (epoch
+        # e's batches numbered from e times the epoch's), so a resumed run
+        # draws what the uninterrupted one would have; without an epoch
+        # range, afresh on every pass.
+        if epoch_range is None:
+            numbers = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
+        else:
+            steps = -(-split.count // batch_size)
+            numbers = tf.data.Dataset.range(epoch_range[0] * steps, epoch_range[1] * steps)
+        run_seed = tf.constant(seed, tf.int64)
+        out = tf.data.Dataset.zip((out, numbers)).map(
+            _plain(lambda batch, n: to_float(*batch, augment_seed=tf.stack([n, run_seed]))),
+            num_parallel_calls=parallel,
         )
+    else:
+        out = out.map(_plain(to_float), num_parallel_calls=parallel)
     return out.prefetch(tf.data.AUTOTUNE)
 
 
@@ -759,7 +839,11 @@ def load_task(
             `rotation_degrees` either way, default 10; `rotation_degrees`
             without `"rotate"` is an error),
             `"perspective"`, `"crop"` (random resized crop), `"flip"`, as a
-            list or a comma list such as `"rotate,flip"`. Image options
+            list or a comma list such as `"rotate,flip"`: torchvision's
+            RandomRotation, RandomPerspective, RandomResizedCrop and
+            RandomHorizontalFlip as the paper's scripts use them, drawn
+            per image from `seed` and the batch's place in the run alone
+            (a repeated or resumed run draws the same). Image options
             (`image_size`, `channels`, `augment`, a `normalization` other
             than `"paper"`) are refused for the `table1/*` data.
         data_dir: tfds data directory (refused for the `table1/*` data,

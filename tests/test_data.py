@@ -376,3 +376,87 @@ def test_training_epochs_shuffle_every_example_from_seed_and_epoch(tmp_path, in_
     test = data.image_pipeline(images, data.DATASETS["cifar10"], 8, False,
                                cache_path=str(tmp_path / "d"), in_memory_bytes=in_memory_bytes)
     assert np.concatenate([b[1] for b in test]).tolist() == list(range(50))
+
+
+@pytest.mark.parametrize("in_memory_bytes", [None, 0])  # held in memory, streamed
+def test_augmentations_are_drawn_from_the_seed_and_the_batch_alone(tmp_path, in_memory_bytes):
+    # Keras's random layers drew from one generator's state: batches that
+    # tf.data prepared in parallel took one another's draws (a repeated run
+    # differed), and a resumed run drew afresh (it differed from the
+    # uninterrupted one).
+    import tensorflow as tf
+
+    pictures = np.random.default_rng(0).integers(0, 256, (50, 12, 12, 1), dtype=np.uint8)
+    images = tf.data.Dataset.from_tensor_slices((pictures, np.arange(50)))
+
+    def pipeline(seed=4, **kwargs):
+        return data.image_pipeline(
+            images, data.DATASETS["cifar10"], 8, True, seed=seed, normalization="none",
+            cache_path=str(tmp_path / "d"), in_memory_bytes=in_memory_bytes,
+            augment=("rotate", "perspective", "flip"), **kwargs)
+
+    def batches(seed=4, **kwargs):
+        return [x.numpy() for x, _ in pipeline(seed, **kwargs)]
+
+    full = batches(epoch_range=(0, 3))
+    assert len(full) == 21
+    for again, batch in zip(batches(epoch_range=(0, 3)), full):
+        np.testing.assert_array_equal(again, batch)
+    for resumed, batch in zip(batches(epoch_range=(1, 3)), full[7:]):
+        np.testing.assert_array_equal(resumed, batch)
+    assert not np.array_equal(batches(seed=5, epoch_range=(0, 1))[0], full[0])
+    # a crop is drawn from the seed too, not from the epoch and position alone
+    one_picture = tf.data.Dataset.from_tensor_slices((pictures[:1], np.arange(1)))
+    crops = [next(iter(data.image_pipeline(
+        one_picture, data.DATASETS["cifar10"], 1, True, seed=seed, augment=("crop",),
+        epoch_range=(0, 1), cache_path=str(tmp_path / "one"),
+        in_memory_bytes=in_memory_bytes)))[0].numpy() for seed in (4, 5)]
+    assert not np.array_equal(*crops)
+    # without an epoch range: drawn afresh on every pass of one pipeline; a
+    # new pipeline of the same seed repeats the first pass
+    one = pipeline()
+    passes = [np.concatenate([x for x, _ in one]) for _ in range(2)]
+    assert not np.array_equal(passes[0], passes[1])
+    np.testing.assert_array_equal(np.concatenate(batches()), passes[0])
+
+
+def test_augmentations_are_torchvisions():
+    # The paper's scripts: RandomRotation(10), RandomPerspective(), and a
+    # horizontal flip, each drawn per image, black outside the image.
+    import tensorflow as tf
+
+    def augmented(images, augment, degrees=10.0, seed=(3, 1)):
+        return data._augmented(tf.constant(images, tf.float32), tf.constant(seed, tf.int64),
+                               augment, degrees).numpy()
+
+    # the geometry: a quarter turn is numpy's rot90 (counter-clockwise)
+    square = np.arange(25, dtype=np.float32).reshape(1, 5, 5, 1)
+    quarter = data._rotations(tf.constant([np.pi / 2]), 5.0, 5.0)
+    turned = tf.raw_ops.ImageProjectiveTransformV3(
+        images=square, transforms=quarter, output_shape=[5, 5], fill_value=0.0,
+        interpolation="NEAREST", fill_mode="CONSTANT")
+    np.testing.assert_array_equal(turned.numpy()[0, :, :, 0], np.rot90(square[0, :, :, 0]))
+
+    white = np.full((64, 15, 15, 1), 255.0)
+    rotated = augmented(white, ("rotate",), degrees=45.0)
+    assert set(np.unique(rotated)) == {0.0, 255.0}  # nearest neighbour, black fill
+    assert (rotated[:, 7, 7] == 255).all()  # about the centre
+    corners = rotated[:, [0, 0, -1, -1], [0, -1, 0, -1], 0]
+    # each image its own angle: a corner is cut off once the turn exceeds
+    # about 6 degrees (45 at most); a few images turn less
+    cut = (corners == 0).all(axis=1)
+    assert 40 < cut.sum() < 64
+    assert np.array_equal(augmented(white, ("rotate",), degrees=45.0), rotated)  # its seed alone
+
+    moved = augmented(white, ("perspective",))
+    changed = (moved != 255).any(axis=(1, 2, 3))
+    assert 16 < changed.sum() < 48  # p = 0.5, per image
+    # corners move inwards by at most a quarter of the side (3 of 15 pixels)
+    assert (moved[changed][:, 4:-4, 4:-4] == 255).all() and moved.min() == 0
+
+    halves = np.zeros((64, 4, 6, 1))
+    halves[:, :, :3] = 255.0
+    flipped = augmented(halves, ("flip",))
+    mirrored = (flipped == halves[:, :, ::-1]).all(axis=(1, 2, 3))
+    assert ((flipped == halves).all(axis=(1, 2, 3)) | mirrored).all()
+    assert 16 < mirrored.sum() < 48  # p = 0.5, per image
