@@ -16,6 +16,7 @@ Everything here is TensorFlow-specific by nature (tf.data, tf.image).
 import dataclasses
 import functools
 import glob
+import gzip
 import json
 import math
 import os
@@ -233,7 +234,11 @@ def prepare(name, data_dir=None, manual_dir=None):
     Raises:
         ValueError: unknown name (the message lists the known ones).
         RuntimeError: files missing from `manual_dir`, or no network and no
-            `manual_dir`; the message lists the files to put where.
+            `manual_dir`; the message lists the files to put where. Also a
+            dataset prepared earlier in `data_dir` from another dataset's
+            files of the same names (tfds reuses extractions by file name;
+            this function gives each dataset its own): the message names
+            the folder to delete.
         ImportError: tensorflow_datasets is installed but does not import
             (the message names the versions and the usual fix).
     """
@@ -246,9 +251,11 @@ def prepare(name, data_dir=None, manual_dir=None):
     spec = DATASETS[name]
     data_dir = data_dir or os.environ.get(DATA_DIR_ENV)
     builder = tfds.builder(spec.tfds_name, data_dir=data_dir)
-    if builder.is_prepared():
-        return builder
     manual = _manual_dir_for(name, manual_dir)
+    if builder.is_prepared():
+        if manual is not None:
+            _check_not_built_from_another_dataset(name, builder, manual)
+        return builder
     if manual is not None:
         missing = [
             f
@@ -263,11 +270,50 @@ def prepare(name, data_dir=None, manual_dir=None):
         raise _offline_error(name, builder, None, "no network")
     try:
         builder.download_and_prepare(
-            download_config=tfds.download.DownloadConfig(manual_dir=manual)
+            download_config=tfds.download.DownloadConfig(
+                manual_dir=manual, extract_dir=_own_extract_dir(builder))
         )
     except (OSError, tfds.download.DownloadError) as e:
         raise _offline_error(name, builder, manual, f"download failed ({e})") from e
     return builder
+
+
+def _own_extract_dir(builder):
+    # tfds names a file's extraction by the file's name alone and reuses any
+    # extraction of that name: MNIST, Fashion-MNIST and KMNIST files share
+    # their names, so in one data directory the dataset prepared second from
+    # a manual directory was built from the first one's files, silently.
+    return os.path.join(builder.data_dir_root, "downloads", "extracted",
+                        f"{builder.name}-{builder.version}")
+
+
+def _check_not_built_from_another_dataset(name, builder, manual):
+    """Raise if `builder`'s prepared data was built, by tfds's shared
+    extraction folder, from another dataset's files of the same names
+    (what earlier versions of this package, and tfds used directly, did).
+    Compares the start of each extracted file there with this dataset's own
+    file in `manual`; reads about 64 KiB a file."""
+    if os.path.isdir(_own_extract_dir(builder)):
+        return  # prepared here, from its own files
+    shared = os.path.join(builder.data_dir_root, "downloads", "extracted")
+    for file in sorted(set(_expected_files(builder).values())):
+        extracted = os.path.join(shared, f"GZIP.{file}")
+        own = os.path.join(manual, file)
+        if not (file.endswith(".gz") and os.path.isfile(extracted) and os.path.isfile(own)):
+            continue
+        try:
+            with gzip.open(own) as mine, open(extracted, "rb") as theirs:
+                same = mine.read(1 << 16) == theirs.read(1 << 16)
+        except (OSError, EOFError):
+            continue  # not this check's to judge; tfds checks the files it reads
+        if not same:
+            raise RuntimeError(
+                f"The prepared {name!r} data in {builder.data_dir!r} may hold another "
+                f"dataset's examples: tensorflow-datasets reuses extracted files by "
+                f"name, and {extracted!r} does not hold {own!r}'s contents (MNIST, "
+                f"Fashion-MNIST and KMNIST files share their names). Delete "
+                f"{builder.data_dir!r} and run again to prepare it from its own files."
+            )
 
 
 def _augmented(images, seed, augment, rotation_degrees):

@@ -214,6 +214,55 @@ def test_manual_dir_from_environment_and_subfolder(monkeypatch, tmp_path):
         data._manual_dir_for("mnist", str(tmp_path / "nope"))
 
 
+_MNIST_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
+                "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
+
+
+def _raw_train_images(name):
+    import gzip
+
+    with gzip.open(os.path.join(SHARED_DATA, name, _MNIST_FILES[0])) as f:
+        raw = np.frombuffer(f.read()[16:], np.uint8)
+    return {bytes(image) for image in raw.reshape(-1, 28 * 28)}
+
+
+def test_mnist_is_not_built_from_fashion_mnist_files_of_the_same_names(tmp_path):
+    # tfds names a file's extraction by the file's name alone and reuses it:
+    # in a data folder where Fashion-MNIST was prepared from a manual
+    # directory first, MNIST was built from Fashion-MNIST's files.
+    import gzip
+    import shutil
+
+    if not os.path.isdir(os.path.join(SHARED_DATA, "fashion_mnist")):
+        pytest.skip("real Fashion-MNIST files not available")
+    data_dir = tmp_path / "tfds"
+    shared = data_dir / "downloads" / "extracted"
+    shared.mkdir(parents=True)
+    for file in _MNIST_FILES:  # as preparing fashion_mnist left them
+        with gzip.open(os.path.join(SHARED_DATA, "fashion_mnist", file)) as f:
+            (shared / f"GZIP.{file}").write_bytes(f.read())
+    builder = data.prepare("mnist", data_dir=str(data_dir), manual_dir=SHARED_DATA)
+    examples = [bytes(x.numpy().ravel()) for x, _ in
+                builder.as_dataset(split="train[:20]", as_supervised=True)]
+    assert set(examples) <= _raw_train_images("mnist")
+    assert not set(examples) & _raw_train_images("fashion_mnist")
+    # Prepared as before (from the shared extractions), it is refused with
+    # what to do; prepared here, it is taken.
+    assert data.prepare("mnist", data_dir=str(data_dir), manual_dir=SHARED_DATA).is_prepared()
+    earlier = tmp_path / "earlier"
+    shutil.copytree(data_dir / "mnist", earlier / "mnist")
+    shutil.copytree(shared, earlier / "downloads" / "extracted", ignore=lambda d, names: [
+        n for n in names if not n.startswith("GZIP.")])
+    with pytest.raises(RuntimeError, match=(
+            r"The prepared 'mnist' data in '.*earlier/mnist/3.0.1' may hold another "
+            r"dataset's examples: .*GZIP.t10k-images-idx3-ubyte.gz' does not hold "
+            r"'.*mnist/t10k-images-idx3-ubyte.gz''s contents .* Delete "
+            r"'.*earlier/mnist/3.0.1' and run again")):
+        data.prepare("mnist", data_dir=str(earlier), manual_dir=SHARED_DATA)
+    # without a manual directory there is nothing to compare with
+    assert data.prepare("mnist", data_dir=str(earlier)).is_prepared()
+
+
 def test_bad_arguments():
     with pytest.raises(ValueError, match=r"Unknown dataset 'mnist2'.*table1/sum"):
         load_task("mnist2")
