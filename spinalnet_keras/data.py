@@ -786,7 +786,7 @@ def image_pipeline(
             out = tf.data.Dataset.range(0, split.count, batch_size).map(
                 _plain(lambda i: (images[i : i + batch_size], labels[i : i + batch_size]))
             )
-        elif crop:  # per example, with stateless seeds (epoch key, position)
+        elif crop:  # per example, with stateless seeds (seed, epoch key, position)
             out = _epoch_orders(split.count, seed, epoch_range, batch_size,
                                 lambda i, s: cropped(images[i], labels[i], s))
         else:
