@@ -352,6 +352,31 @@ def require_xla(model, asked, instead):
         )
 
 
+class _RandomnessByEpoch(keras.callbacks.Callback):
+    """Draws each epoch's dropout masks (and any other random numbers the
+    model's layers draw) from the epoch's number and the generators'
+    starting states alone, as the data order is drawn.
+
+    Keras's seed generators go on from step to step, and their states are
+    not among the weights a backup holds: a run resumed at epoch k drew its
+    masks from the states the run began with, not from the uninterrupted
+    run's. At the start of epoch k every generator of the model is set to
+    its starting seed plus k x 1,000,003 (a new key for the stateless
+    random ops, so epochs never share draws) and its starting counter.
+    """
+
+    def on_train_begin(self, logs=None):
+        saved = {id(w) for w in self.model.weights}
+        self._starts = [
+            (v, np.array(v.numpy())) for v in self.model.variables
+            if id(v) not in saved and v.name == "seed_generator_state"
+        ]
+
+    def on_epoch_begin(self, epoch, logs=None):
+        for state, start in self._starts:
+            state.assign(start + np.array([epoch * 1_000_003, 0], start.dtype))
+
+
 class _KerasStepRetracing(logging.Filter):
     """Drops TensorFlow's warning that a Keras training or test step
     "triggered tf.function retracing"."""
@@ -743,6 +768,7 @@ def train(config, strategy=None, task=None, callbacks=None):
         # A loss that is NaN or infinite stays so: the epochs left would
         # train nothing. The run ends there, and result.json says so.
         keras.callbacks.TerminateOnNaN(),
+        _RandomnessByEpoch(),
         *(callbacks or []),
     ]
     start = time.perf_counter()

@@ -86,6 +86,22 @@ def test_interrupted_train_resumes_where_it_stopped(tmp_path):
     assert train(config, callbacks=[again])["epochs"] == 5 and again.epochs == []
 
 
+def test_a_resumed_run_draws_the_uninterrupted_runs_dropout_masks(tmp_path):
+    # Keras's seed generators are not in the backup's weights: resumed at
+    # epoch 3, the run drew epoch 3's masks from the states it began with.
+    config = TrainConfig(model="regression", dataset="table1/prod", epochs=3, optimizer="adam",
+                         learning_rate=0.01, dropout=0.5, train_examples=256, verbose=0)
+    train(dataclasses.replace(config, output_dir=str(tmp_path / "whole")))
+    with pytest.raises(KeyboardInterrupt):
+        train(dataclasses.replace(config, output_dir=str(tmp_path / "resumed")),
+              callbacks=[_Crash()])
+    train(dataclasses.replace(config, output_dir=str(tmp_path / "resumed")))
+    whole, resumed = (keras.saving.load_model(tmp_path / run / "final.keras").get_weights()
+                      for run in ("whole", "resumed"))
+    for a, b in zip(whole, resumed):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_a_folder_holds_one_configuration(tmp_path):
     from spinalnet_keras.data import load_task
 
