@@ -4,7 +4,9 @@
 `config.json`, TensorBoard logs (`logs/`), the history (`history.csv`),
 the best and final models (`best.keras`, `final.keras`), learning curves
 (`curves.png`) and `result.json`. An interrupted run started again with the
-same directory resumes from its last completed epoch (`BackupAndRestore`).
+same directory resumes from its last completed epoch (`BackupAndRestore`),
+on the batches, augmentations and dropout masks that the uninterrupted run
+would have drawn (each drawn from the seed and the epoch's number).
 
 `compare` trains the dense and the spinal variant of one network on the
 same data order over several seeds and writes the paper-style table
