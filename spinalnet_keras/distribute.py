@@ -21,7 +21,10 @@ losses and metrics are reduced across workers, and checkpoints (model,
 optimizer, epoch) are written by the chief; the other workers write to a
 temporary directory they delete, as `tf.distribute` requires every worker
 to take part in a save. A run started again (all workers, same
-`checkpoint_dir`) resumes from the last checkpoint.
+`checkpoint_dir`) resumes from the last checkpoint; with the data of the
+epochs from there on (`dataset` as a function of the epoch) and each
+epoch's random draws (dropout's) set from its number, as an uninterrupted
+run would have them.
 """
 
 import json
@@ -35,6 +38,7 @@ import numpy as np
 import tensorflow as tf
 
 from spinalnet_keras import _validation
+from spinalnet_keras._randomness import EpochRandomness
 
 STRATEGIES = ("auto", "mirrored", "multi_worker", "tpu", "one_device", "default")
 
@@ -211,15 +215,26 @@ def multi_worker_fit(
             XLA cannot compile on CPU).
         dataset: `tf.data.Dataset` of `(inputs, targets)` batches of the
             global batch size, identical on every worker (the strategy
-            shards it).
+            shards it); or a function that takes the epoch training starts
+            from (0, or the epoch a checkpoint resumes) and returns the
+            Dataset of the epochs from there on, so that a resumed run
+            reads the batches an uninterrupted one would (called once, and
+            not when the checkpoint holds all `epochs`).
         epochs: total number of epochs (a resumed run does the rest).
         global_batch_size: the dataset's batch size.
         checkpoint_dir: where the chief keeps checkpoints (and resumes).
         strategy: default: `MultiWorkerMirroredStrategy()`.
         steps_per_epoch: batches per epoch (default: the whole dataset;
             needed for a dataset that repeats without end, and at most the
-            dataset's batches otherwise).
+            dataset's batches otherwise). As with Keras's fit, epochs then
+            read on through the dataset (a dataset holding several epochs
+            back to back is read once); where it ends, a new pass begins.
         verbose: 0, or 1 or 2 to print a line per epoch on the chief.
+
+    Each epoch's random draws (dropout's masks) are made from the model's
+    seed generators as they stood before training and the epoch's number
+    alone (see `EpochRandomness`), as `train` does with Keras's fit: the
+    generators' states are not in a checkpoint.
 
     Returns:
         `(model, history)`; `history` maps `"loss"` (and `"accuracy"` for
@@ -231,12 +246,13 @@ def multi_worker_fit(
 
     Raises:
         TypeError: `build_and_compile` is not a function or returns no
-            compiled model, `dataset` is not a `tf.data.Dataset`, or
-            `strategy` is not a `tf.distribute.Strategy`.
-        ValueError: a bad number or `checkpoint_dir`, batches of another
-            size than `global_batch_size` or not `(inputs, targets)` pairs,
-            or a compiled loss, metric or loss weight that the loop would
-            not compute.
+            compiled model, `dataset` is neither a `tf.data.Dataset` nor a
+            function returning one, or `strategy` is not a
+            `tf.distribute.Strategy`.
+        ValueError: a bad number or `checkpoint_dir`, an empty dataset,
+            batches of another size than `global_batch_size` or not
+            `(inputs, targets)` pairs, or a compiled loss, metric or loss
+            weight that the loop would not compute.
         RuntimeError: Keras does not run on its TensorFlow backend.
     """
     _validation.tensorflow_backend("multi_worker_fit")
@@ -245,8 +261,11 @@ def multi_worker_fit(
             "`build_and_compile` must be a function returning a compiled model. "
             f"Received: {build_and_compile!r}"
         )
-    if not isinstance(dataset, tf.data.Dataset):
-        raise TypeError(f"`dataset` must be a tf.data.Dataset. Received: {type(dataset).__name__}")
+    if not (isinstance(dataset, tf.data.Dataset) or callable(dataset)):
+        raise TypeError(
+            "`dataset` must be a tf.data.Dataset or a function of the first epoch "
+            f"returning one. Received: {type(dataset).__name__}"
+        )
     epochs = _validation.positive_int("epochs", epochs)
     global_batch_size = _validation.positive_int("global_batch_size", global_batch_size)
     steps_per_epoch = _validation.positive_int("steps_per_epoch", steps_per_epoch, allow_none=True)
@@ -257,9 +276,14 @@ def multi_worker_fit(
         _check_tf_config()
     # Made before any tensor: collectives are configured at start-up.
     strategy = strategy or tf.distribute.MultiWorkerMirroredStrategy()
-    _check_elements(dataset)
-    _check_steps(dataset, steps_per_epoch)
-    _check_global_batch(dataset, global_batch_size)
+    latest = tf.train.latest_checkpoint(checkpoint_dir)
+    start_epoch = _checkpointed_epoch(latest)
+    if not isinstance(dataset, tf.data.Dataset):
+        dataset = _dataset_from(dataset, start_epoch) if start_epoch < epochs else None
+    if dataset is not None:
+        _check_elements(dataset)
+        _check_steps(dataset, steps_per_epoch)
+        _check_global_batch(dataset, global_batch_size)
     _, index, is_chief, _ = worker_info()
     with strategy.scope():
         model = build_and_compile()
@@ -285,6 +309,7 @@ def multi_worker_fit(
         _check_compile_options(model, classifier)
         epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
         optimizer.build(model.trainable_variables)
+        randomness = EpochRandomness(model)  # before any step draws
         checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, epoch=epoch_var)
 
     # Only the chief's checkpoints count; the others must still write (saving
@@ -297,14 +322,13 @@ def multi_worker_fit(
         write_dir = os.path.join(checkpoint_dir, f"workertemp_{index}")
         shutil.rmtree(write_dir, ignore_errors=True)
     manager = tf.train.CheckpointManager(checkpoint, write_dir, max_to_keep=2)
-    latest = tf.train.latest_checkpoint(checkpoint_dir)
     if latest:
         checkpoint.restore(latest)
-    start_epoch = int(epoch_var.numpy())
     if verbose and is_chief and start_epoch:
         print(f"resuming from epoch {start_epoch} ({latest})", flush=True)
 
-    dist_ds = strategy.experimental_distribute_dataset(dataset)
+    # Not made when no epoch is left, which may have no dataset.
+    dist_ds = strategy.experimental_distribute_dataset(dataset) if dataset else None
 
     def forward_backward(x, y):
         with tf.GradientTape() as tape:
@@ -347,19 +371,29 @@ def multi_worker_fit(
                 strategy.reduce(reduce, count, axis=None))
 
     history = {"loss": []} if not classifier else {"loss": [], "accuracy": []}
+    batches = None  # with steps_per_epoch, read on from epoch to epoch
     try:
         for epoch in range(start_epoch, epochs):
+            randomness.start_epoch(epoch)
             # Sums stay on the device; one host sync per epoch, not per step.
             total_loss = total_correct = total_count = tf.constant(0.0)
             steps = 0
-            for x, y in dist_ds:
-                loss, correct, count = train_step(x, y)
+            if not steps_per_epoch:
+                batches = iter(dist_ds)
+            while not steps_per_epoch or steps < steps_per_epoch:
+                batch = next(batches, None) if batches is not None else None
+                if batch is None and steps_per_epoch:  # a pass ended: a new one
+                    batches = iter(dist_ds)
+                    batch = next(batches, None)
+                    if batch is None:
+                        raise ValueError("`dataset` yielded no batches on a new pass.")
+                if batch is None:
+                    break
+                loss, correct, count = train_step(*batch)
                 total_loss += loss
                 total_correct += correct
                 total_count += count
                 steps += 1
-                if steps_per_epoch and steps >= steps_per_epoch:
-                    break
             history["loss"].append(float(total_loss) / max(steps, 1))
             if classifier:
                 history["accuracy"].append(float(total_correct) / max(float(total_count), 1.0))
@@ -380,6 +414,23 @@ def multi_worker_fit(
         if not is_chief:
             shutil.rmtree(write_dir, ignore_errors=True)
     return model, history
+
+
+def _checkpointed_epoch(checkpoint):
+    """The epochs done by the run of `checkpoint` (a path; None: 0)."""
+    if not checkpoint:
+        return 0
+    return int(tf.train.load_variable(checkpoint, "epoch/.ATTRIBUTES/VARIABLE_VALUE"))
+
+
+def _dataset_from(function, epoch):
+    dataset = function(epoch)
+    if not isinstance(dataset, tf.data.Dataset):
+        raise TypeError(
+            f"`dataset`, a function, must return a tf.data.Dataset; called with the "
+            f"first epoch {epoch}, it returned {dataset!r}"
+        )
+    return dataset
 
 
 def _single_loss(loss):
@@ -448,7 +499,10 @@ def _check_steps(dataset, steps_per_epoch):
 def _check_global_batch(dataset, global_batch_size):
     # The loss is averaged over `global_batch_size`; batches of another size
     # would scale every gradient by the wrong factor, without an error.
-    size = int(tf.shape(tf.nest.flatten(next(iter(dataset)))[0])[0])
+    first = next(iter(dataset), None)
+    if first is None:
+        raise ValueError("`dataset` holds no batches.")
+    size = int(tf.shape(tf.nest.flatten(first)[0])[0])
     # A smaller first batch is the whole data when there is one batch (or
     # when tf.data cannot tell how many there are).
     one_batch = int(dataset.cardinality()) in (1, int(tf.data.UNKNOWN_CARDINALITY))

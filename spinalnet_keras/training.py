@@ -31,6 +31,7 @@ import keras
 import numpy as np
 
 from spinalnet_keras import _validation
+from spinalnet_keras._randomness import EpochRandomness
 from spinalnet_keras._files import json_text
 from spinalnet_keras._files import write_atomically
 from spinalnet_keras.backbones import available_backbones
@@ -357,26 +358,14 @@ def require_xla(model, asked, instead):
 class _RandomnessByEpoch(keras.callbacks.Callback):
     """Draws each epoch's dropout masks (and any other random numbers the
     model's layers draw) from the epoch's number and the generators'
-    starting states alone, as the data order is drawn.
-
-    Keras's seed generators go on from step to step, and their states are
-    not among the weights a backup holds: a run resumed at epoch k drew its
-    masks from the states the run began with, not from the uninterrupted
-    run's. At the start of epoch k every generator of the model is set to
-    its starting seed plus k x 1,000,003 (a new key for the stateless
-    random ops, so epochs never share draws) and its starting counter.
-    """
+    starting states alone, as the data order is drawn: a run resumed at
+    epoch k draws what the uninterrupted run drew (see `_randomness`)."""
 
     def on_train_begin(self, logs=None):
-        saved = {id(w) for w in self.model.weights}
-        self._starts = [
-            (v, np.array(v.numpy())) for v in self.model.variables
-            if id(v) not in saved and v.name == "seed_generator_state"
-        ]
+        self._randomness = EpochRandomness(self.model)
 
     def on_epoch_begin(self, epoch, logs=None):
-        for state, start in self._starts:
-            state.assign(start + np.array([epoch * 1_000_003, 0], start.dtype))
+        self._randomness.start_epoch(epoch)
 
 
 class _KerasStepRetracing(logging.Filter):
@@ -671,7 +660,8 @@ def train(config, strategy=None, task=None, callbacks=None):
             of `load_task` with other options is refused, since the run's
             files would describe data it did not see). It is one epoch
             that tf.data reshuffles, so an interrupted run resumes on other
-            batches than an uninterrupted one would have seen.
+            batches than an uninterrupted one would have seen (a task
+            `train` loads itself holds the epochs left, in order).
         callbacks: extra Keras callbacks, run after the package's own
             (among them `TerminateOnNaN`: a loss that is not finite ends the
             run, and the result's `diverged_at_epoch` says where). Not
@@ -848,11 +838,19 @@ def _train_multi_worker(config, strategy, out, task=None):
     worker (the strategy shards it)."""
     import tensorflow as tf
 
+    from spinalnet_keras.distribute import _checkpointed_epoch
     from spinalnet_keras.distribute import multi_worker_fit
     from spinalnet_keras.distribute import worker_info
 
+    checkpoints = os.path.join(out, "checkpoints")
+    # A task built here holds the epochs from the one the loop resumes
+    # (it reads the same checkpoint) in an uninterrupted run's order; a
+    # task handed in by the caller is one epoch that tf.data reshuffles.
+    steps_per_epoch = None
     if task is None:
-        task = load_config_task(config)
+        done = _checkpointed_epoch(tf.train.latest_checkpoint(checkpoints))
+        task = load_config_task(config, initial_epoch=min(done, config.epochs - 1))
+        steps_per_epoch = task.steps_per_epoch
 
     def build():
         model = compile_model(build_model(config, task), config, task)
@@ -861,8 +859,8 @@ def _train_multi_worker(config, strategy, out, task=None):
 
     start = time.perf_counter()
     model, history = multi_worker_fit(
-        build, task.train, config.epochs, config.batch_size,
-        os.path.join(out, "checkpoints"), strategy=strategy, verbose=config.verbose,
+        build, task.train, config.epochs, config.batch_size, checkpoints,
+        strategy=strategy, steps_per_epoch=steps_per_epoch, verbose=config.verbose,
     )
     seconds = time.perf_counter() - start
     _, index, is_chief, workers = worker_info()
@@ -873,8 +871,7 @@ def _train_multi_worker(config, strategy, out, task=None):
     # This session's first epoch, from where the checkpoint says it ended
     # (not `epochs` when the loss diverged): history.csv is written at the
     # end, so a run resumed after the chief died has no rows to count from.
-    checkpoint = tf.train.latest_checkpoint(os.path.join(out, "checkpoints"))
-    done = int(tf.train.load_variable(checkpoint, "epoch/.ATTRIBUTES/VARIABLE_VALUE"))
+    done = _checkpointed_epoch(tf.train.latest_checkpoint(checkpoints))
     first = done - len(history["loss"])
     rows += [
         {"epoch": first + i, **{k: v[i] for k, v in history.items()}}

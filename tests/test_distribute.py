@@ -183,7 +183,13 @@ def test_multi_worker_fit_checks_its_arguments(tmp_path, monkeypatch):
     default = tf.distribute.get_strategy()
     for args, kwargs, error, match in [
         ((5, data.batch(4), 1, 4), {}, TypeError, "`build_and_compile` must be a function"),
-        ((build, [1, 2], 1, 4), {}, TypeError, "must be a tf.data.Dataset. Received: list"),
+        ((build, [1, 2], 1, 4), {}, TypeError,
+         "must be a tf.data.Dataset or a function of the first epoch returning one. "
+         "Received: list"),
+        ((build, lambda epoch: [epoch], 1, 4), {}, TypeError,
+         r"a function, must return a tf.data.Dataset; called with the first epoch 0, "
+         r"it returned \[0\]"),
+        ((build, data.take(0).batch(4), 1, 4), {}, ValueError, "`dataset` holds no batches"),
         ((build, data.batch(4), 1, 4), dict(steps_per_epoch=0), ValueError, "steps_per_epoch=0"),
         ((build, data.batch(4), 1, 4), dict(verbose="yes"), ValueError,
          r"`verbose` must be one of \[0, 1, 2\]. Received: verbose='yes'"),
@@ -229,6 +235,82 @@ def test_multi_worker_fit_checks_its_arguments(tmp_path, monkeypatch):
                                              str(tmp_path / "steps"), strategy=default,
                                              steps_per_epoch=2, verbose=0)
     assert len(history["loss"]) == 2
+
+
+def _batch_numbers(count):
+    # Batch i of 4 examples: inputs 0, targets i. A model that predicts 0 and
+    # does not learn has loss mean(i^2) over the batches an epoch reads.
+    y = np.repeat(np.arange(count, dtype="float32"), 4)[:, None]
+    return tf.data.Dataset.from_tensor_slices((np.zeros((4 * count, 2), "float32"), y)).batch(4)
+
+
+def _still_zero():
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1, bias_initializer="zeros")])
+    model.compile(keras.optimizers.SGD(0.0), "mse")
+    return model
+
+
+def test_multi_worker_fit_reads_on_from_epoch_to_epoch(tmp_path):
+    # As Keras's fit: with steps_per_epoch, an epoch reads on where the last
+    # one stopped (it read the first batches again and again); a pass that
+    # ends mid-epoch is followed by a new one.
+    default = tf.distribute.get_strategy()
+    _, history = distribute.multi_worker_fit(_still_zero, _batch_numbers(6), 4, 4,
+                                             str(tmp_path / "a"), strategy=default,
+                                             steps_per_epoch=2, verbose=0)
+    assert history["loss"] == [0.5, 6.5, 20.5, 0.5]  # batches 0-1, 2-3, 4-5, 0-1
+    _, history = distribute.multi_worker_fit(_still_zero, _batch_numbers(5), 3, 4,
+                                             str(tmp_path / "b"), strategy=default,
+                                             steps_per_epoch=2, verbose=0)
+    assert history["loss"] == [0.5, 6.5, 8.0]  # batches 0-1, 2-3, 4 and 0
+    # without steps_per_epoch, every epoch is a whole pass
+    _, history = distribute.multi_worker_fit(_still_zero, _batch_numbers(3), 2, 4,
+                                             str(tmp_path / "c"), strategy=default, verbose=0)
+    np.testing.assert_allclose(history["loss"], [5 / 3, 5 / 3])
+
+
+def test_a_resumed_multi_worker_fit_reads_the_data_of_the_epochs_left(tmp_path):
+    # `dataset` as a function of the first epoch: a run resumed at epoch 2
+    # reads epoch 2's batches, not the first epoch's again.
+    default = tf.distribute.get_strategy()
+    asked = []
+
+    def epochs_from(epoch):
+        asked.append(epoch)
+        return _batch_numbers(8).skip(2 * epoch)  # epoch e: batches 2e, 2e + 1
+
+    ckpt = str(tmp_path / "ckpt")
+    for epochs, losses in [(2, [0.5, 6.5]), (4, [20.5, 42.5]), (4, [])]:
+        _, history = distribute.multi_worker_fit(_still_zero, epochs_from, epochs, 4, ckpt,
+                                                 strategy=default, steps_per_epoch=2,
+                                                 verbose=0)
+        assert history["loss"] == losses
+    assert asked == [0, 2]  # not called once all epochs are done
+
+
+def test_a_resumed_multi_worker_fit_draws_the_uninterrupted_runs_dropout_masks(tmp_path):
+    # Keras's seed generators are not in the checkpoint: resumed at epoch 2,
+    # the loop drew epoch 2's masks from the states the run began with.
+    x = np.random.default_rng(0).normal(size=(64, 4)).astype("float32")
+    data = tf.data.Dataset.from_tensor_slices((x, x[:, :1] * 2.0)).batch(16)
+
+    def build():
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(16),
+                                  keras.layers.Dropout(0.5), keras.layers.Dense(1)])
+        model.compile(keras.optimizers.SGD(0.05), "mse")
+        return model
+
+    default = tf.distribute.get_strategy()
+    whole, whole_history = distribute.multi_worker_fit(
+        build, data, 3, 16, str(tmp_path / "whole"), strategy=default, verbose=0)
+    distribute.multi_worker_fit(build, data, 1, 16, str(tmp_path / "resumed"),
+                                strategy=default, verbose=0)
+    resumed, history = distribute.multi_worker_fit(
+        build, data, 3, 16, str(tmp_path / "resumed"), strategy=default, verbose=0)
+    assert history["loss"] == whole_history["loss"][1:]
+    np.testing.assert_array_equal(distribute.weights_digest(resumed),
+                                  distribute.weights_digest(whole))
 
 
 def test_multi_worker_fit_stops_where_the_loss_is_not_finite(tmp_path, capsys):
@@ -422,6 +504,18 @@ def test_train_multi_worker_takes_the_given_task_and_refuses_callbacks(tmp_path)
     # a run that diverged in its first epoch of 3 stopped there, numbered as
     # an epoch of Keras's history (from 0)
     assert result["diverged"] == [1, 1, [0]]
+
+
+def test_train_multi_worker_resumes_as_the_uninterrupted_run(tmp_path):
+    # A task loaded by train holds the epochs from the checkpointed one, in
+    # an uninterrupted run's order, and dropout draws by epoch: resumed at
+    # epoch 3, the run read epoch 1's batches and drew from its first masks.
+    cluster = {"cluster": {"worker": [f"127.0.0.1:{_free_ports(1)[0]}"]},
+               "task": {"type": "worker", "index": 0}}
+    result = _job("train_one_worker_resumed", tmp_path / "resumed.json",
+                  env={**ENV, "TF_CONFIG": json.dumps(cluster)})
+    assert result["resumed_loss"] == result["whole_loss"][2:]
+    assert result["equal"] == [True] * 6  # bit for bit
 
 
 def test_cli_compare_multi_worker(tmp_path):

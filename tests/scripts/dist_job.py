@@ -15,7 +15,7 @@ from spinalnet_keras import distribute  # noqa: E402
 if mode in ("mirrored", "single", "loop_mirrored", "loop_single", "train_mirrored",
             "train_single"):
     distribute.set_virtual_cpus(2)
-if mode in ("worker", "worker_jit", "train_one_worker"):
+if mode in ("worker", "worker_jit", "train_one_worker", "train_one_worker_resumed"):
     # Before any tensor exists: collectives are configured at TF start-up.
     worker_strategy = distribute.get_strategy("multi_worker")
 
@@ -139,5 +139,28 @@ elif mode == "train_one_worker":
               "diverged": [nan_run["epochs"], nan_run["diverged_at_epoch"],
                            [r["epoch"] for r in read_history(
                                os.path.join(diverging.output_dir, "history.csv"))]]}
+elif mode == "train_one_worker_resumed":
+    # train's own loop resumed at epoch 3 of 3 ends as the uninterrupted run.
+    import dataclasses
+
+    from spinalnet_keras import TrainConfig, train
+
+    config = TrainConfig(model="regression", dataset="table1/prod", epochs=3, optimizer="adam",
+                         learning_rate=0.01, dropout=0.5, train_examples=256, verbose=0)
+    whole = train(dataclasses.replace(config, output_dir=out + "_whole"), strategy=worker_strategy)
+    resumed = dataclasses.replace(config, output_dir=out + "_resumed")
+    train(resumed, strategy=worker_strategy)
+    # What a chief killed after checkpointing epoch 2 leaves behind: the
+    # checkpoints up to epoch 2, none of the files written at the end.
+    checkpoints = os.path.join(resumed.output_dir, "checkpoints")
+    with open(os.path.join(checkpoints, "checkpoint"), "w") as f:
+        f.write('model_checkpoint_path: "ckpt-2"\n')
+    for name in ("result.json", "history.csv", "final.keras"):
+        os.remove(os.path.join(resumed.output_dir, name))
+    rerun = train(resumed, strategy=worker_strategy)
+    weights = [keras.saving.load_model(os.path.join(folder, "final.keras")).get_weights()
+               for folder in (out + "_whole", resumed.output_dir)]
+    result = {"whole_loss": whole["history"]["loss"], "resumed_loss": rerun["history"]["loss"],
+              "equal": [np.array_equal(a, b) for a, b in zip(*weights)]}
 with open(out, "w") as f:
     json.dump(result, f)
