@@ -17,7 +17,9 @@ global batch divided by `strategy.num_replicas_in_sync`.
 Keras 3's `Model.fit` fails under `MultiWorkerMirroredStrategy` (keras
 issue 20585), so `multi_worker_fit` is a training loop of its own: each
 step runs under `strategy.run` on a dataset distributed by the strategy,
-losses and metrics are reduced across workers, and checkpoints (model,
+losses and metrics are reduced across workers, a validation set is
+evaluated after each epoch (and a function of the epoch's figures called,
+where `fit` would run callbacks), and checkpoints (model,
 optimizer, epoch) are written by the chief; the other workers write to a
 temporary directory they delete, as `tf.distribute` requires every worker
 to take part in a save. A run started again (all workers, same
@@ -199,6 +201,8 @@ def multi_worker_fit(
     strategy=None,
     steps_per_epoch=None,
     verbose=1,
+    validation_data=None,
+    on_epoch_end=None,
 ):
     """Train under `strategy.run` (works with `MultiWorkerMirroredStrategy`).
 
@@ -230,6 +234,18 @@ def multi_worker_fit(
             read on through the dataset (a dataset holding several epochs
             back to back is read once); where it ends, a new pass begins.
         verbose: 0, or 1 or 2 to print a line per epoch on the chief.
+        validation_data: optional `tf.data.Dataset` of `(inputs, targets)`
+            batches (of at most the global batch size), evaluated under the
+            strategy after every epoch: `val_loss` (with the model's
+            regularization losses, as Keras's fit reports it) and, for a
+            categorical loss, `val_accuracy`, over all its examples.
+        on_epoch_end: optional function `(epoch, logs)` called on every
+            worker after each epoch (from 0, as Keras's callbacks number
+            them), before its checkpoint, with that epoch's figures
+            (reduced over all workers, so the same on each); its return
+            value is not used. Write files from the chief only
+            (`worker_info()[2]`). A run killed before the checkpoint does
+            the epoch again and calls it again.
 
     Each epoch's random draws (dropout's masks) are made from the model's
     seed generators as they stood before training and the epoch's number
@@ -238,8 +254,9 @@ def multi_worker_fit(
 
     Returns:
         `(model, history)`; `history` maps `"loss"` (and `"accuracy"` for
-        classifiers) to one value per epoch of this session, reduced over
-        all workers. An epoch whose loss is not finite (NaN or infinite)
+        classifiers, and `"val_loss"`, `"val_accuracy"` with
+        `validation_data`) to one value per epoch of this session, reduced
+        over all workers. An epoch whose loss is not finite (NaN or infinite)
         is the last, as with Keras's `TerminateOnNaN`: it is checkpointed,
         so a later call resumes after it, from weights that are no longer
         numbers.
@@ -247,11 +264,12 @@ def multi_worker_fit(
     Raises:
         TypeError: `build_and_compile` is not a function or returns no
             compiled model, `dataset` is neither a `tf.data.Dataset` nor a
-            function returning one, or `strategy` is not a
+            function returning one, `validation_data` is not a Dataset,
+            `on_epoch_end` not a function, or `strategy` is not a
             `tf.distribute.Strategy`.
         ValueError: a bad number or `checkpoint_dir`, an empty dataset,
-            batches of another size than `global_batch_size` or not
-            `(inputs, targets)` pairs, or a compiled loss, metric or loss
+            batches of another size than `global_batch_size` (larger, for
+            `validation_data`) or not `(inputs, targets)` pairs, or a compiled loss, metric or loss
             weight that the loop would not compute.
         RuntimeError: Keras does not run on its TensorFlow backend.
     """
@@ -271,6 +289,12 @@ def multi_worker_fit(
     steps_per_epoch = _validation.positive_int("steps_per_epoch", steps_per_epoch, allow_none=True)
     checkpoint_dir = _validation.path("checkpoint_dir", checkpoint_dir)
     verbose = _validation.choice("verbose", verbose, (0, 1, 2))  # as Keras's fit
+    if validation_data is not None and not isinstance(validation_data, tf.data.Dataset):
+        raise TypeError("`validation_data` must be a tf.data.Dataset or None. "
+                        f"Received: {type(validation_data).__name__}")
+    if on_epoch_end is not None and not callable(on_epoch_end):
+        raise TypeError("`on_epoch_end` must be a function (epoch, logs) or None. "
+                        f"Received: on_epoch_end={on_epoch_end!r}")
     check_strategy(strategy, what="multi_worker_fit")
     if strategy is None and os.environ.get("TF_CONFIG"):
         _check_tf_config()
@@ -284,6 +308,10 @@ def multi_worker_fit(
         _check_elements(dataset)
         _check_steps(dataset, steps_per_epoch)
         _check_global_batch(dataset, global_batch_size)
+    if validation_data is not None:
+        _check_elements(validation_data, "validation_data")
+        _check_global_batch(validation_data, global_batch_size, "validation_data",
+                            smaller=True)
     _, index, is_chief, _ = worker_info()
     with strategy.scope():
         model = build_and_compile()
@@ -329,6 +357,15 @@ def multi_worker_fit(
 
     # Not made when no epoch is left, which may have no dataset.
     dist_ds = strategy.experimental_distribute_dataset(dataset) if dataset else None
+    dist_val = (strategy.experimental_distribute_dataset(validation_data)
+                if validation_data is not None else None)
+
+    def hits(y, pred):
+        if not classifier:
+            return tf.constant(0.0)
+        labels = (tf.reshape(tf.cast(y, tf.int64), [-1]) if sparse_labels
+                  else tf.argmax(y, -1))  # one-hot targets
+        return tf.reduce_sum(tf.cast(tf.equal(tf.argmax(pred, -1), labels), tf.float32))
 
     def forward_backward(x, y):
         with tf.GradientTape() as tape:
@@ -342,14 +379,8 @@ def multi_worker_fit(
             # given, so they must come from the scaled loss.
             scaled = optimizer.scale_loss(loss)
         grads = tape.gradient(scaled, model.trainable_variables)
-        correct = tf.constant(0.0)
-        if classifier:
-            labels = (tf.reshape(tf.cast(y, tf.int64), [-1]) if sparse_labels
-                      else tf.argmax(y, -1))  # one-hot targets
-            hits = tf.equal(tf.argmax(pred, -1), labels)
-            correct = tf.reduce_sum(tf.cast(hits, tf.float32))
         count = tf.cast(tf.shape(per_example)[0], tf.float32)
-        return loss, grads, correct, count
+        return loss, grads, hits(y, pred), count
 
     if model.jit_compile:  # compile(jit_compile=...), as Keras's fit honours it
         # Only the replica's own pass: applying the gradients all-reduces
@@ -370,7 +401,36 @@ def multi_worker_fit(
                 strategy.reduce(reduce, correct, axis=None),
                 strategy.reduce(reduce, count, axis=None))
 
-    history = {"loss": []} if not classifier else {"loss": [], "accuracy": []}
+    def evaluate_replica(x, y):
+        pred = model(x, training=False)
+        per_example = loss_obj(y, pred)
+        count = tf.cast(tf.shape(per_example)[0], tf.float32)
+        total = tf.reduce_sum(per_example)
+        if model.losses:  # Keras adds them to each batch's mean loss
+            total += tf.add_n(model.losses) * count
+        return total, hits(y, pred), count
+
+    @tf.function
+    def evaluate_step(x, y):
+        sums = strategy.run(evaluate_replica, args=(x, y))
+        return [strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None) for v in sums]
+
+    def evaluate():
+        # Sums over every example, so a last batch that is smaller (or
+        # empty on some replicas) weighs what it holds.
+        totals = [tf.constant(0.0)] * 3
+        for x, y in dist_val:
+            totals = [t + v for t, v in zip(totals, evaluate_step(x, y))]
+        total, correct, count = (float(t) for t in totals)
+        logs = {"val_loss": total / max(count, 1.0)}
+        if classifier:
+            logs["val_accuracy"] = correct / max(count, 1.0)
+        return logs
+
+    metrics = ["loss"] + (["accuracy"] if classifier else [])
+    if validation_data is not None:
+        metrics += [f"val_{m}" for m in metrics]
+    history = {m: [] for m in metrics}
     batches = None  # with steps_per_epoch, read on from epoch to epoch
     try:
         for epoch in range(start_epoch, epochs):
@@ -394,14 +454,23 @@ def multi_worker_fit(
                 total_correct += correct
                 total_count += count
                 steps += 1
-            history["loss"].append(float(total_loss) / max(steps, 1))
+            logs = {"loss": float(total_loss) / max(steps, 1)}
             if classifier:
-                history["accuracy"].append(float(total_correct) / max(float(total_count), 1.0))
+                logs["accuracy"] = float(total_correct) / max(float(total_count), 1.0)
+            if dist_val is not None:
+                logs.update(evaluate())
+            for key, value in logs.items():
+                history[key].append(value)
+            # Before the checkpoint: a run killed in between does the epoch,
+            # and calls this, again, rather than skip it.
+            if on_epoch_end is not None:
+                on_epoch_end(epoch, dict(logs))
             epoch_var.assign(epoch + 1)
             manager.save()
             if verbose and is_chief:
-                extra = f" accuracy {history['accuracy'][-1]:.4f}" if classifier else ""
-                print(f"epoch {epoch + 1}/{epochs} loss {history['loss'][-1]:.5f}{extra}", flush=True)
+                shown = " ".join(f"{k} {v:.4f}" if "accuracy" in k else f"{k} {v:.5f}"
+                                 for k, v in logs.items())
+                print(f"epoch {epoch + 1}/{epochs} {shown}", flush=True)
             # As Keras's TerminateOnNaN: the weights are no longer numbers,
             # so the epochs left would train nothing. The loss is reduced
             # over all workers, so every worker stops at the same epoch.
@@ -471,11 +540,11 @@ def _check_compile_options(model, classifier):
         )
 
 
-def _check_elements(dataset):
+def _check_elements(dataset, name="dataset"):
     spec = dataset.element_spec
     if not (isinstance(spec, tuple) and len(spec) == 2):
         raise ValueError(
-            "`dataset` must yield (inputs, targets) batches; multi_worker_fit takes "
+            f"`{name}` must yield (inputs, targets) batches; multi_worker_fit takes "
             f"no sample weights. Received elements: {spec!r}"
         )
 
@@ -496,20 +565,23 @@ def _check_steps(dataset, steps_per_epoch):
         )
 
 
-def _check_global_batch(dataset, global_batch_size):
+def _check_global_batch(dataset, global_batch_size, name="dataset", smaller=False):
     # The loss is averaged over `global_batch_size`; batches of another size
     # would scale every gradient by the wrong factor, without an error.
+    # (Evaluation sums over examples: smaller batches are fine there.)
     first = next(iter(dataset), None)
     if first is None:
-        raise ValueError("`dataset` holds no batches.")
+        raise ValueError(f"`{name}` holds no batches.")
     size = int(tf.shape(tf.nest.flatten(first)[0])[0])
     # A smaller first batch is the whole data when there is one batch (or
     # when tf.data cannot tell how many there are).
     one_batch = int(dataset.cardinality()) in (1, int(tf.data.UNKNOWN_CARDINALITY))
-    if size > global_batch_size or (size < global_batch_size and not one_batch):
+    if size > global_batch_size or (size < global_batch_size and not one_batch
+                                    and not smaller):
         raise ValueError(
-            f"`dataset` yields batches of {size}, but global_batch_size="
-            f"{global_batch_size}; batch the dataset with the global batch size."
+            f"`{name}` yields batches of {size}, but global_batch_size="
+            f"{global_batch_size}; batch the dataset with the global batch size"
+            + (" or less." if smaller else ".")
         )
 
 

@@ -20,6 +20,7 @@ epoch are reported; the last-epoch one is the honest estimate.
 import contextlib
 import csv
 import dataclasses
+import io
 import json
 import logging
 import math
@@ -467,13 +468,14 @@ def read_history(path):
 
 
 def _write_history(path, rows):
+    # Whole or not at all: the multi-worker chief rewrites it every epoch.
     if not rows:
         return
-    keys = list(rows[0])
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=keys)
-        writer.writeheader()
-        writer.writerows(rows)
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    write_atomically(path, text.getvalue())
 
 
 def plot_history(rows, path, title):
@@ -852,57 +854,49 @@ def _train_multi_worker(config, strategy, out, task=None):
         task = load_config_task(config, initial_epoch=min(done, config.epochs - 1))
         steps_per_epoch = task.steps_per_epoch
 
+    _, index, is_chief, workers = worker_info()
+    history_path = os.path.join(out, "history.csv")
+    rows = read_history(history_path)
+    monitor, mode = _monitor(task)
+    built = []
+
     def build():
         model = compile_model(build_model(config, task), config, task)
         _write_config(out, config)
+        built.append(model)
         return model
+
+    def record(epoch, logs):
+        # What Keras's CSVLogger and ModelCheckpoint(save_best_only) do in
+        # train's fit, on the chief. Rows of a redone epoch (the chief died
+        # before its checkpoint) are replaced.
+        nonlocal rows
+        if not is_chief:
+            return
+        earlier = [r for r in rows if r["epoch"] < epoch]
+        rows = earlier + [{"epoch": epoch, **dict(sorted(logs.items()))}]
+        _write_history(history_path, rows)
+        values = [r[monitor] for r in earlier if math.isfinite(r.get(monitor, math.nan))]
+        best = (max if mode == "max" else min)(values, default=None)
+        value = logs[monitor]
+        if math.isfinite(value) and (best is None or (value > best if mode == "max"
+                                                      else value < best)):
+            built[-1].save(os.path.join(out, "best.keras"))
 
     start = time.perf_counter()
     model, history = multi_worker_fit(
         build, task.train, config.epochs, config.batch_size, checkpoints,
         strategy=strategy, steps_per_epoch=steps_per_epoch, verbose=config.verbose,
+        validation_data=task.test, on_epoch_end=record,
     )
     seconds = time.perf_counter() - start
-    _, index, is_chief, workers = worker_info()
     if not is_chief:
         return {"worker": index, "chief": False, "history": history}
-    history_path = os.path.join(out, "history.csv")
-    rows = read_history(history_path)
-    # This session's first epoch, from where the checkpoint says it ended
-    # (not `epochs` when the loss diverged): history.csv is written at the
-    # end, so a run resumed after the chief died has no rows to count from.
-    done = _checkpointed_epoch(tf.train.latest_checkpoint(checkpoints))
-    first = done - len(history["loss"])
-    rows += [
-        {"epoch": first + i, **{k: v[i] for k, v in history.items()}}
-        for i in range(len(history["loss"]))
-    ]
-    # Test metrics on the chief, outside the strategy (plain inference).
-    test_loss = keras.losses.get(model.loss)
-    losses, hits, count = [], 0, 0
-    for x, y in task.test:
-        pred = model(x, training=False)
-        losses.append(float(keras.ops.mean(test_loss(y, pred))) * len(x))
-        if task.kind != "regression":
-            hits += int(np.sum(np.argmax(pred, -1) == np.reshape(y, [-1])))
-        count += len(x)
-    rows[-1]["val_loss"] = sum(losses) / count
-    if task.kind != "regression":
-        rows[-1]["val_accuracy"] = hits / count
-    # Only the last epoch is evaluated here; earlier rows say so (NaN)
-    # rather than repeat its value.
-    for r in rows:
-        r.setdefault("val_loss", float("nan"))
-        if task.kind != "regression":
-            r.setdefault("val_accuracy", float("nan"))
-    _write_history(history_path, rows)
     model.save(os.path.join(out, "final.keras"))
-    final = rows[-1]["val_loss" if task.kind == "regression" else "val_accuracy"]
+    plot_history(rows, os.path.join(out, "curves.png"), f"{model.name} on {task.name}")
     return _write_result(
         os.path.join(out, "result.json"), config, model, rows, seconds,
-        workers=workers, metric="mse" if task.kind == "regression" else "accuracy",
-        final=final, best=final, best_epoch=len(rows),
-        diverged_at_epoch=diverged_at_epoch(rows), history=history,
+        workers=workers, history=history, **summarize_history(rows, task.kind),
     )
 
 

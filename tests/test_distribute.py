@@ -14,6 +14,7 @@ import tensorflow as tf
 
 from conftest import REPO
 from spinalnet_keras import distribute
+from spinalnet_keras.data import load_task
 
 JOB = os.path.join(REPO, "tests", "scripts", "dist_job.py")
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
@@ -190,6 +191,16 @@ def test_multi_worker_fit_checks_its_arguments(tmp_path, monkeypatch):
          r"a function, must return a tf.data.Dataset; called with the first epoch 0, "
          r"it returned \[0\]"),
         ((build, data.take(0).batch(4), 1, 4), {}, ValueError, "`dataset` holds no batches"),
+        ((build, data.batch(4), 1, 4), dict(validation_data=(1, 2)), TypeError,
+         "`validation_data` must be a tf.data.Dataset or None. Received: tuple"),
+        ((build, data.batch(4), 1, 4), dict(validation_data=data.batch(8)), ValueError,
+         "`validation_data` yields batches of 8, but global_batch_size=4; batch the "
+         "dataset with the global batch size or less"),
+        ((build, data.batch(4), 1, 4), dict(validation_data=data.map(lambda x, y: x).batch(4)),
+         ValueError, r"`validation_data` must yield \(inputs, targets\) batches"),
+        ((build, data.batch(4), 1, 4), dict(on_epoch_end="print"), TypeError,
+         r"`on_epoch_end` must be a function \(epoch, logs\) or None. Received: "
+         r"on_epoch_end='print'"),
         ((build, data.batch(4), 1, 4), dict(steps_per_epoch=0), ValueError, "steps_per_epoch=0"),
         ((build, data.batch(4), 1, 4), dict(verbose="yes"), ValueError,
          r"`verbose` must be one of \[0, 1, 2\]. Received: verbose='yes'"),
@@ -267,6 +278,37 @@ def test_multi_worker_fit_reads_on_from_epoch_to_epoch(tmp_path):
     _, history = distribute.multi_worker_fit(_still_zero, _batch_numbers(3), 2, 4,
                                              str(tmp_path / "c"), strategy=default, verbose=0)
     np.testing.assert_allclose(history["loss"], [5 / 3, 5 / 3])
+
+
+def test_multi_worker_fit_evaluates_every_epoch_as_keras_does(tmp_path):
+    # val_loss and val_accuracy over every example (the last batch is
+    # smaller), with the regularization loss added, as Keras's evaluate.
+    x = np.random.default_rng(0).normal(size=(70, 4)).astype("float32")
+    labels = (x[:, 0] > 0).astype("int32")
+    train_data = tf.data.Dataset.from_tensor_slices((x[:64], labels[:64])).batch(16)
+    test_data = tf.data.Dataset.from_tensor_slices((x, labels)).batch(16)  # 16 x 4 + 6
+
+    def build():
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(
+            2, "softmax", kernel_regularizer=keras.regularizers.L2(0.5))])
+        model.compile(keras.optimizers.SGD(0.1), "sparse_categorical_crossentropy",
+                      metrics=["accuracy"])
+        return model
+
+    seen = []
+    model, history = distribute.multi_worker_fit(
+        build, train_data, 2, 16, str(tmp_path / "ckpt"), strategy=tf.distribute.get_strategy(),
+        verbose=0, validation_data=test_data,
+        on_epoch_end=lambda epoch, logs: seen.append((epoch, logs)))
+    assert sorted(history) == ["accuracy", "loss", "val_accuracy", "val_loss"]
+    assert [epoch for epoch, _ in seen] == [0, 1]
+    assert seen[1][1] == {k: v[1] for k, v in history.items()}
+    expected = model.evaluate(test_data, verbose=0, return_dict=True)
+    assert float(model.losses[0]) > 0.01  # the regularization loss counts
+    np.testing.assert_allclose(history["val_loss"][1], expected["loss"], rtol=1e-5)
+    assert history["val_accuracy"][1] == pytest.approx(expected["accuracy"])
+    assert history["val_accuracy"][1] * 70 == pytest.approx(round(history["val_accuracy"][1] * 70))
 
 
 def test_a_resumed_multi_worker_fit_reads_the_data_of_the_epochs_left(tmp_path):
@@ -484,10 +526,18 @@ def test_cli_train_multi_worker(tmp_path):
     assert result["history"]["loss"][-1] < result["history"]["loss"][0]
     assert keras.saving.load_model(out / "final.keras").count_params() == 14_301
     rows = (out / "history.csv").read_text().splitlines()
-    assert len(rows) == 4 and rows[1].endswith(",nan") and not rows[3].endswith(",nan")
-    # what README says the chief writes there (the last epoch's model only)
-    assert sorted(os.listdir(out)) == ["checkpoints", "config.json", "final.keras",
-                                       "history.csv", "result.json"]
+    assert rows[0] == "epoch,loss,val_loss" and len(rows) == 4 and "nan" not in "".join(rows)
+    # every epoch evaluated: the best one is found and kept, as with Keras's fit
+    val_loss = [float(r.split(",")[2]) for r in rows[1:]]
+    assert result["best"] == min(val_loss) and result["final"] == val_loss[-1]
+    assert result["best_epoch"] == val_loss.index(min(val_loss)) + 1
+    best = keras.saving.load_model(out / "best.keras")
+    assert best.evaluate(load_task("table1/sum").test, verbose=0) == pytest.approx(
+        result["best"], rel=1e-5)
+    # what README says the chief writes there (no TensorBoard logs)
+    assert sorted(os.listdir(out)) == ["best.keras", "checkpoints", "config.json",
+                                       "curves.png", "final.keras", "history.csv",
+                                       "result.json"]
 
 
 def test_train_multi_worker_takes_the_given_task_and_refuses_callbacks(tmp_path):
