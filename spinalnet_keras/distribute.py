@@ -223,7 +223,10 @@ def multi_worker_fit(
             from (0, or the epoch a checkpoint resumes) and returns the
             Dataset of the epochs from there on, so that a resumed run
             reads the batches an uninterrupted one would (called once, and
-            not when the checkpoint holds all `epochs`).
+            not when the checkpoint holds all `epochs`). The loop reads it
+            for training only, and checks the batch size on the first batch
+            it trains on: a look ahead at a dataset that tf.data reshuffles
+            on every pass would change the orders of the passes after it.
         epochs: total number of epochs (a resumed run does the rest).
         global_batch_size: the dataset's batch size.
         checkpoint_dir: where the chief keeps checkpoints (and resumes).
@@ -307,11 +310,9 @@ def multi_worker_fit(
     if dataset is not None:
         _check_elements(dataset)
         _check_steps(dataset, steps_per_epoch)
-        _check_global_batch(dataset, global_batch_size)
     if validation_data is not None:
         _check_elements(validation_data, "validation_data")
-        _check_global_batch(validation_data, global_batch_size, "validation_data",
-                            smaller=True)
+        _check_validation_batch(validation_data, global_batch_size)
     _, index, is_chief, _ = worker_info()
     with strategy.scope():
         model = build_and_compile()
@@ -432,6 +433,7 @@ def multi_worker_fit(
         metrics += [f"val_{m}" for m in metrics]
     history = {m: [] for m in metrics}
     batches = None  # with steps_per_epoch, read on from epoch to epoch
+    first_batch = True
     try:
         for epoch in range(start_epoch, epochs):
             randomness.start_epoch(epoch)
@@ -449,12 +451,17 @@ def multi_worker_fit(
                         raise ValueError("`dataset` yielded no batches on a new pass.")
                 if batch is None:
                     break
+                if first_batch:
+                    _check_global_batch(strategy, batch, dataset, global_batch_size)
+                    first_batch = False
                 loss, correct, count = train_step(*batch)
                 total_loss += loss
                 total_correct += correct
                 total_count += count
                 steps += 1
-            logs = {"loss": float(total_loss) / max(steps, 1)}
+            if not steps:
+                raise ValueError("`dataset` yielded no batches.")
+            logs = {"loss": float(total_loss) / steps}
             if classifier:
                 logs["accuracy"] = float(total_correct) / max(float(total_count), 1.0)
             if dist_val is not None:
@@ -565,23 +572,41 @@ def _check_steps(dataset, steps_per_epoch):
         )
 
 
-def _check_global_batch(dataset, global_batch_size, name="dataset", smaller=False):
-    # The loss is averaged over `global_batch_size`; batches of another size
-    # would scale every gradient by the wrong factor, without an error.
-    # (Evaluation sums over examples: smaller batches are fine there.)
-    first = next(iter(dataset), None)
-    if first is None:
-        raise ValueError(f"`{name}` holds no batches.")
-    size = int(tf.shape(tf.nest.flatten(first)[0])[0])
+def _check_global_batch(strategy, batch, dataset, global_batch_size):
+    """Refuse a first batch (as the strategy split it) of another size.
+
+    The loss is averaged over `global_batch_size`; batches of another size
+    would scale every gradient by the wrong factor, without an error. It
+    is checked on the first batch trained, not on a look ahead: a look at a
+    dataset that reshuffles on every pass (tf.data's default) would change
+    the order of the passes after it, and a resumed run would read other
+    batches than an uninterrupted one.
+    """
+    parts = strategy.experimental_local_results(tf.nest.flatten(batch)[0])
+    # This worker's share, times the workers (each worker's share is equal).
+    size = (sum(int(tf.shape(p)[0]) for p in parts)
+            * strategy.num_replicas_in_sync // len(parts))
     # A smaller first batch is the whole data when there is one batch (or
     # when tf.data cannot tell how many there are).
     one_batch = int(dataset.cardinality()) in (1, int(tf.data.UNKNOWN_CARDINALITY))
-    if size > global_batch_size or (size < global_batch_size and not one_batch
-                                    and not smaller):
+    if size > global_batch_size or (size < global_batch_size and not one_batch):
         raise ValueError(
-            f"`{name}` yields batches of {size}, but global_batch_size="
-            f"{global_batch_size}; batch the dataset with the global batch size"
-            + (" or less." if smaller else ".")
+            f"`dataset` yields batches of {size}, but global_batch_size="
+            f"{global_batch_size}; batch the dataset with the global batch size."
+        )
+
+
+def _check_validation_batch(dataset, global_batch_size):
+    # Evaluation sums over examples, so smaller batches are fine; a larger
+    # one would not split over the replicas as the model was built for.
+    first = next(iter(dataset), None)
+    if first is None:
+        raise ValueError("`validation_data` holds no batches.")
+    size = int(tf.shape(tf.nest.flatten(first)[0])[0])
+    if size > global_batch_size:
+        raise ValueError(
+            f"`validation_data` yields batches of {size}, but global_batch_size="
+            f"{global_batch_size}; batch it with the global batch size or less."
         )
 
 

@@ -190,12 +190,18 @@ def test_multi_worker_fit_checks_its_arguments(tmp_path, monkeypatch):
         ((build, lambda epoch: [epoch], 1, 4), {}, TypeError,
          r"a function, must return a tf.data.Dataset; called with the first epoch 0, "
          r"it returned \[0\]"),
-        ((build, data.take(0).batch(4), 1, 4), {}, ValueError, "`dataset` holds no batches"),
+        ((build, data.take(0).batch(4), 1, 4), {}, ValueError, "`dataset` yielded no batches"),
+        ((build, data.take(0).batch(4), 1, 4), dict(steps_per_epoch=1), ValueError,
+         "holds 0 batches, fewer than steps_per_epoch=1"),
+        ((build, data.batch(4).filter(lambda x, y: False), 1, 4), dict(steps_per_epoch=1),
+         ValueError, "`dataset` yielded no batches on a new pass"),
+        ((build, data.batch(4), 1, 4), dict(validation_data=data.take(0).batch(4)), ValueError,
+         "`validation_data` holds no batches"),
         ((build, data.batch(4), 1, 4), dict(validation_data=(1, 2)), TypeError,
          "`validation_data` must be a tf.data.Dataset or None. Received: tuple"),
         ((build, data.batch(4), 1, 4), dict(validation_data=data.batch(8)), ValueError,
-         "`validation_data` yields batches of 8, but global_batch_size=4; batch the "
-         "dataset with the global batch size or less"),
+         "`validation_data` yields batches of 8, but global_batch_size=4; batch it with "
+         "the global batch size or less"),
         ((build, data.batch(4), 1, 4), dict(validation_data=data.map(lambda x, y: x).batch(4)),
          ValueError, r"`validation_data` must yield \(inputs, targets\) batches"),
         ((build, data.batch(4), 1, 4), dict(on_epoch_end="print"), TypeError,
@@ -333,8 +339,16 @@ def test_a_resumed_multi_worker_fit_reads_the_data_of_the_epochs_left(tmp_path):
 def test_a_resumed_multi_worker_fit_draws_the_uninterrupted_runs_dropout_masks(tmp_path):
     # Keras's seed generators are not in the checkpoint: resumed at epoch 2,
     # the loop drew epoch 2's masks from the states the run began with.
+    # The data: epochs that tf.data reshuffles on every pass, read from the
+    # resumed one on; a look at the first batch before training (the
+    # loop's batch-size check, once) moved the passes' orders.
     x = np.random.default_rng(0).normal(size=(64, 4)).astype("float32")
-    data = tf.data.Dataset.from_tensor_slices((x, x[:, :1] * 2.0)).batch(16)
+
+    def data(epoch):
+        keras.utils.set_random_seed(0)  # the shuffle's seed is fixed when it is made
+        epochs = tf.data.Dataset.from_tensor_slices((x, x[:, :1] * 2.0)).shuffle(
+            64, seed=1, reshuffle_each_iteration=True).batch(16).repeat(3)
+        return epochs.skip(4 * epoch)
 
     def build():
         keras.utils.set_random_seed(0)
@@ -345,11 +359,13 @@ def test_a_resumed_multi_worker_fit_draws_the_uninterrupted_runs_dropout_masks(t
 
     default = tf.distribute.get_strategy()
     whole, whole_history = distribute.multi_worker_fit(
-        build, data, 3, 16, str(tmp_path / "whole"), strategy=default, verbose=0)
+        build, data, 3, 16, str(tmp_path / "whole"), strategy=default, steps_per_epoch=4,
+        verbose=0)
     distribute.multi_worker_fit(build, data, 1, 16, str(tmp_path / "resumed"),
-                                strategy=default, verbose=0)
+                                strategy=default, steps_per_epoch=4, verbose=0)
     resumed, history = distribute.multi_worker_fit(
-        build, data, 3, 16, str(tmp_path / "resumed"), strategy=default, verbose=0)
+        build, data, 3, 16, str(tmp_path / "resumed"), strategy=default, steps_per_epoch=4,
+        verbose=0)
     assert history["loss"] == whole_history["loss"][1:]
     np.testing.assert_array_equal(distribute.weights_digest(resumed),
                                   distribute.weights_digest(whole))
@@ -475,10 +491,12 @@ def test_two_workers_honour_jit_compile(tmp_path):
 
 
 def test_multi_worker_job_killed_and_restarted_resumes(tmp_path):
+    # Shuffled epochs (the data as a function of the first epoch) and
+    # dropout: the restarted job ends with the uninterrupted job's weights.
     ckpt = tmp_path / "ckpt"
 
-    def args(i):
-        return [JOB, "worker", str(tmp_path / f"w{i}.json"), 6, ckpt, 4_000]
+    def args(i, folder=tmp_path, checkpoints=ckpt):
+        return [JOB, "worker_dropout", str(folder / f"w{i}.json"), 6, checkpoints, 4_000]
 
     procs = _start_workers(args, tmp_path)
     deadline = time.time() + 240
@@ -508,6 +526,12 @@ def test_multi_worker_job_killed_and_restarted_resumes(tmp_path):
     assert len(w[0]["loss"]) == 6 - done  # only the remaining epochs ran
     assert not (ckpt / "workertemp_1").exists()
     np.testing.assert_array_equal(w[0]["weights"], w[1]["weights"])
+    whole = tmp_path / "whole"
+    whole.mkdir()
+    _wait(_start_workers(lambda i: args(i, whole, whole / "ckpt"), tmp_path))
+    uninterrupted = json.loads((whole / "w0.json").read_text())
+    assert w[0]["loss"] == uninterrupted["loss"][done:]
+    np.testing.assert_array_equal(w[0]["weights"], uninterrupted["weights"])
 
 
 def test_cli_train_multi_worker(tmp_path):

@@ -15,7 +15,8 @@ from spinalnet_keras import distribute  # noqa: E402
 if mode in ("mirrored", "single", "loop_mirrored", "loop_single", "train_mirrored",
             "train_single"):
     distribute.set_virtual_cpus(2)
-if mode in ("worker", "worker_jit", "train_one_worker", "train_one_worker_resumed"):
+if mode in ("worker", "worker_jit", "worker_dropout", "train_one_worker",
+            "train_one_worker_resumed"):
     # Before any tensor exists: collectives are configured at TF start-up.
     worker_strategy = distribute.get_strategy("multi_worker")
 
@@ -27,7 +28,9 @@ from spinalnet_keras import SpinalDense  # noqa: E402
 
 def build():
     keras.utils.set_random_seed(0)
-    model = keras.Sequential([keras.Input((12,)), SpinalDense(3, width=6, depth=4)])
+    dropout = 0.5 if mode == "worker_dropout" else 0.0
+    model = keras.Sequential([keras.Input((12,)), SpinalDense(3, width=6, depth=4,
+                                                              dropout=dropout)])
     model.compile(keras.optimizers.SGD(0.1), keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                   jit_compile=mode == "worker_jit")
     return model
@@ -99,10 +102,17 @@ elif mode in ("loop_mirrored", "loop_single"):
     model, hist = distribute.multi_worker_fit(build, ds, 3, 32, os.path.join(out + "_ckpt"),
                                               strategy=strategy, verbose=0)
     result = {"loss": hist["loss"], "weights": distribute.weights_digest(model).tolist()}
-elif mode in ("worker", "worker_jit"):
+elif mode in ("worker", "worker_jit", "worker_dropout"):
     epochs = int(sys.argv[3])
-    model, hist = distribute.multi_worker_fit(build, ds, epochs, 32, sys.argv[4],
-                                              strategy=worker_strategy)
+    data, steps = ds, None
+    if mode == "worker_dropout":  # epochs reshuffled, read from the resumed one on
+        steps = -(-samples // 32)
+        shuffled = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(
+            samples, seed=1, reshuffle_each_iteration=True).batch(32).repeat(epochs)
+        data = lambda epoch: shuffled.skip(epoch * steps)  # noqa: E731
+
+    model, hist = distribute.multi_worker_fit(build, data, epochs, 32, sys.argv[4],
+                                              strategy=worker_strategy, steps_per_epoch=steps)
     result = {"loss": hist["loss"], "accuracy": hist.get("accuracy"),
               "weights": distribute.weights_digest(model).tolist(),
               "info": list(distribute.worker_info())}
