@@ -272,8 +272,9 @@ def multi_worker_fit(
             `tf.distribute.Strategy`.
         ValueError: a bad number or `checkpoint_dir`, an empty dataset,
             batches of another size than `global_batch_size` (larger, for
-            `validation_data`) or not `(inputs, targets)` pairs, or a compiled loss, metric or loss
-            weight that the loop would not compute.
+            `validation_data`) or not `(inputs, targets)` pairs, or a
+            compiled loss, metric or loss weight that the loop would not
+            compute.
         RuntimeError: Keras does not run on its TensorFlow backend.
     """
     _validation.tensorflow_backend("multi_worker_fit")
@@ -357,7 +358,8 @@ def multi_worker_fit(
         print(f"resuming from epoch {start_epoch} ({latest})", flush=True)
 
     # Not made when no epoch is left, which may have no dataset.
-    dist_ds = strategy.experimental_distribute_dataset(dataset) if dataset else None
+    dist_ds = (strategy.experimental_distribute_dataset(dataset)
+               if dataset is not None else None)
     dist_val = (strategy.experimental_distribute_dataset(validation_data)
                 if validation_data is not None else None)
 

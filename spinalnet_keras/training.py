@@ -32,9 +32,9 @@ import keras
 import numpy as np
 
 from spinalnet_keras import _validation
-from spinalnet_keras._randomness import EpochRandomness
 from spinalnet_keras._files import json_text
 from spinalnet_keras._files import write_atomically
+from spinalnet_keras._randomness import EpochRandomness
 from spinalnet_keras.backbones import available_backbones
 from spinalnet_keras.backbones import backbone_model
 from spinalnet_keras.costs import cost_report
