@@ -209,7 +209,8 @@ def multi_worker_fit(
     Args:
         build_and_compile: function returning a compiled Keras model; it is
             called inside the strategy's scope. The loop trains with its
-            optimizer and its one loss (a Keras loss object, name or
+            optimizer, its `steps_per_execution` (steps per compiled call,
+            as Keras's fit) and its one loss (a Keras loss object, name or
             function, without `loss_weights`), and reports the loss and,
             for a categorical loss, the accuracy (on integer labels with the
             sparse loss, one-hot targets otherwise); so its metrics must be
@@ -397,12 +398,26 @@ def multi_worker_fit(
         return loss, correct, count
 
     @tf.function
-    def train_step(x, y):
-        loss, correct, count = strategy.run(step_fn, args=(x, y))
+    def train_steps(iterator, wanted):
+        # Up to `wanted` steps in one call (compile's steps_per_execution),
+        # fewer where the pass ends. Returns the sums of the loss, hits and
+        # examples, the steps done and the first step's examples (over all
+        # workers), which the loop checks against the global batch size.
         reduce = tf.distribute.ReduceOp.SUM
-        return (strategy.reduce(reduce, loss, axis=None),
-                strategy.reduce(reduce, correct, axis=None),
-                strategy.reduce(reduce, count, axis=None))
+        sums = [tf.constant(0.0)] * 3
+        first = tf.constant(0.0)
+        done = tf.constant(0)
+        for _ in tf.range(wanted):
+            batch = iterator.get_next_as_optional()
+            if not batch.has_value():
+                break
+            values = strategy.run(step_fn, args=batch.get_value())
+            values = [strategy.reduce(reduce, v, axis=None) for v in values]
+            sums = [t + v for t, v in zip(sums, values)]
+            if done == 0:
+                first = values[2]
+            done += 1
+        return sums, done, first
 
     def evaluate_replica(x, y):
         pred = model(x, training=False)
@@ -436,31 +451,39 @@ def multi_worker_fit(
     history = {m: [] for m in metrics}
     batches = None  # with steps_per_epoch, read on from epoch to epoch
     first_batch = True
+    # compile's, as Keras's fit honours it (`train` sets it to divide the epoch)
+    per_execution = int(model.steps_per_execution or 1)
     try:
         for epoch in range(start_epoch, epochs):
             randomness.start_epoch(epoch)
-            # Sums stay on the device; one host sync per epoch, not per step.
+            # Sums stay on the device; the host reads a step count per call.
             total_loss = total_correct = total_count = tf.constant(0.0)
             steps = 0
-            if not steps_per_epoch:
+            new_pass = not steps_per_epoch or batches is None
+            if new_pass:
                 batches = iter(dist_ds)
             while not steps_per_epoch or steps < steps_per_epoch:
-                batch = next(batches, None) if batches is not None else None
-                if batch is None and steps_per_epoch:  # a pass ended: a new one
-                    batches = iter(dist_ds)
-                    batch = next(batches, None)
-                    if batch is None:
-                        raise ValueError("`dataset` yielded no batches on a new pass.")
-                if batch is None:
-                    break
-                if first_batch:
-                    _check_global_batch(strategy, batch, dataset, global_batch_size)
+                wanted = per_execution
+                if steps_per_epoch:
+                    wanted = min(wanted, steps_per_epoch - steps)
+                (loss, correct, count), done, first = train_steps(batches, tf.constant(wanted))
+                done = int(done)
+                if first_batch and done:
+                    _check_global_batch(int(first), dataset, global_batch_size)
                     first_batch = False
-                loss, correct, count = train_step(*batch)
                 total_loss += loss
                 total_correct += correct
                 total_count += count
-                steps += 1
+                steps += done
+                if done == wanted:
+                    new_pass = False
+                    continue
+                # The pass ended: the epoch too, or a new pass goes on with it.
+                if not steps_per_epoch:
+                    break
+                if new_pass and not done:
+                    raise ValueError("`dataset` yielded no batches on a new pass.")
+                batches, new_pass = iter(dist_ds), True
             if not steps:
                 raise ValueError("`dataset` yielded no batches.")
             logs = {"loss": float(total_loss) / steps}
@@ -574,20 +597,18 @@ def _check_steps(dataset, steps_per_epoch):
         )
 
 
-def _check_global_batch(strategy, batch, dataset, global_batch_size):
-    """Refuse a first batch (as the strategy split it) of another size.
+def _check_global_batch(size, dataset, global_batch_size):
+    """Refuse a first batch of `size` examples (over all workers) where
+    every batch should hold `global_batch_size`.
 
     The loss is averaged over `global_batch_size`; batches of another size
-    would scale every gradient by the wrong factor, without an error. It
-    is checked on the first batch trained, not on a look ahead: a look at a
-    dataset that reshuffles on every pass (tf.data's default) would change
-    the order of the passes after it, and a resumed run would read other
-    batches than an uninterrupted one.
+    would scale every gradient by the wrong factor, without an error. It is
+    checked after the first call trains (an error then ends the run before
+    any checkpoint), not on a look ahead: a look at a dataset that
+    reshuffles on every pass (tf.data's default) would change the order of
+    the passes after it, and a resumed run would read other batches than
+    an uninterrupted one.
     """
-    parts = strategy.experimental_local_results(tf.nest.flatten(batch)[0])
-    # This worker's share, times the workers (each worker's share is equal).
-    size = (sum(int(tf.shape(p)[0]) for p in parts)
-            * strategy.num_replicas_in_sync // len(parts))
     # A smaller first batch is the whole data when there is one batch (or
     # when tf.data cannot tell how many there are).
     one_batch = int(dataset.cardinality()) in (1, int(tf.data.UNKNOWN_CARDINALITY))

@@ -13,6 +13,7 @@ import pytest
 import tensorflow as tf
 
 from conftest import REPO
+from spinalnet_keras import SpinalDense
 from spinalnet_keras import distribute
 from spinalnet_keras.data import load_task
 
@@ -261,29 +262,65 @@ def _batch_numbers(count):
     return tf.data.Dataset.from_tensor_slices((np.zeros((4 * count, 2), "float32"), y)).batch(4)
 
 
-def _still_zero():
+def _still_zero(steps_per_execution=1):
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1, bias_initializer="zeros")])
-    model.compile(keras.optimizers.SGD(0.0), "mse")
+    model.compile(keras.optimizers.SGD(0.0), "mse", steps_per_execution=steps_per_execution)
     return model
 
 
-def test_multi_worker_fit_reads_on_from_epoch_to_epoch(tmp_path):
+@pytest.mark.parametrize("per_execution", [1, 3])
+def test_multi_worker_fit_reads_on_from_epoch_to_epoch(tmp_path, per_execution):
     # As Keras's fit: with steps_per_epoch, an epoch reads on where the last
     # one stopped (it read the first batches again and again); a pass that
-    # ends mid-epoch is followed by a new one.
+    # ends mid-epoch is followed by a new one. Several steps per call
+    # (compile's steps_per_execution) stop where the epoch or the pass ends.
     default = tf.distribute.get_strategy()
-    _, history = distribute.multi_worker_fit(_still_zero, _batch_numbers(6), 4, 4,
+
+    def build():
+        return _still_zero(per_execution)
+
+    _, history = distribute.multi_worker_fit(build, _batch_numbers(6), 4, 4,
                                              str(tmp_path / "a"), strategy=default,
                                              steps_per_epoch=2, verbose=0)
     assert history["loss"] == [0.5, 6.5, 20.5, 0.5]  # batches 0-1, 2-3, 4-5, 0-1
-    _, history = distribute.multi_worker_fit(_still_zero, _batch_numbers(5), 3, 4,
+    _, history = distribute.multi_worker_fit(build, _batch_numbers(5), 3, 4,
                                              str(tmp_path / "b"), strategy=default,
                                              steps_per_epoch=2, verbose=0)
     assert history["loss"] == [0.5, 6.5, 8.0]  # batches 0-1, 2-3, 4 and 0
+    # of a length tf.data cannot tell: passes end within a call
+    unknown = _batch_numbers(2).filter(lambda x, y: True)
+    _, history = distribute.multi_worker_fit(build, unknown, 1, 4, str(tmp_path / "d"),
+                                             strategy=default, steps_per_epoch=5, verbose=0)
+    assert history["loss"] == [0.4]  # batches 0, 1, 0, 1, 0
     # without steps_per_epoch, every epoch is a whole pass
-    _, history = distribute.multi_worker_fit(_still_zero, _batch_numbers(3), 2, 4,
+    _, history = distribute.multi_worker_fit(build, _batch_numbers(3), 2, 4,
                                              str(tmp_path / "c"), strategy=default, verbose=0)
     np.testing.assert_allclose(history["loss"], [5 / 3, 5 / 3])
+
+
+def test_multi_worker_fit_runs_several_steps_per_call_as_one_per_call(tmp_path):
+    # compile(steps_per_execution=4), as Keras's fit honours it: the same
+    # steps in fewer calls, so the same weights, bit for bit.
+    x = np.random.default_rng(0).normal(size=(88, 4)).astype("float32")
+    data = tf.data.Dataset.from_tensor_slices((x, (x[:, 0] > 0).astype("int32"))).batch(8)
+    runs = []
+    for per_execution in (1, 4):
+        def build():
+            keras.utils.set_random_seed(0)
+            model = keras.Sequential([keras.Input((4,)), SpinalDense(2, width=3, depth=3,
+                                                                     dropout=0.2)])
+            model.compile(keras.optimizers.SGD(0.1), keras.losses.SparseCategoricalCrossentropy(
+                from_logits=True), metrics=["accuracy"], steps_per_execution=per_execution)
+            return model
+
+        model, history = distribute.multi_worker_fit(
+            build, data, 2, 8, str(tmp_path / str(per_execution)),
+            strategy=tf.distribute.get_strategy(), verbose=0)
+        runs.append((distribute.weights_digest(model), history))
+    (one, one_history), (four, four_history) = runs
+    np.testing.assert_array_equal(four, one)
+    np.testing.assert_allclose(four_history["loss"], one_history["loss"], rtol=1e-6)
+    assert four_history["accuracy"] == one_history["accuracy"]
 
 
 def test_multi_worker_fit_evaluates_every_epoch_as_keras_does(tmp_path):
@@ -445,6 +482,8 @@ def test_multi_worker_fit_takes_one_hot_targets(tmp_path):
 
 
 def test_custom_loop_matches_fit(tmp_path):
+    # The loop under 2 replicas, 3 steps per call (each epoch's last call
+    # finds its pass ending after 2), against Keras's fit on one device.
     single = _job("single", tmp_path / "single.json")
     loop = _job("loop_mirrored", tmp_path / "loop.json")
     np.testing.assert_allclose(loop["loss"], single["loss"], rtol=1e-5)

@@ -31,8 +31,10 @@ def build():
     dropout = 0.5 if mode == "worker_dropout" else 0.0
     model = keras.Sequential([keras.Input((12,)), SpinalDense(3, width=6, depth=4,
                                                               dropout=dropout)])
+    # The package's loop runs several steps per call in the loop modes.
     model.compile(keras.optimizers.SGD(0.1), keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                  jit_compile=mode == "worker_jit")
+                  jit_compile=mode == "worker_jit",
+                  steps_per_execution=3 if mode.startswith("loop") else 1)
     return model
 
 
