@@ -23,6 +23,9 @@ Experiments:
                  interpreter's teardown, B through the console entry point run()
   steps          one MNIST epoch (fit time) at 14 and at 67 steps per
                  execution (the divisors of 938 nearest to 32)
+  multi_worker_steps  the second MNIST epoch in multi_worker_fit (the
+                 package's loop for MultiWorkerMirroredStrategy) on a cluster
+                 of one worker: A one step per compiled call, B 67
   pipeline       CPU seconds to draw the second MNIST epoch of batches (the
                  first, with the pipeline's start-up, under "other"): A a
                  per-example pipeline with a 10,000-image shuffle buffer (the
@@ -116,6 +119,35 @@ build_training_state(model, task.train)
 t = time.perf_counter()
 model.fit(task.train, steps_per_epoch=task.steps_per_epoch, epochs=1, verbose=0)
 report(seconds=time.perf_counter() - t)
+"""
+
+_MULTI_WORKER_STEPS = """
+import socket
+import tempfile
+# A cluster of this one worker: MultiWorkerMirroredStrategy, made before
+# any tensor, with its collectives, and the package's own loop.
+with socket.socket() as sock:
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+os.environ["TF_CONFIG"] = json.dumps({{"cluster": {{"worker": ["127.0.0.1:%d" % port]}},
+                                      "task": {{"type": "worker", "index": 0}}}})
+from spinalnet_keras.distribute import get_strategy, multi_worker_fit
+strategy = get_strategy("multi_worker")
+from spinalnet_keras.training import TrainConfig, build_model, compile_model, load_config_task
+config = TrainConfig(model="mnist_cnn", head="spinal", width=8, depth=6, dataset="mnist",
+                     data_dir=DATA_DIR, epochs=2, verbose=0, steps_per_execution={steps})
+task = load_config_task(config, initial_epoch=0)
+# Each epoch ends with its checkpoint (timed so, the loop of any version).
+import tensorflow as tf
+ends, save = [], tf.train.CheckpointManager.save
+def timed_save(self, *args, **kwargs):
+    ends.append(time.perf_counter())
+    return save(self, *args, **kwargs)
+tf.train.CheckpointManager.save = timed_save
+multi_worker_fit(lambda: compile_model(build_model(config, task), config, task, {steps}),
+                 task.train, 2, 64, tempfile.mkdtemp(dir=DATA_DIR), strategy=strategy,
+                 steps_per_epoch=task.steps_per_epoch, verbose=0)
+report(seconds=ends[1] - ends[0])
 """
 
 _PIPELINE = """
@@ -219,6 +251,12 @@ EXPERIMENTS = {
         "fit of one MNIST epoch (938 steps), s",
         ("14 steps per execution", _STEPS.format(steps=14)),
         ("67 steps per execution", _STEPS.format(steps=67)),
+    ),
+    "multi_worker_steps": (
+        "second MNIST epoch (938 steps, with the first's checkpoint) in "
+        "multi_worker_fit, one worker, s",
+        ("1 step per execution", _MULTI_WORKER_STEPS.format(steps=1)),
+        ("67 steps per execution", _MULTI_WORKER_STEPS.format(steps=67)),
     ),
     "pipeline": (
         "CPU seconds to draw an MNIST epoch of batches (the second)",
