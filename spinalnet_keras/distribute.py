@@ -225,9 +225,10 @@ def multi_worker_fit(
             Dataset of the epochs from there on, so that a resumed run
             reads the batches an uninterrupted one would (called once, and
             not when the checkpoint holds all `epochs`). The loop reads it
-            for training only, and checks the batch size on the first batch
-            it trains on: a look ahead at a dataset that tf.data reshuffles
-            on every pass would change the orders of the passes after it.
+            for training only, and checks the first batch's size after its
+            first compiled call: a look ahead at a dataset that tf.data
+            reshuffles on every pass would change the orders of the passes
+            after it.
         epochs: total number of epochs (a resumed run does the rest).
         global_batch_size: the dataset's batch size.
         checkpoint_dir: where the chief keeps checkpoints (and resumes).
