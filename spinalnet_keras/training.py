@@ -860,8 +860,12 @@ def _train_multi_worker(config, strategy, out, task=None):
     monitor, mode = _monitor(task)
     built = []
 
+    # As in fit: a divisor of the epoch's steps (the loop's calls stop at
+    # an epoch's end anyway), recorded in result.json.
+    per_execution = steps_per_execution_for(config.steps_per_execution, steps_per_epoch)
+
     def build():
-        model = compile_model(build_model(config, task), config, task)
+        model = compile_model(build_model(config, task), config, task, per_execution)
         _write_config(out, config)
         built.append(model)
         return model
@@ -896,7 +900,8 @@ def _train_multi_worker(config, strategy, out, task=None):
     plot_history(rows, os.path.join(out, "curves.png"), f"{model.name} on {task.name}")
     return _write_result(
         os.path.join(out, "result.json"), config, model, rows, seconds,
-        workers=workers, history=history, **summarize_history(rows, task.kind),
+        workers=workers, steps_per_execution=model.steps_per_execution, history=history,
+        **summarize_history(rows, task.kind),
     )
 
 

@@ -585,6 +585,7 @@ def test_cli_train_multi_worker(tmp_path):
     assert "epoch 3/3" in outs[0] and "worker 1 done" in outs[1]
     result = json.loads((out / "result.json").read_text())
     assert result["workers"] == 2 and result["epochs"] == 3
+    assert result["steps_per_execution"] == 16  # 32 asked, the divisor of 16 steps nearest
     assert result["head_multiplications"] == 14_000  # what compare tabulates
     assert result["history"]["loss"][-1] < result["history"]["loss"][0]
     assert keras.saving.load_model(out / "final.keras").count_params() == 14_301
