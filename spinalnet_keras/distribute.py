@@ -254,8 +254,8 @@ def multi_worker_fit(
 
     Each epoch's random draws (dropout's masks) are made from the model's
     seed generators as they stood before training and the epoch's number
-    alone (see `EpochRandomness`), as `train` does with Keras's fit: the
-    generators' states are not in a checkpoint.
+    alone, as `train` does with Keras's fit: the generators' states are
+    not in a checkpoint.
 
     Returns:
         `(model, history)`; `history` maps `"loss"` (and `"accuracy"` for
