@@ -33,9 +33,6 @@ class EpochRandomness:
             if id(v) not in weights and v.name == "seed_generator_state"
         ]
 
-    def __len__(self):
-        return len(self._starts)
-
     def start_epoch(self, epoch):
         """Set each generator to its starting seed plus epoch x 1,000,003
         and its starting counter."""
