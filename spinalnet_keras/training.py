@@ -880,11 +880,10 @@ def _train_multi_worker(config, strategy, out, task=None):
         earlier = [r for r in rows if r["epoch"] < epoch]
         rows = earlier + [{"epoch": epoch, **dict(sorted(logs.items()))}]
         _write_history(history_path, rows)
-        values = [r[monitor] for r in earlier if math.isfinite(r.get(monitor, math.nan))]
-        best = (max if mode == "max" else min)(values, default=None)
+        best, _ = _best([r.get(monitor, math.nan) for r in earlier], higher=mode == "max")
         value = logs[monitor]
-        if math.isfinite(value) and (best is None or (value > best if mode == "max"
-                                                      else value < best)):
+        if math.isfinite(value) and (math.isnan(best) or (value > best if mode == "max"
+                                                           else value < best)):
             built[-1].save(os.path.join(out, "best.keras"))
 
     start = time.perf_counter()
