@@ -278,13 +278,17 @@ def prepare(name, data_dir=None, manual_dir=None):
     return builder
 
 
+def _shared_extract_dir(builder):
+    # Where tfds extracts downloads by default, for every dataset alike.
+    return os.path.join(builder.data_dir_root, "downloads", "extracted")
+
+
 def _own_extract_dir(builder):
     # tfds names a file's extraction by the file's name alone and reuses any
     # extraction of that name: MNIST, Fashion-MNIST and KMNIST files share
     # their names, so in one data directory the dataset prepared second from
     # a manual directory was built from the first one's files, silently.
-    return os.path.join(builder.data_dir_root, "downloads", "extracted",
-                        f"{builder.name}-{builder.version}")
+    return os.path.join(_shared_extract_dir(builder), f"{builder.name}-{builder.version}")
 
 
 def _check_not_built_from_another_dataset(name, builder, manual):
@@ -295,7 +299,7 @@ def _check_not_built_from_another_dataset(name, builder, manual):
     file in `manual`; reads about 64 KiB a file."""
     if os.path.isdir(_own_extract_dir(builder)):
         return  # prepared here, from its own files
-    shared = os.path.join(builder.data_dir_root, "downloads", "extracted")
+    shared = _shared_extract_dir(builder)
     for file in sorted(set(_expected_files(builder).values())):
         extracted = os.path.join(shared, f"GZIP.{file}")
         own = os.path.join(manual, file)
