@@ -859,6 +859,11 @@ def _train_multi_worker(config, strategy, out, task=None):
     rows = read_history(history_path)
     monitor, mode = _monitor(task)
     built = []
+    # The chief's TensorBoard logs: Keras's own callback, driven at the
+    # points of fit's loop that write to it (its epoch and evaluation
+    # figures), so they have the tags and folders of a run on one machine.
+    board = keras.callbacks.TensorBoard(os.path.join(out, "logs")) if is_chief else None
+    board_open = []
 
     # As in fit: a divisor of the epoch's steps (the loop's calls stop at
     # an epoch's end anyway), recorded in result.json.
@@ -877,6 +882,13 @@ def _train_multi_worker(config, strategy, out, task=None):
         nonlocal rows
         if not is_chief:
             return
+        if not board_open:  # this run's first epoch (a resumed run's too)
+            board.set_model(built[-1])
+            board.on_train_begin()
+            board_open.append(True)
+        board.on_test_begin()
+        board.on_test_end({k[len("val_"):]: v for k, v in logs.items() if k.startswith("val_")})
+        board.on_epoch_end(epoch, logs)
         earlier = [r for r in rows if r["epoch"] < epoch]
         rows = earlier + [{"epoch": epoch, **dict(sorted(logs.items()))}]
         _write_history(history_path, rows)
@@ -887,11 +899,15 @@ def _train_multi_worker(config, strategy, out, task=None):
             built[-1].save(os.path.join(out, "best.keras"))
 
     start = time.perf_counter()
-    model, history = multi_worker_fit(
-        build, task.train, config.epochs, config.batch_size, checkpoints,
-        strategy=strategy, steps_per_epoch=steps_per_epoch, verbose=config.verbose,
-        validation_data=task.test, on_epoch_end=record,
-    )
+    try:
+        model, history = multi_worker_fit(
+            build, task.train, config.epochs, config.batch_size, checkpoints,
+            strategy=strategy, steps_per_epoch=steps_per_epoch, verbose=config.verbose,
+            validation_data=task.test, on_epoch_end=record,
+        )
+    finally:
+        if board_open:
+            board.on_train_end()  # flushes and closes its files
     seconds = time.perf_counter() - start
     if not is_chief:
         return {"worker": index, "chief": False, "history": history}

@@ -15,6 +15,7 @@ import tensorflow as tf
 from conftest import REPO
 from spinalnet_keras import SpinalDense
 from spinalnet_keras import distribute
+from spinalnet_keras.cli import main
 from spinalnet_keras.data import load_task
 
 JOB = os.path.join(REPO, "tests", "scripts", "dist_job.py")
@@ -51,6 +52,20 @@ def _start_workers(mode_args, tmp_path, n=2, tag="w", env=None):
         procs.append(subprocess.Popen(cmd, env=worker_env, stdout=subprocess.PIPE,
                                       stderr=subprocess.PIPE, text=True, cwd=tmp_path))
     return procs
+
+
+def _tensorboard_scalars(logdir):
+    """{(folder, tag): {step: value}} of the event files under `logdir`
+    (a non-scalar summary, such as the model's config, as None)."""
+    found = {}
+    for folder in os.listdir(logdir):
+        for path in (logdir / folder).iterdir():
+            for event in tf.compat.v1.train.summary_iterator(str(path)):
+                for v in event.summary.value:
+                    value = tf.make_ndarray(v.tensor)
+                    found.setdefault((folder, v.tag), {})[event.step] = (
+                        float(value) if value.dtype.kind == "f" else None)
+    return found
 
 
 def _wait(procs, timeout=300):
@@ -598,10 +613,25 @@ def test_cli_train_multi_worker(tmp_path):
     best = keras.saving.load_model(out / "best.keras")
     assert best.evaluate(load_task("table1/sum").test, verbose=0) == pytest.approx(
         result["best"], rel=1e-5)
-    # what README says the chief writes there (no TensorBoard logs)
+    # what README says the chief writes there, as train does on one machine
     assert sorted(os.listdir(out)) == ["best.keras", "checkpoints", "config.json",
-                                       "curves.png", "final.keras", "history.csv",
+                                       "curves.png", "final.keras", "history.csv", "logs",
                                        "result.json"]
+    # TensorBoard's figures, as Keras's callback writes them in fit: each
+    # epoch's (learning rate too) and the evaluations by optimizer step
+    logged = _tensorboard_scalars(out / "logs")
+    for key, column in [(("train", "epoch_loss"), 1), (("validation", "epoch_loss"), 2)]:
+        assert sorted(logged[key]) == [0, 1, 2]
+        np.testing.assert_allclose([logged[key][e] for e in range(3)],
+                                   [float(r.split(",")[column]) for r in rows[1:]], rtol=1e-6)
+    rate = json.loads((out / "config.json").read_text())["learning_rate"]
+    assert logged["train", "epoch_learning_rate"] == {e: pytest.approx(rate) for e in range(3)}
+    assert sorted(logged["validation", "evaluation_loss_vs_iterations"]) == [16, 32, 48]
+    one = tmp_path / "one_machine"
+    main(["train", "--model", "regression", "--dataset", "table1/sum", "--optimizer", "adam",
+          "--epochs", "3", "--output-dir", str(one), "--verbose", "0"])
+    alone = _tensorboard_scalars(one / "logs")
+    assert {k: sorted(v) for k, v in logged.items()} == {k: sorted(v) for k, v in alone.items()}
 
 
 def test_train_multi_worker_takes_the_given_task_and_refuses_callbacks(tmp_path):
