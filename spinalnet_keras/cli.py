@@ -336,6 +336,7 @@ def _tune(args):
     from spinalnet_keras.export import export_model
     from spinalnet_keras.training import JIT_COMPILE, _check_even_split, is_backbone
     from spinalnet_keras.training import load_config_task
+    from spinalnet_keras.training import new_models_in_turn
     from spinalnet_keras.training import steps_per_execution_for
     from spinalnet_keras.tuning import SearchSpace, SpinalHyperModel, format_trial_table
     from spinalnet_keras.tuning import check_search_strategy, check_tuner_available
@@ -397,8 +398,13 @@ def _tune(args):
         max_consecutive_failed_trials=args.max_consecutive_failed_trials,
         overwrite=args.overwrite,
     )
+    project = os.path.join(args.output_dir, args.project)
+    # As train writes logs/: keras-tuner gives a TensorBoard callback a
+    # folder per trial and execution and adds the trial's hyperparameters
+    # (TensorBoard's HParams dashboard).
     tuner.search(task.train, validation_data=task.test, epochs=args.epochs,
-                 steps_per_epoch=task.steps_per_epoch, verbose=args.verbose)
+                 steps_per_epoch=task.steps_per_epoch, verbose=args.verbose,
+                 callbacks=[keras.callbacks.TensorBoard(os.path.join(project, "logs"))])
     role = os.environ.get("KERASTUNER_TUNER_ID", "")
     if role.startswith("tuner"):  # a worker of a distributed search: done
         print(f"{role}: search finished")
@@ -406,7 +412,6 @@ def _tune(args):
     rows = trial_table(tuner, hypermodel)
     table = format_trial_table(rows)
     print(table)
-    project = os.path.join(args.output_dir, args.project)
     with open(os.path.join(project, "trials.md"), "w") as f:
         f.write(table + "\n")
     with open(os.path.join(project, "trials.json"), "w") as f:
@@ -424,7 +429,8 @@ def _tune(args):
     best_hps = tuner.get_best_hyperparameters(1)[0]
     best_hp = {k: v for k, v in best_hps.values.items() if not k.startswith("splits_at")}
     best_hp["splits"] = chosen_splits(best_hps)
-    scores = best.evaluate(task.test, verbose=0, return_dict=True)
+    with new_models_in_turn():  # a new model after the trials' (see there)
+        scores = best.evaluate(task.test, verbose=0, return_dict=True)
     best.save(os.path.join(project, "best.keras"))
     print(f"best trial: {best_hp}; test {scores}; saved {os.path.join(project, 'best.keras')}")
     if args.export:

@@ -45,6 +45,25 @@ def _fresh_keras_state():
     keras.backend.clear_session()
 
 
+def tensorboard_scalars(logdir):
+    """{(folder, tag): {step: value}} of the event files in `logdir`'s
+    subfolders ("train", "validation"); a summary that is not a float
+    (the model's config, the hyperparameters) as None."""
+    import tensorflow as tf
+
+    found = {}
+    for folder in sorted(os.listdir(logdir)):
+        if not os.path.isdir(os.path.join(logdir, folder)):
+            continue
+        for name in os.listdir(os.path.join(logdir, folder)):
+            for event in tf.compat.v1.train.summary_iterator(os.path.join(logdir, folder, name)):
+                for v in event.summary.value:
+                    value = tf.make_ndarray(v.tensor)
+                    found.setdefault((folder, v.tag), {})[event.step] = (
+                        float(value) if value.dtype.kind == "f" else None)
+    return found
+
+
 MNIST_DIR = os.path.join(SHARED_DATA, "mnist")
 
 

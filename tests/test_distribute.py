@@ -13,6 +13,7 @@ import pytest
 import tensorflow as tf
 
 from conftest import REPO
+from conftest import tensorboard_scalars
 from spinalnet_keras import SpinalDense
 from spinalnet_keras import distribute
 from spinalnet_keras.cli import main
@@ -52,20 +53,6 @@ def _start_workers(mode_args, tmp_path, n=2, tag="w", env=None):
         procs.append(subprocess.Popen(cmd, env=worker_env, stdout=subprocess.PIPE,
                                       stderr=subprocess.PIPE, text=True, cwd=tmp_path))
     return procs
-
-
-def _tensorboard_scalars(logdir):
-    """{(folder, tag): {step: value}} of the event files under `logdir`
-    (a non-scalar summary, such as the model's config, as None)."""
-    found = {}
-    for folder in os.listdir(logdir):
-        for path in (logdir / folder).iterdir():
-            for event in tf.compat.v1.train.summary_iterator(str(path)):
-                for v in event.summary.value:
-                    value = tf.make_ndarray(v.tensor)
-                    found.setdefault((folder, v.tag), {})[event.step] = (
-                        float(value) if value.dtype.kind == "f" else None)
-    return found
 
 
 def _wait(procs, timeout=300):
@@ -619,7 +606,7 @@ def test_cli_train_multi_worker(tmp_path):
                                        "result.json"]
     # TensorBoard's figures, as Keras's callback writes them in fit: each
     # epoch's (learning rate too) and the evaluations by optimizer step
-    logged = _tensorboard_scalars(out / "logs")
+    logged = tensorboard_scalars(out / "logs")
     for key, column in [(("train", "epoch_loss"), 1), (("validation", "epoch_loss"), 2)]:
         assert sorted(logged[key]) == [0, 1, 2]
         np.testing.assert_allclose([logged[key][e] for e in range(3)],
@@ -630,7 +617,7 @@ def test_cli_train_multi_worker(tmp_path):
     one = tmp_path / "one_machine"
     main(["train", "--model", "regression", "--dataset", "table1/sum", "--optimizer", "adam",
           "--epochs", "3", "--output-dir", str(one), "--verbose", "0"])
-    alone = _tensorboard_scalars(one / "logs")
+    alone = tensorboard_scalars(one / "logs")
     assert {k: sorted(v) for k, v in logged.items()} == {k: sorted(v) for k, v in alone.items()}
 
 

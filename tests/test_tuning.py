@@ -13,6 +13,7 @@ import pytest
 
 from conftest import REPO
 from conftest import install_broken_module
+from conftest import tensorboard_scalars
 from spinalnet_keras import SpinalDense
 from spinalnet_keras.cli import main
 from spinalnet_keras.data import load_task
@@ -607,6 +608,51 @@ def test_cli_tune_writes_table_best_model_and_export(tmp_path, capsys):
     assert len(json.loads((out / "search" / "trials.json").read_text())) == 4
     # named for the network, not for the search
     assert (tmp_path / "best_export" / "regression_spinal" / "1" / "saved_model.pb").is_file()
+
+
+def _hparams_of(folder):
+    """The hyperparameters keras-tuner's HParams callback wrote in `folder`."""
+    import tensorflow as tf
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    for name in os.listdir(folder):
+        if name.startswith("events.out"):
+            for event in tf.compat.v1.train.summary_iterator(str(folder / name)):
+                for v in event.summary.value:
+                    if v.tag == "_hparams_/session_start_info":
+                        data = plugin_data_pb2.HParamsPluginData.FromString(
+                            v.metadata.plugin_data.content)
+                        return {k: h.number_value
+                                for k, h in data.session_start_info.hparams.items()}
+    return None
+
+
+def test_cli_tune_logs_each_trial_for_tensorboard_and_warns_of_no_retracing(tmp_path):
+    # A fresh process: TensorFlow counts traces per process. Its false alarm
+    # that Keras's step "triggered tf.function retracing" (see
+    # new_models_in_turn) came at the end, when the best model is evaluated
+    # (after 2 trials; after 4, the count happened to stay below its mark).
+    out = tmp_path / "tune"
+    proc = subprocess.run(_tune_cmd(out, ["--epochs", "2", "--max-trials", "2"]),
+                          capture_output=True, text=True,
+                          timeout=300, env=ENV, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "best trial:" in proc.stdout
+    assert "retracing" not in proc.stderr
+    rows = json.loads((out / "search" / "trials.json").read_text())
+    logs = out / "search" / "logs"
+    # a folder per trial and execution, as keras-tuner lays a TensorBoard
+    # callback's out, with each epoch's figures and the trial's values
+    assert sorted(os.listdir(logs)) == sorted(r["trial"] for r in rows)
+    for r in rows:
+        folder = logs / r["trial"] / "execution0"
+        logged = tensorboard_scalars(folder)
+        assert sorted(logged["train", "epoch_loss"]) == [0, 1]
+        # the trial's score: its best epoch's val_loss
+        assert min(logged["validation", "epoch_loss"].values()) == pytest.approx(
+            r["score"], rel=1e-6)
+        hparams = _hparams_of(folder)
+        assert (hparams["width"], hparams["depth"]) == (r["width"], r["depth"])
 
 
 def test_cli_tune_with_no_trial_completed_says_so(tmp_path, capsys):
