@@ -92,6 +92,9 @@ def test_example_runs(script, args, expected, env, tmp_path):
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     for text in expected:
         assert text in proc.stdout, (text, proc.stdout[-3000:])
+    # TensorFlow's warning that a function "triggered tf.function retracing"
+    # (tracing is expensive, it says) has no place in what a user copies.
+    assert "retracing" not in proc.stderr, proc.stderr[-3000:]
     # What an example writes goes where it says, never left in the system's
     # temporary folder. (TensorFlow's AutoGraph removes the modules it writes
     # there at exit, but not Python's bytecode of them; that is not ours.)
