@@ -862,8 +862,8 @@ def _train_multi_worker(config, strategy, out, task=None):
     # The chief's TensorBoard logs: Keras's own callback, driven at the
     # points of fit's loop that write to it (its epoch and evaluation
     # figures), so they have the tags and folders of a run on one machine.
-    board = keras.callbacks.TensorBoard(os.path.join(out, "logs")) if is_chief else None
-    board_open = []
+    # Made at this run's first epoch end (a resumed run's too).
+    board = None
 
     # As in fit: a divisor of the epoch's steps (the loop's calls stop at
     # an epoch's end anyway), recorded in result.json.
@@ -879,13 +879,13 @@ def _train_multi_worker(config, strategy, out, task=None):
         # What Keras's CSVLogger and ModelCheckpoint(save_best_only) do in
         # train's fit, on the chief. Rows of a redone epoch (the chief died
         # before its checkpoint) are replaced.
-        nonlocal rows
+        nonlocal rows, board
         if not is_chief:
             return
-        if not board_open:  # this run's first epoch (a resumed run's too)
+        if board is None:
+            board = keras.callbacks.TensorBoard(os.path.join(out, "logs"))
             board.set_model(built[-1])
             board.on_train_begin()
-            board_open.append(True)
         board.on_test_begin()
         board.on_test_end({k[len("val_"):]: v for k, v in logs.items() if k.startswith("val_")})
         board.on_epoch_end(epoch, logs)
@@ -906,7 +906,7 @@ def _train_multi_worker(config, strategy, out, task=None):
             validation_data=task.test, on_epoch_end=record,
         )
     finally:
-        if board_open:
+        if board is not None:
             board.on_train_end()  # flushes and closes its files
     seconds = time.perf_counter() - start
     if not is_chief:
