@@ -426,13 +426,16 @@ def _tune(args):
             f"try a lower --learning-rate). The table is in {project}."
         )
     best = tuner.get_best_models(1)[0]  # reloaded from the best trial's checkpoint
-    best_hps = tuner.get_best_hyperparameters(1)[0]
-    best_hp = {k: v for k, v in best_hps.values.items() if not k.startswith("splits_at")}
+    best_trial = tuner.oracle.get_best_trials(1)[0]  # the trial get_best_models reloads
+    best_hps = best_trial.hyperparameters
+    # Hyperband's bookkeeping (tuner/*) is the table's epochs and continues.
+    best_hp = {k: v for k, v in best_hps.values.items()
+               if not k.startswith(("splits_at", "tuner/"))}
     best_hp["splits"] = chosen_splits(best_hps)
     with new_models_in_turn():  # a new model after the trials' (see there)
         scores = best.evaluate(task.test, verbose=0, return_dict=True)
     best.save(os.path.join(project, "best.keras"))
-    print(f"best trial: {best_hp}; test {scores}; saved {os.path.join(project, 'best.keras')}")
+    print(f"best trial {best_trial.trial_id}: {best_hp}; test {scores}; saved {os.path.join(project, 'best.keras')}")
     if args.export:
         from spinalnet_keras.export import format_report
 

@@ -597,6 +597,11 @@ def trial_table(tuner, hypermodel):
     """One row per trial: id, status, hyperparameters, score, parameters
     and multiplications of the model it built (rebuilt, not retrained).
 
+    A Hyperband search's rows also hold `epochs`, the epoch its trial trained
+    up to, and `continues`, the id of the trial whose weights it went on
+    training from that trial's last epoch (None for a trial that started
+    from fresh weights).
+
     Args:
         tuner: a keras-tuner tuner, e.g. from `make_tuner`.
         hypermodel: the `SpinalHyperModel` it searched.
@@ -617,6 +622,12 @@ def trial_table(tuner, hypermodel):
         for key in ("dropout", "batch_norm", "learning_rate"):
             if key in hp.values:
                 row[key] = hp.values[key]
+        if "tuner/epochs" in hp.values:
+            # Hyperband's trials train for different numbers of epochs, and a
+            # later round's trial goes on from an earlier trial's weights:
+            # without these, its rows read as repeats with unrelated scores.
+            row["epochs"] = hp.values["tuner/epochs"]
+            row["continues"] = hp.values.get("tuner/trial_id")
         try:
             report = cost_report(hypermodel.build(hp))
             row["params"] = report.trainable_params
@@ -629,7 +640,8 @@ def trial_table(tuner, hypermodel):
 
 
 _TRIAL_COLUMNS = ("trial", "status", "width", "depth", "splits", "dropout", "batch_norm",
-                  "learning_rate", "score", "params", "multiplications")
+                  "learning_rate", "epochs", "continues", "score", "params",
+                  "multiplications")
 # What trial_table writes for every trial, whatever the search space.
 _ALWAYS_TRIAL_COLUMNS = ("trial", "status", "width", "depth", "splits", "score", "params",
                          "multiplications")

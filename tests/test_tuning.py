@@ -2,6 +2,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 import warnings
@@ -471,6 +472,34 @@ def test_other_tuners_run(kind, tmp_path):
     task = _task()
     tuner.search(task.train, validation_data=task.test, epochs=2, verbose=0)
     assert any(t.status == "COMPLETED" for t in tuner.oracle.trials.values())
+    # Hyperband's rows say how long each trial trained and from what
+    assert all(("epochs" in r) == (kind == "hyperband")
+               for r in trial_table(tuner, hm))
+
+
+def test_hyperband_rows_name_the_trial_each_continues(tmp_path):
+    # max_epochs=3: a bracket whose first round trains 1 epoch and whose
+    # second goes on from the best of them to epoch 3, and one of 3 epochs
+    hm = _hypermodel(SearchSpace(widths=(4, 8), depths=(2,), splits=(1, 2)))
+    tuner = make_tuner(hm, "hyperband", objective="val_loss", directory=tmp_path,
+                       max_epochs=3)
+    task = _task(epochs=3)
+    tuner.search(task.train, validation_data=task.test, epochs=3, verbose=0)
+    rows = {r["trial"]: r for r in trial_table(tuner, hm)}
+    continued = [r for r in rows.values() if r["continues"] is not None]
+    assert continued and all(r["epochs"] == 3 for r in continued)
+    for row in continued:
+        earlier = rows[row["continues"]]
+        assert earlier["epochs"] == 1 and earlier["trial"] < row["trial"]
+        assert [earlier[k] for k in ("width", "depth", "splits", "params")] == \
+            [row[k] for k in ("width", "depth", "splits", "params")]
+    assert {r["epochs"] for r in rows.values() if r["continues"] is None} == {1, 3}
+    table = format_trial_table(list(rows.values()))
+    assert table.splitlines()[0] == ("| trial | status | width | depth | splits | epochs | "
+                                     "continues | score | params | multiplications |")
+    cells = {line.split(" | ")[0][2:]: line.split(" | ") for line in table.splitlines()[2:]}
+    for row in rows.values():  # a fresh trial's cell is empty
+        assert cells[row["trial"]][5:7] == [str(row["epochs"]), row["continues"] or ""]
 
 
 def test_bayesian_without_scikit_learn_is_a_clear_error(monkeypatch, tmp_path, capsys):
@@ -598,14 +627,18 @@ def test_cli_tune_writes_table_best_model_and_export(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "| trial | status | width | depth | splits | score | params | multiplications |" in printed
     assert printed.count("| COMPLETED |") == 4
-    assert "best trial: {'width':" in printed and "verified" in printed
+    assert "verified" in printed
+    rows = json.loads((out / "search" / "trials.json").read_text())
+    best_row = min(rows, key=lambda r: r["score"])  # the objective is val_loss
+    assert (f"best trial {best_row['trial']}: {{'width': {best_row['width']}, "
+            f"'depth': {best_row['depth']}, 'splits': {best_row['splits']}}}; test") in printed
     best = keras.saving.load_model(out / "search" / "best.keras")  # safe_mode
     assert int(best.optimizer.iterations) > 0  # saved with its optimizer state
     # 256 examples / batch 128 = 2 steps an epoch: the default 32 steps per
     # execution become the epoch's nearest divisor, as in `train`.
     assert best.steps_per_execution == 2
     assert best.jit_compile is True  # as asked; Keras's "auto" is off on a CPU
-    assert len(json.loads((out / "search" / "trials.json").read_text())) == 4
+    assert len(rows) == 4
     # named for the network, not for the search
     assert (tmp_path / "best_export" / "regression_spinal" / "1" / "saved_model.pb").is_file()
 
@@ -637,7 +670,7 @@ def test_cli_tune_logs_each_trial_for_tensorboard_and_warns_of_no_retracing(tmp_
                           capture_output=True, text=True,
                           timeout=300, env=ENV, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "best trial:" in proc.stdout
+    assert re.search(r"^best trial [01]: \{'width': ", proc.stdout, re.M)
     assert "retracing" not in proc.stderr
     rows = json.loads((out / "search" / "trials.json").read_text())
     logs = out / "search" / "logs"
