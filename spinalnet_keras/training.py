@@ -892,10 +892,10 @@ def _train_multi_worker(config, strategy, out, task=None):
         earlier = [r for r in rows if r["epoch"] < epoch]
         rows = earlier + [{"epoch": epoch, **dict(sorted(logs.items()))}]
         _write_history(history_path, rows)
-        best, _ = _best([r.get(monitor, math.nan) for r in earlier], higher=mode == "max")
-        value = logs[monitor]
-        if math.isfinite(value) and (math.isnan(best) or (value > best if mode == "max"
-                                                           else value < best)):
+        # _best keeps the first of equal values: a tie with an earlier epoch
+        # is no new best, as for ModelCheckpoint.
+        _, at = _best([r.get(monitor, math.nan) for r in rows], higher=mode == "max")
+        if at == len(rows):
             built[-1].save(os.path.join(out, "best.keras"))
 
     start = time.perf_counter()
