@@ -425,8 +425,8 @@ def _tune(args):
             "to save or export; the errors above say why each failed (e.g. a NaN loss: "
             f"try a lower --learning-rate). The table is in {project}."
         )
-    best = tuner.get_best_models(1)[0]  # reloaded from the best trial's checkpoint
-    best_trial = tuner.oracle.get_best_trials(1)[0]  # the trial get_best_models reloads
+    best_trial = tuner.oracle.get_best_trials(1)[0]
+    best = tuner.load_model(best_trial)  # from the trial's checkpoint
     best_hps = best_trial.hyperparameters
     # Hyperband's bookkeeping (tuner/*) is the table's epochs and continues.
     best_hp = {k: v for k, v in best_hps.values.items()
@@ -435,7 +435,8 @@ def _tune(args):
     with new_models_in_turn():  # a new model after the trials' (see there)
         scores = best.evaluate(task.test, verbose=0, return_dict=True)
     best.save(os.path.join(project, "best.keras"))
-    print(f"best trial {best_trial.trial_id}: {best_hp}; test {scores}; saved {os.path.join(project, 'best.keras')}")
+    print(f"best trial {best_trial.trial_id}: {best_hp}; test {scores}; "
+          f"saved {os.path.join(project, 'best.keras')}")
     if args.export:
         from spinalnet_keras.export import format_report
 
