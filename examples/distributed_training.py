@@ -13,10 +13,15 @@ not a speed-up). Several machines: run the same command with
 `--strategy multi_worker` on each, with `TF_CONFIG` naming the cluster and the
 machine's place in it, and the same `--output-dir` on shared storage (README,
 Distributed training).
+
+`--patience N` adds Keras's `EarlyStopping` (test loss, N epochs without
+improvement) to the run's callbacks, which every strategy runs as `fit`
+does; under `multi_worker` a stop asked for on any worker stops them all.
 """
 
 import argparse
 
+import keras
 import tensorflow as tf
 
 from spinalnet_keras import TrainConfig
@@ -30,8 +35,13 @@ parser.add_argument("--strategy", default="mirrored",
 parser.add_argument("--virtual-cpus", type=int, default=2)
 parser.add_argument("--epochs", type=int, default=20)
 parser.add_argument("--batch-size", type=int, default=64, help="global batch size")
+parser.add_argument("--patience", type=int, default=None,
+                    help="stop after this many epochs without a lower test loss "
+                         "(default: train every epoch)")
 parser.add_argument("--output-dir", default="runs/distributed_example")
 args = parser.parse_args()
+if args.patience is not None and args.patience < 0:
+    parser.error(f"--patience must be at least 0. Received: {args.patience}")
 
 if not tf.config.list_physical_devices("GPU") and args.strategy != "multi_worker":
     set_virtual_cpus(args.virtual_cpus)  # before TensorFlow sets up its devices
@@ -45,6 +55,11 @@ config = TrainConfig(model="regression", dataset="table1/sum", epochs=args.epoch
                      output_dir=args.output_dir, verbose=0)
 # The model is built, compiled and restored inside the strategy's scope; run
 # again with the same --output-dir, an interrupted run resumes.
-result = train(config, strategy=strategy)
-print(f"test {result['metric']} after {result['epochs']} epochs: {result['final']:.4f}")
-print(f"model: {args.output_dir}/final.keras")
+callbacks = ([keras.callbacks.EarlyStopping("val_loss", patience=args.patience)]
+             if args.patience is not None else [])
+result = train(config, strategy=strategy, callbacks=callbacks)
+if not result.get("chief", True):  # another worker of several: the chief writes the run
+    print(f"worker {result['worker']} done")
+else:
+    print(f"test {result['metric']} after {result['epochs']} epochs: {result['final']:.4f}")
+    print(f"model: {args.output_dir}/final.keras")

@@ -87,6 +87,23 @@ def values(name, value, check):
     return tuple(check(f"{name}[{i}]", v) for i, v in enumerate(value))
 
 
+def callbacks(name, value):
+    """The list of Keras callbacks `value` (None or empty: none), each
+    checked to be a `keras.callbacks.Callback`."""
+    import keras
+
+    if value is None:
+        return []
+    if not isinstance(value, (list, tuple)):
+        raise TypeError(f"`{name}` must be a list of keras.callbacks.Callback objects or "
+                        f"None. Received: {name}={value!r}")
+    for i, item in enumerate(value):
+        if not isinstance(item, keras.callbacks.Callback):
+            raise TypeError(f"`{name}[{i}]` must be a keras.callbacks.Callback. "
+                            f"Received: {name}[{i}]={item!r}")
+    return list(value)
+
+
 def shape(name, value, form):
     """Return `value` as a tuple of positive ints of the length of `form`
     (e.g. `("height", "width", "channels")`), else raise."""

@@ -18,8 +18,8 @@ Keras 3's `Model.fit` fails under `MultiWorkerMirroredStrategy` (keras
 issue 20585), so `multi_worker_fit` is a training loop of its own: each
 step runs under `strategy.run` on a dataset distributed by the strategy,
 losses and metrics are reduced across workers, a validation set is
-evaluated after each epoch (and a function of the epoch's figures called,
-where `fit` would run callbacks), and checkpoints (model,
+evaluated after each epoch, Keras callbacks run as `fit` runs them (a
+stop asked for on any worker stops all), and checkpoints (model,
 optimizer, epoch) are written by the chief; the other workers write to a
 temporary directory they delete, as `tf.distribute` requires every worker
 to take part in a save. A run started again (all workers, same
@@ -203,6 +203,7 @@ def multi_worker_fit(
     verbose=1,
     validation_data=None,
     on_epoch_end=None,
+    callbacks=None,
 ):
     """Train under `strategy.run` (works with `MultiWorkerMirroredStrategy`).
 
@@ -251,6 +252,25 @@ def multi_worker_fit(
             value is not used. Write files from the chief only
             (`worker_info()[2]`). A run killed before the checkpoint does
             the epoch again and calls it again.
+        callbacks: optional list of `keras.callbacks.Callback`s, run as
+            Keras's fit runs them (`EarlyStopping`, `ReduceLROnPlateau`,
+            `LearningRateScheduler`, `TensorBoard`, ...) with the figures
+            reduced over all workers: train begin and end, each epoch's
+            begin and end (before `on_epoch_end` and the checkpoint), the
+            train batch hooks once per compiled call (as fit does with
+            `steps_per_execution`; begin with the call's first step, end
+            with its last and the epoch's figures so far), and the
+            evaluation's test hooks. They run on every worker that is
+            given them: make those that write files (`ModelCheckpoint`,
+            `CSVLogger`, `TensorBoard`) on the chief only. A callback
+            that sets `model.stop_training` stops every worker after the
+            epoch in which any worker set it (the workers must stop
+            together; a request from a train batch hook also takes effect
+            at the end of its epoch). That epoch is checkpointed, and a
+            call with the same `checkpoint_dir` resumes after it; the
+            callbacks' own state (e.g. `EarlyStopping`'s count of epochs
+            without improvement) is not in the checkpoint, as with Keras's
+            `BackupAndRestore`.
 
     Each epoch's random draws (dropout's masks) are made from the model's
     seed generators as they stood before training and the epoch's number
@@ -259,7 +279,8 @@ def multi_worker_fit(
 
     Returns:
         `(model, history)`; `history` maps `"loss"` (and `"accuracy"` for
-        classifiers, and `"val_loss"`, `"val_accuracy"` with
+        classifiers, `"acc"` where compiled with `metrics=["acc"]`, as fit
+        names it; and `"val_loss"`, `"val_accuracy"` with
         `validation_data`) to one value per epoch of this session, reduced
         over all workers. An epoch whose loss is not finite (NaN or infinite)
         is the last, as with Keras's `TerminateOnNaN`: it is checkpointed,
@@ -270,7 +291,8 @@ def multi_worker_fit(
         TypeError: `build_and_compile` is not a function or returns no
             compiled model, `dataset` is neither a `tf.data.Dataset` nor a
             function returning one, `validation_data` is not a Dataset,
-            `on_epoch_end` not a function, or `strategy` is not a
+            `on_epoch_end` not a function, a callback not a
+            `keras.callbacks.Callback`, or `strategy` is not a
             `tf.distribute.Strategy`.
         ValueError: a bad number or `checkpoint_dir`, an empty dataset,
             batches of another size than `global_batch_size` (larger, for
@@ -301,6 +323,7 @@ def multi_worker_fit(
     if on_epoch_end is not None and not callable(on_epoch_end):
         raise TypeError("`on_epoch_end` must be a function (epoch, logs) or None. "
                         f"Received: on_epoch_end={on_epoch_end!r}")
+    callbacks = _validation.callbacks("callbacks", callbacks)
     check_strategy(strategy, what="multi_worker_fit")
     if strategy is None and os.environ.get("TF_CONFIG"):
         _check_tf_config()
@@ -338,7 +361,9 @@ def multi_worker_fit(
             loss_kind = getattr(loss_obj, "__name__", "").lower()
         classifier = "categorical" in loss_kind
         sparse_labels = "sparse" in loss_kind
-        _check_compile_options(model, classifier)
+        accuracy = _check_compile_options(model, classifier)
+        if (model.get_compile_config() or {}).get("metrics"):
+            _build_compiled_metrics(model, sparse_labels)
         epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
         optimizer.build(model.trainable_variables)
         randomness = EpochRandomness(model)  # before any step draws
@@ -434,19 +459,57 @@ def multi_worker_fit(
         sums = strategy.run(evaluate_replica, args=(x, y))
         return [strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None) for v in sums]
 
+    def figures(total, correct, count, mean_of):
+        # The loss's mean over `mean_of` (steps, or examples), accuracy's
+        # over the examples, as Python floats.
+        logs = {"loss": float(total) / max(float(mean_of), 1.0)}
+        if classifier:
+            logs[accuracy] = float(correct) / max(float(count), 1.0)
+        return logs
+
     def evaluate():
         # Sums over every example, so a last batch that is smaller (or
         # empty on some replicas) weighs what it holds.
         totals = [tf.constant(0.0)] * 3
-        for x, y in dist_val:
+        hooks.on_test_begin()
+        ended = True
+        for step, (x, y) in enumerate(dist_val):
+            # The test batch hooks once per `per_execution` batches, as
+            # Keras's evaluate calls them.
+            if step % per_execution == 0:
+                hooks.on_test_batch_begin(step)
             totals = [t + v for t, v in zip(totals, evaluate_step(x, y))]
-        total, correct, count = (float(t) for t in totals)
-        logs = {"val_loss": total / max(count, 1.0)}
-        if classifier:
-            logs["val_accuracy"] = correct / max(count, 1.0)
-        return logs
+            ended = (step + 1) % per_execution == 0
+            if ended:
+                hooks.on_test_batch_end(step, figures(*totals, totals[2])
+                                        if test_batch_logs else None)
+        if not ended:
+            hooks.on_test_batch_end(step, figures(*totals, totals[2])
+                                    if test_batch_logs else None)
+        logs = figures(*totals, totals[2])
+        hooks.on_test_end(logs)
+        return {f"val_{k}": v for k, v in logs.items()}
 
-    metrics = ["loss"] + (["accuracy"] if classifier else [])
+    @tf.function
+    def workers_asking(flag):
+        # How many replicas' workers asked to stop: a collective, so that
+        # every worker makes the same decision.
+        asked = strategy.run(lambda: tf.identity(flag))
+        return strategy.reduce(tf.distribute.ReduceOp.SUM, asked, axis=None)
+
+    steps_known = steps_per_epoch
+    if not steps_known and dataset is not None:
+        batches_in = int(dataset.cardinality())
+        steps_known = batches_in if batches_in > 0 else None
+    # Keras's fit gives its callbacks these params.
+    hooks = keras.callbacks.CallbackList(callbacks, model=model, verbose=verbose,
+                                         epochs=epochs, steps=steps_known)
+    # The running figures cost a read from the device per call: made for
+    # callbacks that look at them only.
+    train_batch_logs = _overrides(callbacks, "on_train_batch_end", "on_batch_end")
+    test_batch_logs = _overrides(callbacks, "on_test_batch_end")
+
+    metrics = ["loss"] + ([accuracy] if classifier else [])
     if validation_data is not None:
         metrics += [f"val_{m}" for m in metrics]
     history = {m: [] for m in metrics}
@@ -454,19 +517,28 @@ def multi_worker_fit(
     first_batch = True
     # compile's, as Keras's fit honours it (`train` sets it to divide the epoch)
     per_execution = int(model.steps_per_execution or 1)
+    model.stop_training = False
+    logs = None
+    stop = False
+    hooks.on_train_begin()
     try:
         for epoch in range(start_epoch, epochs):
             randomness.start_epoch(epoch)
+            hooks.on_epoch_begin(epoch)
             # Sums stay on the device; the host reads a step count per call.
             total_loss = total_correct = total_count = tf.constant(0.0)
             steps = 0
             new_pass = not steps_per_epoch or batches is None
             if new_pass:
                 batches = iter(dist_ds)
-            while not steps_per_epoch or steps < steps_per_epoch:
+            # Without steps_per_epoch, a pass of known length ends without a
+            # call that finds it ended (and callbacks told of a batch).
+            epoch_steps = steps_per_epoch or steps_known
+            while not epoch_steps or steps < epoch_steps:
                 wanted = per_execution
-                if steps_per_epoch:
-                    wanted = min(wanted, steps_per_epoch - steps)
+                if epoch_steps:
+                    wanted = min(wanted, epoch_steps - steps)
+                hooks.on_train_batch_begin(steps)
                 (loss, correct, count), done, first = train_steps(batches, tf.constant(wanted))
                 done = int(done)
                 if first_batch and done:
@@ -476,6 +548,10 @@ def multi_worker_fit(
                 total_correct += correct
                 total_count += count
                 steps += done
+                if done:
+                    hooks.on_train_batch_end(steps - 1, figures(
+                        total_loss, total_correct, total_count, steps)
+                        if train_batch_logs else None)
                 if done == wanted:
                     new_pass = False
                     continue
@@ -487,21 +563,23 @@ def multi_worker_fit(
                 batches, new_pass = iter(dist_ds), True
             if not steps:
                 raise ValueError("`dataset` yielded no batches.")
-            logs = {"loss": float(total_loss) / steps}
-            if classifier:
-                logs["accuracy"] = float(total_correct) / max(float(total_count), 1.0)
+            logs = figures(total_loss, total_correct, total_count, steps)
             if dist_val is not None:
                 logs.update(evaluate())
             for key, value in logs.items():
                 history[key].append(value)
             # Before the checkpoint: a run killed in between does the epoch,
-            # and calls this, again, rather than skip it.
+            # and calls these, again, rather than skip it.
+            hooks.on_epoch_end(epoch, dict(logs))
             if on_epoch_end is not None:
                 on_epoch_end(epoch, dict(logs))
+            # On every worker, callbacks or not: a worker that stopped alone
+            # would leave the others waiting in their next collective.
+            stop = float(workers_asking(tf.constant(float(bool(model.stop_training))))) > 0
             epoch_var.assign(epoch + 1)
             manager.save()
             if verbose and is_chief:
-                shown = " ".join(f"{k} {v:.4f}" if "accuracy" in k else f"{k} {v:.5f}"
+                shown = " ".join(f"{k} {v:.4f}" if accuracy in k else f"{k} {v:.5f}"
                                  for k, v in logs.items())
                 print(f"epoch {epoch + 1}/{epochs} {shown}", flush=True)
             # As Keras's TerminateOnNaN: the weights are no longer numbers,
@@ -512,10 +590,22 @@ def multi_worker_fit(
                     print(f"epoch {epoch + 1}: the loss is not finite; training stops",
                           flush=True)
                 break
+            if stop:
+                if verbose and is_chief and epoch + 1 < epochs:
+                    print(f"epoch {epoch + 1}: a callback stopped training", flush=True)
+                break
+        model.stop_training = stop
+        hooks.on_train_end(logs)
     finally:
         if not is_chief:
             shutil.rmtree(write_dir, ignore_errors=True)
     return model, history
+
+
+def _overrides(callbacks, *methods):
+    """Whether any of `callbacks` has its own form of one of `methods`."""
+    base = keras.callbacks.Callback
+    return any(getattr(type(c), m) is not getattr(base, m) for c in callbacks for m in methods)
 
 
 def _checkpointed_epoch(checkpoint):
@@ -571,6 +661,20 @@ def _check_compile_options(model, classifier):
             + ("metrics=['accuracy'] or none" if classifier else "no metrics")
             + f". Received: metrics={metrics!r}"
         )
+    return metrics[0] if metrics else "accuracy"
+
+
+def _build_compiled_metrics(model, sparse_labels):
+    # The loop computes its accuracy itself, so Keras's compiled metrics
+    # would stay unbuilt, and callbacks that tell from them which way a
+    # metric improves (EarlyStopping's mode "auto") would fail. Built on
+    # stand-in values, then cleared; a model with its own compute_metrics
+    # is left alone.
+    if type(model).compute_metrics is not keras.Model.compute_metrics:
+        return
+    y_true = keras.ops.zeros((1,) if sparse_labels else (1, 2))
+    model.compute_metrics(None, y_true, keras.ops.zeros((1, 2)))
+    model.reset_metrics()
 
 
 def _check_elements(dataset, name="dataset"):

@@ -609,14 +609,6 @@ def _check_even_split(batch_size, replicas, what="`batch_size`"):
         )
 
 
-def _check_callback(name, callback):
-    if not isinstance(callback, keras.callbacks.Callback):
-        raise TypeError(
-            f"`{name}` must be a keras.callbacks.Callback. Received: {name}={callback!r}"
-        )
-    return callback
-
-
 def _check_task(config, task):
     if not isinstance(task, Task):
         raise TypeError(f"`task` must be a Task, as load_task returns. Received: {task!r}")
@@ -666,16 +658,20 @@ def train(config, strategy=None, task=None, callbacks=None):
             `train` loads itself holds the epochs left, in order).
         callbacks: extra Keras callbacks, run after the package's own
             (among them `TerminateOnNaN`: a loss that is not finite ends the
-            run, and the result's `diverged_at_epoch` says where). Not
-            under a `MultiWorkerMirroredStrategy`, where train runs the
-            package's own loop (`multi_worker_fit`), not Keras's fit.
+            run, and the result's `diverged_at_epoch` says where). Under a
+            `MultiWorkerMirroredStrategy`, train runs the package's own
+            loop (`multi_worker_fit`, as Keras's fit fails there), which
+            runs them as fit does, on every worker they are given to: give
+            those that write files to the chief only. A stop asked for by
+            any worker's callback (`EarlyStopping`) stops all at the end of
+            that epoch.
 
     Raises:
         ValueError: `config.output_dir` holds a run of another configuration
             (fields that only change how it runs, such as `verbose` or
-            `steps_per_execution`, may differ), `task` does not match, or
-            `callbacks` are given with a `MultiWorkerMirroredStrategy`.
-        TypeError: `config` is not a TrainConfig, or `task` not a Task.
+            `steps_per_execution`, may differ), or `task` does not match.
+        TypeError: `config` is not a TrainConfig, `task` not a Task, or a
+            callback not a `keras.callbacks.Callback`.
         RuntimeError: a `strategy` while Keras runs on a backend other than
             TensorFlow, where the strategy would not distribute the model.
 
@@ -695,14 +691,7 @@ def train(config, strategy=None, task=None, callbacks=None):
     multi_worker = _is_multi_worker(strategy)
     if strategy is not None and not multi_worker:
         _check_even_split(config.batch_size, strategy.num_replicas_in_sync)
-    callbacks = list(_validation.values("callbacks", callbacks, _check_callback)
-                     if callbacks else ())
-    if callbacks and multi_worker:
-        raise ValueError(
-            "`callbacks` cannot run under a MultiWorkerMirroredStrategy: train trains "
-            "there with the package's own loop (multi_worker_fit), as Keras's fit fails "
-            f"under it, and that loop runs no Keras callbacks. Received: callbacks={callbacks!r}"
-        )
+    callbacks = _validation.callbacks("callbacks", callbacks)
     out = os.path.abspath(config.output_dir)
     if task is not None:
         _check_task(config, task)
@@ -721,7 +710,7 @@ def train(config, strategy=None, task=None, callbacks=None):
 
         tf.config.experimental.enable_op_determinism()
     if multi_worker:
-        return _train_multi_worker(config, strategy, out, task)
+        return _train_multi_worker(config, strategy, out, task, callbacks)
     backup_dir = os.path.join(out, "backup")
     initial_epoch = min(_backed_up_epoch(backup_dir), config.epochs - 1)
     # A task built here holds all remaining epochs in resumable order; a
@@ -832,12 +821,13 @@ def _is_multi_worker(strategy):
     return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
 
 
-def _train_multi_worker(config, strategy, out, task=None):
+def _train_multi_worker(config, strategy, out, task=None, callbacks=()):
     """`train` under MultiWorkerMirroredStrategy, where Keras's fit fails:
     the package's own loop (see distribute.multi_worker_fit). `out` must be
     the same (shared) directory on every worker; only the chief writes the
     model, history and result. `task`, if given, must be the same on every
-    worker (the strategy shards it)."""
+    worker (the strategy shards it). `callbacks` run on every worker after
+    the chief's own (see multi_worker_fit)."""
     import tensorflow as tf
 
     from spinalnet_keras.distribute import _checkpointed_epoch
@@ -859,11 +849,6 @@ def _train_multi_worker(config, strategy, out, task=None):
     rows = read_history(history_path)
     monitor, mode = _monitor(task)
     built = []
-    # The chief's TensorBoard logs: Keras's own callback, driven at the
-    # points of fit's loop that write to it (its epoch and evaluation
-    # figures), so they have the tags and folders of a run on one machine.
-    # Made at this run's first epoch end (a resumed run's too).
-    board = None
 
     # As in fit: a divisor of the epoch's steps (the loop's calls stop at
     # an epoch's end anyway), recorded in result.json.
@@ -879,16 +864,7 @@ def _train_multi_worker(config, strategy, out, task=None):
         # What Keras's CSVLogger and ModelCheckpoint(save_best_only) do in
         # train's fit, on the chief. Rows of a redone epoch (the chief died
         # before its checkpoint) are replaced.
-        nonlocal rows, board
-        if not is_chief:
-            return
-        if board is None:
-            board = keras.callbacks.TensorBoard(os.path.join(out, "logs"))
-            board.set_model(built[-1])
-            board.on_train_begin()
-        board.on_test_begin()
-        board.on_test_end({k[len("val_"):]: v for k, v in logs.items() if k.startswith("val_")})
-        board.on_epoch_end(epoch, logs)
+        nonlocal rows
         earlier = [r for r in rows if r["epoch"] < epoch]
         rows = earlier + [{"epoch": epoch, **dict(sorted(logs.items()))}]
         _write_history(history_path, rows)
@@ -898,16 +874,16 @@ def _train_multi_worker(config, strategy, out, task=None):
         if at == len(rows):
             built[-1].save(os.path.join(out, "best.keras"))
 
+    # The chief's files, written by the callbacks train's fit would run
+    # (TensorBoard: the same tags and folders as a run on one machine).
+    own = [keras.callbacks.TensorBoard(os.path.join(out, "logs")),
+           keras.callbacks.LambdaCallback(on_epoch_end=record)] if is_chief else []
     start = time.perf_counter()
-    try:
-        model, history = multi_worker_fit(
-            build, task.train, config.epochs, config.batch_size, checkpoints,
-            strategy=strategy, steps_per_epoch=steps_per_epoch, verbose=config.verbose,
-            validation_data=task.test, on_epoch_end=record,
-        )
-    finally:
-        if board is not None:
-            board.on_train_end()  # flushes and closes its files
+    model, history = multi_worker_fit(
+        build, task.train, config.epochs, config.batch_size, checkpoints,
+        strategy=strategy, steps_per_epoch=steps_per_epoch, verbose=config.verbose,
+        validation_data=task.test, callbacks=[*own, *callbacks],
+    )
     seconds = time.perf_counter() - start
     if not is_chief:
         return {"worker": index, "chief": False, "history": history}

@@ -480,7 +480,8 @@ def test_train_checks_config_strategy_and_callbacks_before_writing(tmp_path):
         train({"model": "regression"})
     with pytest.raises(TypeError, match="Received: strategy='mirrored'"):
         train(config, strategy="mirrored")
-    with pytest.raises(ValueError, match="`callbacks` must be a non-empty list"):
+    with pytest.raises(TypeError, match=r"`callbacks` must be a list of "
+                       r"keras.callbacks.Callback objects or None. Received: callbacks=<keras"):
         train(config, callbacks=keras.callbacks.History())
     with pytest.raises(TypeError, match=r"`callbacks\[0\]` must be a keras.callbacks.Callback. "
                        r"Received: callbacks\[0\]='csv'"):

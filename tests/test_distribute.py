@@ -210,6 +210,11 @@ def test_multi_worker_fit_checks_its_arguments(tmp_path, monkeypatch):
         ((build, data.batch(4), 1, 4), dict(on_epoch_end="print"), TypeError,
          r"`on_epoch_end` must be a function \(epoch, logs\) or None. Received: "
          r"on_epoch_end='print'"),
+        ((build, data.batch(4), 1, 4), dict(callbacks=["print"]), TypeError,
+         r"`callbacks\[0\]` must be a keras.callbacks.Callback. Received: callbacks\[0\]='print'"),
+        ((build, data.batch(4), 1, 4), dict(callbacks=keras.callbacks.History()), TypeError,
+         r"`callbacks` must be a list of keras.callbacks.Callback objects or None. "
+         r"Received: callbacks=<keras"),
         ((build, data.batch(4), 1, 4), dict(steps_per_epoch=0), ValueError, "steps_per_epoch=0"),
         ((build, data.batch(4), 1, 4), dict(verbose="yes"), ValueError,
          r"`verbose` must be one of \[0, 1, 2\]. Received: verbose='yes'"),
@@ -354,6 +359,112 @@ def test_multi_worker_fit_evaluates_every_epoch_as_keras_does(tmp_path):
     np.testing.assert_allclose(history["val_loss"][1], expected["loss"], rtol=1e-5)
     assert history["val_accuracy"][1] == pytest.approx(expected["accuracy"])
     assert history["val_accuracy"][1] * 70 == pytest.approx(round(history["val_accuracy"][1] * 70))
+
+
+class _Hooks(keras.callbacks.Callback):
+    """Records every hook of training and evaluation, with its arguments."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+
+def _recorder(name):
+    def hook(self, *args, **logs):  # logs: positional, or by keyword
+        self.calls.append((name, *args, *logs.values()))
+
+    return hook
+
+
+for _name in ("on_train_begin", "on_train_end", "on_epoch_begin", "on_epoch_end",
+              "on_train_batch_begin", "on_train_batch_end", "on_test_begin", "on_test_end",
+              "on_test_batch_begin", "on_test_batch_end"):
+    setattr(_Hooks, _name, _recorder(_name))
+
+
+def _close(call, other):
+    # the hooks and step numbers exactly; the figures as floats of the same value
+    (name, *args), (name_b, *args_b) = call, other
+    figures = [a for a in args if isinstance(a, dict)]
+    figures_b = [a for a in args_b if isinstance(a, dict)]
+    return (name, [a for a in args if not isinstance(a, dict)]) == (
+        name_b, [a for a in args_b if not isinstance(a, dict)]) and all(
+        sorted(f) == sorted(g) and all(f[k] == pytest.approx(g[k], rel=1e-5) for k in f)
+        for f, g in zip(figures, figures_b, strict=True))
+
+
+@pytest.mark.parametrize("accuracy", ["accuracy", "acc"])
+def test_multi_worker_fit_runs_keras_callbacks_as_fit_does(tmp_path, accuracy):
+    # The same hooks in the same order, with the same step numbers, params
+    # and figures (named as fit names them), two steps per compiled call.
+    x = np.random.default_rng(0).normal(size=(96, 4)).astype("float32")
+    labels = (x[:, 0] > 0).astype("int32")
+    train_data = tf.data.Dataset.from_tensor_slices((x[:64], labels[:64])).batch(16)
+    test_data = tf.data.Dataset.from_tensor_slices((x[64:], labels[64:])).batch(16)
+
+    def build():
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, "softmax")])
+        model.compile(keras.optimizers.SGD(0.1), "sparse_categorical_crossentropy",
+                      metrics=[accuracy], steps_per_execution=2)
+        return model
+
+    by_fit, by_loop = _Hooks(), _Hooks()
+    build().fit(train_data, epochs=2, validation_data=test_data, callbacks=[by_fit], verbose=0,
+                shuffle=False)
+    distribute.multi_worker_fit(build, train_data, 2, 16, str(tmp_path / "ckpt"),
+                                strategy=tf.distribute.get_strategy(), verbose=0,
+                                validation_data=test_data, callbacks=[by_loop])
+    assert by_loop.params == by_fit.params == {"verbose": 0, "epochs": 2, "steps": 4}
+    # a call's batch end: its last step (Keras before 3.11 gave its first)
+    ends = [c[1] for c in by_loop.calls if c[0].endswith("batch_end")]
+    assert ends == [1, 3, 1] * 2
+    ends = iter(ends)
+    fit_calls = [(c[0], next(ends), *c[2:]) if c[0].endswith("batch_end") else c
+                 for c in by_fit.calls]
+    assert len(by_loop.calls) == len(by_fit.calls) == 22
+    assert sorted(by_loop.calls[-1][1]) == sorted(["loss", accuracy, "val_loss", f"val_{accuracy}"])
+    assert all(_close(a, b) for a, b in zip(by_loop.calls, fit_calls)), (by_loop.calls, by_fit.calls)
+
+
+def test_multi_worker_fit_stops_and_schedules_as_keras_callbacks_ask(tmp_path):
+    # EarlyStopping (restoring the best weights) and LearningRateScheduler
+    # do to the loop's training what they do to fit's.
+    x = np.random.default_rng(1).normal(size=(64, 4)).astype("float32")
+    labels = (x[:, 0] > 0).astype("int32")
+    train_data = tf.data.Dataset.from_tensor_slices((x[:48], labels[:48])).batch(16)
+    test_data = tf.data.Dataset.from_tensor_slices((x[48:], labels[48:])).batch(16)
+
+    def build():
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, "softmax")])
+        model.compile(keras.optimizers.SGD(0.5), "sparse_categorical_crossentropy",
+                      metrics=["accuracy"])
+        return model
+
+    def callbacks():
+        # val_accuracy no higher than its best for one epoch: stop
+        return [keras.callbacks.EarlyStopping("val_accuracy", patience=1,
+                                              restore_best_weights=True),
+                keras.callbacks.LearningRateScheduler(lambda epoch, rate: 0.5 / (1 + epoch))]
+
+    fitted = build()
+    expected = fitted.fit(train_data, epochs=20, validation_data=test_data, verbose=0,
+                          callbacks=callbacks(), shuffle=False).history
+    assert 2 <= len(expected["loss"]) < 20, expected  # it did stop early
+    model, history = distribute.multi_worker_fit(
+        build, train_data, 20, 16, str(tmp_path / "ckpt"), strategy=tf.distribute.get_strategy(),
+        verbose=0, validation_data=test_data, callbacks=callbacks())
+    assert len(history["loss"]) == len(expected["loss"])
+    np.testing.assert_allclose(history["val_loss"], expected["val_loss"], rtol=1e-5)
+    assert model.stop_training is True
+    assert float(model.optimizer.learning_rate) == pytest.approx(
+        float(fitted.optimizer.learning_rate))
+    for ours, theirs in zip(model.get_weights(), fitted.get_weights()):  # the best epoch's
+        np.testing.assert_allclose(ours, theirs, atol=1e-5)
+    # the stopped epoch is checkpointed: a call again resumes after it
+    assert tf.train.latest_checkpoint(str(tmp_path / "ckpt")).endswith(
+        f"ckpt-{len(history['loss'])}")
 
 
 def test_a_resumed_multi_worker_fit_reads_the_data_of_the_epochs_left(tmp_path):
@@ -513,6 +624,20 @@ def test_two_workers_end_identical_and_learn(tmp_path):
     np.testing.assert_allclose(w[0]["weights"], single["weights"], atol=1e-5)
 
 
+def test_a_stop_asked_by_one_workers_callback_stops_every_worker(tmp_path):
+    # The workers must stop together: one stopping alone would leave the
+    # other waiting in its next collective.
+    ckpt = tmp_path / "ckpt"
+    _wait(_start_workers(lambda i: [JOB, "worker_stop", str(tmp_path / f"w{i}.json"), ckpt],
+                         tmp_path), timeout=120)
+    w = [json.loads((tmp_path / f"w{i}.json").read_text()) for i in range(2)]
+    assert len(w[0]["loss"]) == len(w[1]["loss"]) == 2  # epochs 0 and 1 of 5
+    assert w[0]["weights"] == w[1]["weights"]
+    assert w[0]["seen"] == [0, 1, "end"]  # the chief's own callbacks, to their end
+    assert w[0]["stop_training"] is w[1]["stop_training"] is True
+    assert tf.train.latest_checkpoint(str(ckpt)).endswith("ckpt-2")
+
+
 def test_two_workers_honour_jit_compile(tmp_path):
     # compile(jit_compile=True): XLA compiles each replica's forward and
     # backward pass (its dump shows it), not the gradients' all-reduce,
@@ -621,15 +746,28 @@ def test_cli_train_multi_worker(tmp_path):
     assert {k: sorted(v) for k, v in logged.items()} == {k: sorted(v) for k, v in alone.items()}
 
 
-def test_train_multi_worker_takes_the_given_task_and_refuses_callbacks(tmp_path):
+def test_distributed_example_on_two_workers(tmp_path):
+    # The example as README's cluster runs it: its callbacks on each worker,
+    # and the other worker's ending (the chief writes the run).
+    example = os.path.join(REPO, "examples", "distributed_training.py")
+    out = tmp_path / "run"
+    outs = _wait(_start_workers(lambda i: [example, "--strategy", "multi_worker", "--epochs", 3,
+                                           "--patience", 0, "--output-dir", out], tmp_path))
+    assert "CollectiveAllReduceStrategy: 2 replica(s), global batch 64, 32 per replica" in outs[0]
+    assert "test mse after" in outs[0] and f"model: {out}/final.keras" in outs[0]
+    assert outs[1].splitlines()[-1] == "worker 1 done"
+    result = json.loads((out / "result.json").read_text())
+    assert result["workers"] == 2 and 1 <= result["epochs"] <= 3
+
+
+def test_train_multi_worker_runs_callbacks_and_takes_the_given_task(tmp_path):
     cluster = {"cluster": {"worker": [f"127.0.0.1:{_free_ports(1)[0]}"]},
                "task": {"type": "worker", "index": 0}}
     result = _job("train_one_worker", tmp_path / "one.json",
                   env={**ENV, "TF_CONFIG": json.dumps(cluster)})
-    assert result["refused"].startswith(
-        "`callbacks` cannot run under a MultiWorkerMirroredStrategy")
-    assert "Received: callbacks=[<keras" in result["refused"]
-    assert not result["refused_dir"]
+    # EarlyStopping ended the run of 6 epochs after 2; the History callback
+    # saw those epochs and their figures; the run's files hold them
+    assert result["stopped"] == [2, [0, 1], ["loss", "val_loss"], 2]
     # trained on the task handed in, not on one loaded for config
     assert result["loss"] == [0.0, 0.0] and result["workers"] == 1
     # a run that diverged in its first epoch of 3 stopped there, numbered as

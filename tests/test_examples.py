@@ -52,7 +52,7 @@ EXAMPLES = [
      ["| trial | status | width | depth | splits | score | params | multiplications |",
       "| 0 | COMPLETED |", "| 1 | COMPLETED |", "best head: width",
       "saved runs/tune_example/best.keras (optimizer steps so far: 4)"]),
-    ("distributed_training.py", ["--epochs", "2"],
+    ("distributed_training.py", ["--epochs", "2", "--patience", "1"],
      ["MirroredStrategy: 2 replica(s), global batch 64, 32 per replica",
       "test mse after 2 epochs:"]),
 ]
@@ -123,6 +123,8 @@ BAD_ARGUMENTS = [
     ("sparse_text_classification.py", ["--documents", "5"],
      "--documents must be at least 10. Received: 5"),
     ("train_and_compare.py", ["--seeds", "1", "1"], "--seeds must be distinct. Received: 1 1"),
+    ("distributed_training.py", ["--patience", "-1"],
+     "--patience must be at least 0. Received: -1"),
     ("import_weights.py", ["--width", "0"], "--width must be at least 1. Received: 0"),
     ("import_weights.py", ["--splits", "9", "--depth", "4"],  # the layer's own message
      "`splits` must be between 1 and `depth`"),

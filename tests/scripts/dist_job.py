@@ -15,7 +15,7 @@ from spinalnet_keras import distribute  # noqa: E402
 if mode in ("mirrored", "single", "loop_mirrored", "loop_single", "train_mirrored",
             "train_single"):
     distribute.set_virtual_cpus(2)
-if mode in ("worker", "worker_jit", "worker_dropout", "train_one_worker",
+if mode in ("worker", "worker_jit", "worker_dropout", "worker_stop", "train_one_worker",
             "train_one_worker_resumed"):
     # Before any tensor exists: collectives are configured at TF start-up.
     worker_strategy = distribute.get_strategy("multi_worker")
@@ -118,6 +118,27 @@ elif mode in ("worker", "worker_jit", "worker_dropout"):
     result = {"loss": hist["loss"], "accuracy": hist.get("accuracy"),
               "weights": distribute.weights_digest(model).tolist(),
               "info": list(distribute.worker_info())}
+elif mode == "worker_stop":
+    # Only the non-chief's callback asks to stop, after epoch 1 of 5.
+    class StopAfterSecond(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            self.model.stop_training = epoch == 1
+
+    class Epochs(keras.callbacks.Callback):
+        seen = []
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.seen.append(epoch)
+
+        def on_train_end(self, logs=None):
+            self.seen.append("end")
+
+    chief = distribute.worker_info()[2]
+    model, hist = distribute.multi_worker_fit(
+        build, ds, 5, 32, sys.argv[3], strategy=worker_strategy, verbose=0,
+        callbacks=[Epochs()] if chief else [StopAfterSecond()])
+    result = {"loss": hist["loss"], "weights": distribute.weights_digest(model).tolist(),
+              "seen": Epochs.seen, "stop_training": model.stop_training}
 elif mode == "train_one_worker":
     # train under a (one-worker) MultiWorkerMirroredStrategy: its own loop.
     from spinalnet_keras import TrainConfig, train
@@ -125,12 +146,14 @@ elif mode == "train_one_worker":
 
     config = TrainConfig(model="regression", dataset="table1/sum", epochs=2, optimizer="adam",
                          output_dir=out + "_run", verbose=0)
-    try:
-        train(config, strategy=worker_strategy, callbacks=[keras.callbacks.History()])
-        refused = None
-    except ValueError as e:
-        refused = str(e)
-    refused_dir = os.path.exists(config.output_dir)
+    # The caller's callbacks run: EarlyStopping stops a run of 6 epochs
+    # after the second (val_loss that does not fall by 1e9).
+    import dataclasses
+
+    stopping = dataclasses.replace(config, epochs=6, output_dir=out + "_stopping")
+    seen = keras.callbacks.History()
+    stopped = train(stopping, strategy=worker_strategy, callbacks=[
+        keras.callbacks.EarlyStopping(min_delta=1e9, patience=1), seen])
     # A task of zeros: a model whose biases start at zero predicts 0 there,
     # so its loss is exactly 0 on that task, and > 0 on config's own data.
     zeros = tf.data.Dataset.from_tensor_slices(
@@ -139,14 +162,13 @@ elif mode == "train_one_worker":
                 -(-64 // config.batch_size))
     run = train(config, strategy=worker_strategy, task=task)
     # SGD at 1e30: NaN in the first epoch, where the loop stops.
-    import dataclasses
-
     from spinalnet_keras.training import read_history
 
     diverging = dataclasses.replace(config, optimizer="sgd", learning_rate=1e30, epochs=3,
                                     output_dir=out + "_nan")
     nan_run = train(diverging, strategy=worker_strategy)
-    result = {"refused": refused, "refused_dir": refused_dir,
+    result = {"stopped": [stopped["epochs"], seen.epoch, sorted(seen.history),
+                          len(read_history(os.path.join(stopping.output_dir, "history.csv")))],
               "loss": run["history"]["loss"], "workers": run["workers"],
               "diverged": [nan_run["epochs"], nan_run["diverged_at_epoch"],
                            [r["epoch"] for r in read_history(
