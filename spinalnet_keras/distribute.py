@@ -350,8 +350,9 @@ def multi_worker_fit(
         optimizer = model.optimizer
         loss_obj = _single_loss(model.loss)
         if isinstance(loss_obj, keras.losses.Loss):
-            # Per-example values; the average over the *global* batch is
-            # taken below, so every worker's gradient has the right scale.
+            # Per-example values; the average over the step's examples on
+            # all replicas is taken below, so every worker's gradient has
+            # the right scale.
             loss_obj = loss_obj.__class__.from_config(
                 {**loss_obj.get_config(), "reduction": None}
             )
@@ -397,11 +398,16 @@ def multi_worker_fit(
                   else tf.argmax(y, -1))  # one-hot targets
         return tf.reduce_sum(tf.cast(tf.equal(tf.argmax(pred, -1), labels), tf.float32))
 
-    def forward_backward(x, y):
+    def forward_backward(x, y, examples):
+        # `examples`: the step's, over all replicas.
         with tf.GradientTape() as tape:
             pred = model(x, training=True)
             per_example = loss_obj(y, pred)
-            loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch_size)
+            # The mean over the step's examples, as fit's over its batch:
+            # the replicas' gradients add up to the batch mean's, and a
+            # last, smaller batch weighs what it holds (not the share of a
+            # global batch that it would be over `global_batch_size`).
+            loss = tf.reduce_sum(per_example) / tf.cast(examples, per_example.dtype)
             if model.losses:
                 loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
             # As Keras's train_step: a LossScaleOptimizer (mixed_float16) or
@@ -410,7 +416,10 @@ def multi_worker_fit(
             scaled = optimizer.scale_loss(loss)
         grads = tape.gradient(scaled, model.trainable_variables)
         count = tf.cast(tf.shape(per_example)[0], tf.float32)
-        return loss, grads, hits(y, pred), count
+        # The replica's share of loss x examples: summed over replicas and
+        # steps and divided by the examples, the epoch's loss as fit's
+        # (batch losses weighted by their sizes).
+        return loss * examples, grads, hits(y, pred), count
 
     if model.jit_compile:  # compile(jit_compile=...), as Keras's fit honours it
         # Only the replica's own pass: applying the gradients all-reduces
@@ -419,7 +428,11 @@ def multi_worker_fit(
         forward_backward = tf.function(forward_backward, jit_compile=True)
 
     def step_fn(x, y):
-        loss, grads, correct, count = forward_backward(x, y)
+        # Outside XLA's compilation: a collective.
+        here = tf.cast(tf.shape(tf.nest.flatten(x)[0])[0], tf.float32)
+        examples = tf.distribute.get_replica_context().all_reduce(
+            tf.distribute.ReduceOp.SUM, here)
+        loss, grads, correct, count = forward_backward(x, y, examples)
         optimizer.apply_gradients(zip(grads, model.trainable_variables))
         return loss, correct, count
 
@@ -459,10 +472,9 @@ def multi_worker_fit(
         sums = strategy.run(evaluate_replica, args=(x, y))
         return [strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None) for v in sums]
 
-    def figures(total, correct, count, mean_of):
-        # The loss's mean over `mean_of` (steps, or examples), accuracy's
-        # over the examples, as Python floats.
-        logs = {"loss": float(total) / max(float(mean_of), 1.0)}
+    def figures(total, correct, count):
+        # Means over the examples of sums over them, as Python floats.
+        logs = {"loss": float(total) / max(float(count), 1.0)}
         if classifier:
             logs[accuracy] = float(correct) / max(float(count), 1.0)
         return logs
@@ -481,12 +493,10 @@ def multi_worker_fit(
             totals = [t + v for t, v in zip(totals, evaluate_step(x, y))]
             ended = (step + 1) % per_execution == 0
             if ended:
-                hooks.on_test_batch_end(step, figures(*totals, totals[2])
-                                        if test_batch_logs else None)
+                hooks.on_test_batch_end(step, figures(*totals) if test_batch_logs else None)
         if not ended:
-            hooks.on_test_batch_end(step, figures(*totals, totals[2])
-                                    if test_batch_logs else None)
-        logs = figures(*totals, totals[2])
+            hooks.on_test_batch_end(step, figures(*totals) if test_batch_logs else None)
+        logs = figures(*totals)
         hooks.on_test_end(logs)
         return {f"val_{k}": v for k, v in logs.items()}
 
@@ -550,8 +560,7 @@ def multi_worker_fit(
                 steps += done
                 if done:
                     hooks.on_train_batch_end(steps - 1, figures(
-                        total_loss, total_correct, total_count, steps)
-                        if train_batch_logs else None)
+                        total_loss, total_correct, total_count) if train_batch_logs else None)
                 if done == wanted:
                     new_pass = False
                     continue
@@ -563,7 +572,7 @@ def multi_worker_fit(
                 batches, new_pass = iter(dist_ds), True
             if not steps:
                 raise ValueError("`dataset` yielded no batches.")
-            logs = figures(total_loss, total_correct, total_count, steps)
+            logs = figures(total_loss, total_correct, total_count)
             if dist_val is not None:
                 logs.update(evaluate())
             for key, value in logs.items():
@@ -706,8 +715,8 @@ def _check_global_batch(size, dataset, global_batch_size):
     """Refuse a first batch of `size` examples (over all workers) where
     every batch should hold `global_batch_size`.
 
-    The loss is averaged over `global_batch_size`; batches of another size
-    would scale every gradient by the wrong factor, without an error. It is
+    Batches of another size would train on another batch than the caller
+    means (and than a learning rate may be set for), without an error. It is
     checked after the first call trains (an error then ends the run before
     any checkpoint), not on a look ahead: a look at a dataset that
     reshuffles on every pass (tf.data's default) would change the order of

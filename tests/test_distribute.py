@@ -330,6 +330,32 @@ def test_multi_worker_fit_runs_several_steps_per_call_as_one_per_call(tmp_path):
     assert four_history["accuracy"] == one_history["accuracy"]
 
 
+def test_multi_worker_fit_trains_on_a_smaller_last_batch_as_fit_does(tmp_path):
+    # 70 examples in batches of 16: the last batch of 6 is averaged over its
+    # own examples (not as 6 of 16), and the epoch's loss weighs each batch
+    # by its size, as Keras's fit does both.
+    x = np.random.default_rng(0).normal(size=(70, 4)).astype("float32")
+    data = tf.data.Dataset.from_tensor_slices((x, (x[:, 0] > 0).astype("int32"))).batch(16)
+
+    def build():
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(
+            2, "softmax", kernel_regularizer=keras.regularizers.L2(0.01))])
+        model.compile(keras.optimizers.SGD(0.5), "sparse_categorical_crossentropy",
+                      metrics=["accuracy"])
+        return model
+
+    fitted = build()
+    expected = fitted.fit(data, epochs=2, verbose=0, shuffle=False).history
+    model, history = distribute.multi_worker_fit(build, data, 2, 16, str(tmp_path / "ckpt"),
+                                                 strategy=tf.distribute.get_strategy(),
+                                                 verbose=0)
+    np.testing.assert_allclose(history["loss"], expected["loss"], rtol=1e-5)
+    np.testing.assert_allclose(history["accuracy"], expected["accuracy"], rtol=1e-6)
+    for ours, theirs in zip(model.get_weights(), fitted.get_weights()):
+        np.testing.assert_allclose(ours, theirs, atol=1e-6)
+
+
 def test_multi_worker_fit_evaluates_every_epoch_as_keras_does(tmp_path):
     # val_loss and val_accuracy over every example (the last batch is
     # smaller), with the regularization loss added, as Keras's evaluate.
@@ -596,9 +622,10 @@ def test_multi_worker_fit_takes_one_hot_targets(tmp_path):
 
 def test_custom_loop_matches_fit(tmp_path):
     # The loop under 2 replicas, 3 steps per call (each epoch's last call
-    # finds its pass ending after 2), against Keras's fit on one device.
-    single = _job("single", tmp_path / "single.json")
-    loop = _job("loop_mirrored", tmp_path / "loop.json")
+    # finds its pass ending after 2), against Keras's fit on one device;
+    # 241 examples: the last batch of 17 splits 9 and 8 over the replicas.
+    single = _job("single", tmp_path / "single.json", "-", "-", 241)
+    loop = _job("loop_mirrored", tmp_path / "loop.json", "-", "-", 241)
     np.testing.assert_allclose(loop["loss"], single["loss"], rtol=1e-5)
     np.testing.assert_allclose(loop["weights"], single["weights"], atol=1e-5)
 
