@@ -11,6 +11,9 @@ and in the code that made these costs smaller.
     # the same measurement on another checkout of the package, e.g. the one
     # before a change: git worktree add /tmp/before <commit>
     python benchmarks/overhead_bench.py --only head_trace --pythonpath /tmp/before
+    # one variant of an experiment on two checkouts in the same run: A the
+    # package found at --versus, B this one (or --pythonpath's)
+    python benchmarks/overhead_bench.py --only multi_worker_steps --versus /tmp/before --variant A
 
 Experiments:
   import         import the package's train path; B without scikit-learn
@@ -311,9 +314,19 @@ def main():
     parser.add_argument("--manual-dir", default=DEFAULT_DATA,
                         help="folder holding mnist/ with the four IDX files")
     parser.add_argument("--pythonpath", help="measure the package found here instead")
+    parser.add_argument("--versus", help="compare checkouts instead of variants: A runs the "
+                                         "package found here, B this one (or --pythonpath's)")
+    parser.add_argument("--variant", choices=["A", "B"],
+                        help="with --versus: the experiment's variant both run (default B)")
     args = parser.parse_args()
     if args.pairs < 2:
-        parser.error("--pairs must be at least 2")
+        parser.error(f"--pairs must be at least 2. Received: {args.pairs}")
+    if args.variant and not args.versus:
+        parser.error(f"--variant picks what --versus compares; give --versus too. "
+                     f"Received: --variant {args.variant}")
+    if args.versus and not os.path.isdir(os.path.join(args.versus, "spinalnet_keras")):
+        parser.error(f"--versus must be a checkout holding spinalnet_keras/. "
+                     f"Received: --versus {args.versus}")
     work = tempfile.mkdtemp(prefix="overhead_bench_")
     try:
         data_dir = os.path.join(work, "tfds")
@@ -332,14 +345,21 @@ def main():
 
         print(f"{args.pairs} alternating pairs of fresh processes, {os.cpu_count()} cores; "
               f"scikit-learn {'installed' if importlib.util.find_spec('sklearn') else 'not installed'}"
-              f"{'; package from ' + args.pythonpath if args.pythonpath else ''}\n")
+              f"{'; package from ' + args.pythonpath if args.pythonpath else ''}"
+              f"{'; A: the package from ' + args.versus if args.versus else ''}\n")
         print("| experiment | measure | A | B | A median | B median | B / A (IQR) | other |")
         print("|---|---|---|---|---:|---:|---:|---|")
         for name in chosen:
             measure, (label_a, code_a), (label_b, code_b) = EXPERIMENTS[name]
+            path_a = args.pythonpath
+            if args.versus:  # one variant, two checkouts
+                label, code = (label_a, code_a) if args.variant == "A" else (label_b, code_b)
+                measure = f"{measure}, {label}"
+                label_a, code_a, path_a = "--versus checkout", code, args.versus
+                label_b, code_b = "this checkout", code
             a, b = [], []
             for _ in range(args.pairs):
-                a.append(run_snippet(code_a, data_dir, args.pythonpath))
+                a.append(run_snippet(code_a, data_dir, path_a))
                 b.append(run_snippet(code_b, data_dir, args.pythonpath))
             sa = [r["seconds"] for r in a]
             sb = [r["seconds"] for r in b]

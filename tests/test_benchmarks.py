@@ -87,6 +87,15 @@ def test_overhead_bench_runs_an_experiment():
     assert re.fullmatch(r"ops \d+ / \d+; variables 4 / 6", row[-1]), row
 
 
+def test_overhead_bench_refuses_what_it_would_not_measure(tmp_path):
+    for args, message in [
+        (["--pairs", "1"], "--pairs must be at least 2. Received: 1"),
+        (["--variant", "A"], "give --versus too. Received: --variant A"),
+        (["--versus", str(tmp_path)], f"holding spinalnet_keras/. Received: --versus {tmp_path}"),
+    ]:
+        assert message in _run("overhead_bench.py", *args, expect=2).stderr
+
+
 @pytest.mark.skipif(not os.path.isdir(MNIST_DIR), reason="real MNIST files not available")
 def test_epoch_bench_trains_both_to_a_useful_accuracy():
     pytest.importorskip("torch", reason="the PyTorch side needs pip install torch==2.13.0")
