@@ -661,6 +661,8 @@ def test_a_stop_asked_by_one_workers_callback_stops_every_worker(tmp_path):
     assert len(w[0]["loss"]) == len(w[1]["loss"]) == 2  # epochs 0 and 1 of 5
     assert w[0]["weights"] == w[1]["weights"]
     assert w[0]["seen"] == [0, 1, "end"]  # the chief's own callbacks, to their end
+    # its EarlyStopping told from the compiled metrics that accuracy goes up
+    assert w[0]["accuracy"] == w[1]["accuracy"] and len(w[0]["accuracy"]) == 2
     assert w[0]["stop_training"] is w[1]["stop_training"] is True
     assert tf.train.latest_checkpoint(str(ckpt)).endswith("ckpt-2")
 

@@ -34,6 +34,8 @@ def build():
     # The package's loop runs several steps per call in the loop modes.
     model.compile(keras.optimizers.SGD(0.1), keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                   jit_compile=mode == "worker_jit",
+                  # the loop builds Keras's compiled metrics for callbacks
+                  metrics=["accuracy"] if mode == "worker_stop" else None,
                   steps_per_execution=3 if mode.startswith("loop") else 1)
     return model
 
@@ -136,8 +138,10 @@ elif mode == "worker_stop":
     chief = distribute.worker_info()[2]
     model, hist = distribute.multi_worker_fit(
         build, ds, 5, 32, sys.argv[3], strategy=worker_strategy, verbose=0,
-        callbacks=[Epochs()] if chief else [StopAfterSecond()])
-    result = {"loss": hist["loss"], "weights": distribute.weights_digest(model).tolist(),
+        callbacks=[Epochs(), keras.callbacks.EarlyStopping("accuracy", patience=9)] if chief
+        else [StopAfterSecond()])
+    result = {"loss": hist["loss"], "accuracy": hist["accuracy"],
+              "weights": distribute.weights_digest(model).tolist(),
               "seen": Epochs.seen, "stop_training": model.stop_training}
 elif mode == "train_one_worker":
     # train under a (one-worker) MultiWorkerMirroredStrategy: its own loop.
