@@ -97,11 +97,14 @@ def callbacks(name, value):
     if not isinstance(value, (list, tuple)):
         raise TypeError(f"`{name}` must be a list of keras.callbacks.Callback objects or "
                         f"None. Received: {name}={value!r}")
-    for i, item in enumerate(value):
+
+    def check(item_name, item):
         if not isinstance(item, keras.callbacks.Callback):
-            raise TypeError(f"`{name}[{i}]` must be a keras.callbacks.Callback. "
-                            f"Received: {name}[{i}]={item!r}")
-    return list(value)
+            raise TypeError(f"`{item_name}` must be a keras.callbacks.Callback. "
+                            f"Received: {item_name}={item!r}")
+        return item
+
+    return list(values(name, value, check)) if value else []
 
 
 def shape(name, value, form):

@@ -362,8 +362,10 @@ def multi_worker_fit(
             loss_kind = getattr(loss_obj, "__name__", "").lower()
         classifier = "categorical" in loss_kind
         sparse_labels = "sparse" in loss_kind
-        accuracy = _check_compile_options(model, classifier)
-        if (model.get_compile_config() or {}).get("metrics"):
+        compiled_metrics = _check_compile_options(model, classifier)
+        # named as compiled ("acc" or "accuracy"), as fit names it
+        accuracy = compiled_metrics[0] if compiled_metrics else "accuracy"
+        if compiled_metrics:
             _build_compiled_metrics(model, sparse_labels)
         epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
         optimizer.build(model.trainable_variables)
@@ -415,11 +417,10 @@ def multi_worker_fit(
             # given, so they must come from the scaled loss.
             scaled = optimizer.scale_loss(loss)
         grads = tape.gradient(scaled, model.trainable_variables)
-        count = tf.cast(tf.shape(per_example)[0], tf.float32)
         # The replica's share of loss x examples: summed over replicas and
         # steps and divided by the examples, the epoch's loss as fit's
         # (batch losses weighted by their sizes).
-        return loss * examples, grads, hits(y, pred), count
+        return loss * examples, grads, hits(y, pred)
 
     if model.jit_compile:  # compile(jit_compile=...), as Keras's fit honours it
         # Only the replica's own pass: applying the gradients all-reduces
@@ -432,9 +433,9 @@ def multi_worker_fit(
         here = tf.cast(tf.shape(tf.nest.flatten(x)[0])[0], tf.float32)
         examples = tf.distribute.get_replica_context().all_reduce(
             tf.distribute.ReduceOp.SUM, here)
-        loss, grads, correct, count = forward_backward(x, y, examples)
+        loss, grads, correct = forward_backward(x, y, examples)
         optimizer.apply_gradients(zip(grads, model.trainable_variables))
-        return loss, correct, count
+        return loss, correct, here
 
     @tf.function
     def train_steps(iterator, wanted):
@@ -653,7 +654,8 @@ def _single_loss(loss):
 
 def _check_compile_options(model, classifier):
     # The loop computes the loss, and the accuracy for categorical losses;
-    # compile's other options would be silently left out.
+    # compile's other options would be silently left out. Returns the
+    # compiled metrics (none, or the accuracy under one of its names).
     config = model.get_compile_config() or {}
     for key in ("loss_weights", "weighted_metrics"):
         if config.get(key):
@@ -670,7 +672,7 @@ def _check_compile_options(model, classifier):
             + ("metrics=['accuracy'] or none" if classifier else "no metrics")
             + f". Received: metrics={metrics!r}"
         )
-    return metrics[0] if metrics else "accuracy"
+    return list(metrics)
 
 
 def _build_compiled_metrics(model, sparse_labels):
