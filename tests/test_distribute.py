@@ -1,3 +1,4 @@
+import functools
 import json
 import os
 import re
@@ -330,6 +331,17 @@ def test_multi_worker_fit_runs_several_steps_per_call_as_one_per_call(tmp_path):
     assert four_history["accuracy"] == one_history["accuracy"]
 
 
+def _softmax_classifier(rate, l2=None, **compile_args):
+    """A seeded softmax regression on 4 features for sparse labels, trained
+    by SGD at `rate` (with an L2 penalty `l2`), its accuracy reported."""
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(
+        2, "softmax", kernel_regularizer=keras.regularizers.L2(l2) if l2 else None)])
+    model.compile(keras.optimizers.SGD(rate), "sparse_categorical_crossentropy",
+                  **{"metrics": ["accuracy"], **compile_args})
+    return model
+
+
 def test_multi_worker_fit_trains_on_a_smaller_last_batch_as_fit_does(tmp_path):
     # 70 examples in batches of 16: the last batch of 6 is averaged over its
     # own examples (not as 6 of 16), and the epoch's loss weighs each batch
@@ -337,13 +349,7 @@ def test_multi_worker_fit_trains_on_a_smaller_last_batch_as_fit_does(tmp_path):
     x = np.random.default_rng(0).normal(size=(70, 4)).astype("float32")
     data = tf.data.Dataset.from_tensor_slices((x, (x[:, 0] > 0).astype("int32"))).batch(16)
 
-    def build():
-        keras.utils.set_random_seed(0)
-        model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(
-            2, "softmax", kernel_regularizer=keras.regularizers.L2(0.01))])
-        model.compile(keras.optimizers.SGD(0.5), "sparse_categorical_crossentropy",
-                      metrics=["accuracy"])
-        return model
+    build = functools.partial(_softmax_classifier, 0.5, l2=0.01)
 
     fitted = build()
     expected = fitted.fit(data, epochs=2, verbose=0, shuffle=False).history
@@ -364,13 +370,7 @@ def test_multi_worker_fit_evaluates_every_epoch_as_keras_does(tmp_path):
     train_data = tf.data.Dataset.from_tensor_slices((x[:64], labels[:64])).batch(16)
     test_data = tf.data.Dataset.from_tensor_slices((x, labels)).batch(16)  # 16 x 4 + 6
 
-    def build():
-        keras.utils.set_random_seed(0)
-        model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(
-            2, "softmax", kernel_regularizer=keras.regularizers.L2(0.5))])
-        model.compile(keras.optimizers.SGD(0.1), "sparse_categorical_crossentropy",
-                      metrics=["accuracy"])
-        return model
+    build = functools.partial(_softmax_classifier, 0.1, l2=0.5)
 
     seen = []
     model, history = distribute.multi_worker_fit(
@@ -428,12 +428,8 @@ def test_multi_worker_fit_runs_keras_callbacks_as_fit_does(tmp_path, accuracy):
     train_data = tf.data.Dataset.from_tensor_slices((x[:64], labels[:64])).batch(16)
     test_data = tf.data.Dataset.from_tensor_slices((x[64:], labels[64:])).batch(16)
 
-    def build():
-        keras.utils.set_random_seed(0)
-        model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, "softmax")])
-        model.compile(keras.optimizers.SGD(0.1), "sparse_categorical_crossentropy",
-                      metrics=[accuracy], steps_per_execution=2)
-        return model
+    build = functools.partial(_softmax_classifier, 0.1, metrics=[accuracy],
+                              steps_per_execution=2)
 
     by_fit, by_loop = _Hooks(), _Hooks()
     build().fit(train_data, epochs=2, validation_data=test_data, callbacks=[by_fit], verbose=0,
@@ -461,12 +457,7 @@ def test_multi_worker_fit_stops_and_schedules_as_keras_callbacks_ask(tmp_path):
     train_data = tf.data.Dataset.from_tensor_slices((x[:48], labels[:48])).batch(16)
     test_data = tf.data.Dataset.from_tensor_slices((x[48:], labels[48:])).batch(16)
 
-    def build():
-        keras.utils.set_random_seed(0)
-        model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, "softmax")])
-        model.compile(keras.optimizers.SGD(0.5), "sparse_categorical_crossentropy",
-                      metrics=["accuracy"])
-        return model
+    build = functools.partial(_softmax_classifier, 0.5)
 
     def callbacks():
         # val_accuracy no higher than its best for one epoch: stop
