@@ -215,10 +215,13 @@ def multi_worker_fit(
             function, without `loss_weights`), and reports the loss and,
             for a categorical loss, the accuracy (on integer labels with the
             sparse loss, one-hot targets otherwise); so its metrics must be
-            none, or `["accuracy"]` with a categorical loss. With
+            none, or `["accuracy"]` with a categorical loss. As with fit,
+            each step's loss is the mean over all its values (one per
+            example, or one per position for outputs of rank 3 and more)
+            and the accuracy is counted at every position. With
             `compile(jit_compile=True)` XLA compiles each replica's forward
-            and backward pass (not the all-reduce of the gradients, which
-            XLA cannot compile on CPU).
+            pass and its gradient (not the all-reduces, which XLA cannot
+            compile on CPU).
         dataset: `tf.data.Dataset` of `(inputs, targets)` batches of the
             global batch size, identical on every worker (the strategy
             shards it); or a function that takes the epoch training starts
@@ -350,15 +353,15 @@ def multi_worker_fit(
         optimizer = model.optimizer
         loss_obj = _single_loss(model.loss)
         if isinstance(loss_obj, keras.losses.Loss):
-            # Per-example values; the average over the step's examples on
-            # all replicas is taken below, so every worker's gradient has
-            # the right scale.
+            # Unreduced values; the mean over the step's values on all
+            # replicas is taken below, so every worker's gradient has the
+            # right scale.
             loss_obj = loss_obj.__class__.from_config(
                 {**loss_obj.get_config(), "reduction": None}
             )
             # The class, not the object's name, which the user may have set.
             loss_kind = type(loss_obj).__name__.lower()
-        else:  # "mse" etc.: functions return per-example values
+        else:  # "mse" etc.: functions return unreduced values
             loss_kind = getattr(loss_obj, "__name__", "").lower()
         classifier = "categorical" in loss_kind
         sparse_labels = "sparse" in loss_kind
@@ -394,57 +397,71 @@ def multi_worker_fit(
                 if validation_data is not None else None)
 
     def hits(y, pred):
+        # Matches and the positions compared (examples, or examples x
+        # positions for outputs of rank > 2), as Keras's accuracy counts.
         if not classifier:
-            return tf.constant(0.0)
-        labels = (tf.reshape(tf.cast(y, tf.int64), [-1]) if sparse_labels
+            return tf.constant(0.0), tf.constant(0.0)
+        predicted = tf.argmax(pred, -1)
+        labels = (tf.reshape(tf.cast(y, tf.int64), tf.shape(predicted)) if sparse_labels
                   else tf.argmax(y, -1))  # one-hot targets
-        return tf.reduce_sum(tf.cast(tf.equal(tf.argmax(pred, -1), labels), tf.float32))
+        return (tf.reduce_sum(tf.cast(tf.equal(predicted, labels), tf.float32)),
+                tf.cast(tf.size(predicted), tf.float32))
 
-    def forward_backward(x, y, examples):
-        # `examples`: the step's, over all replicas.
+    def forward(x, y, training):
+        # The replica's sum of the loss's values and their count (one per
+        # example, or more for outputs of rank > 2), the regularization
+        # loss, the hits and the positions they were counted over.
+        pred = model(x, training=training)
+        values = loss_obj(y, pred)
+        reg = tf.add_n(model.losses) if model.losses else tf.constant(0.0, values.dtype)
+        return (tf.reduce_sum(values), tf.cast(tf.size(values), values.dtype),
+                tf.cast(reg, values.dtype), *hits(y, pred))
+
+    # compile(jit_compile=...), as Keras's fit honours it: XLA compiles the
+    # replica's forward pass and TensorFlow its gradient. The step's counts
+    # are all-reduced outside it: XLA cannot compile collectives on CPU
+    # ("not yet implemented", measured with TF 2.21).
+    def train_forward(x, y):
+        return forward(x, y, training=True)
+
+    if model.jit_compile:
+        train_forward = tf.function(train_forward, jit_compile=True)
+
+    def step_fn(x, y):
+        here = tf.cast(tf.shape(tf.nest.flatten(x)[0])[0], tf.float32)
         with tf.GradientTape() as tape:
-            pred = model(x, training=True)
-            per_example = loss_obj(y, pred)
-            # The mean over the step's examples, as fit's over its batch:
-            # the replicas' gradients add up to the batch mean's, and a
-            # last, smaller batch weighs what it holds (not the share of a
-            # global batch that it would be over `global_batch_size`).
-            loss = tf.reduce_sum(per_example) / tf.cast(examples, per_example.dtype)
+            total, values, reg, correct, positions = train_forward(x, y)
+            # The step's examples and loss values over all replicas, in one
+            # collective.
+            examples, all_values = tf.unstack(tf.distribute.get_replica_context().all_reduce(
+                tf.distribute.ReduceOp.SUM,
+                tf.stack([here, tf.cast(tf.stop_gradient(values), tf.float32)])))
+            # The mean over the step's loss values, as fit's over its
+            # batch: the replicas' gradients add up to the batch mean's,
+            # and a last, smaller batch weighs what it holds.
+            loss = total / tf.cast(all_values, total.dtype)
             if model.losses:
-                loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
+                loss += tf.nn.scale_regularization_loss(reg)
             # As Keras's train_step: a LossScaleOptimizer (mixed_float16) or
             # an optimizer's loss_scale_factor unscales the gradients it is
             # given, so they must come from the scaled loss.
             scaled = optimizer.scale_loss(loss)
         grads = tape.gradient(scaled, model.trainable_variables)
-        # The replica's share of loss x examples: summed over replicas and
-        # steps and divided by the examples, the epoch's loss as fit's
-        # (batch losses weighted by their sizes).
-        return loss * examples, grads, hits(y, pred)
-
-    if model.jit_compile:  # compile(jit_compile=...), as Keras's fit honours it
-        # Only the replica's own pass: applying the gradients all-reduces
-        # them across workers, and XLA cannot compile collectives on CPU
-        # ("not yet implemented", measured with TF 2.21).
-        forward_backward = tf.function(forward_backward, jit_compile=True)
-
-    def step_fn(x, y):
-        # Outside XLA's compilation: a collective.
-        here = tf.cast(tf.shape(tf.nest.flatten(x)[0])[0], tf.float32)
-        examples = tf.distribute.get_replica_context().all_reduce(
-            tf.distribute.ReduceOp.SUM, here)
-        loss, grads, correct = forward_backward(x, y, examples)
         optimizer.apply_gradients(zip(grads, model.trainable_variables))
-        return loss, correct, here
+        # The replica's share of the batch's loss x its examples: summed over
+        # replicas and steps and divided by the examples, the epoch's loss
+        # as fit's (batch losses weighted by their sizes).
+        return tf.cast(loss, tf.float32) * examples, correct, here, positions
 
     @tf.function
     def train_steps(iterator, wanted):
         # Up to `wanted` steps in one call (compile's steps_per_execution),
-        # fewer where the pass ends. Returns the sums of the loss, hits and
-        # examples, the steps done and the first step's examples (over all
-        # workers), which the loop checks against the global batch size.
+        # fewer where the pass ends. Returns the sums of the loss, hits,
+        # examples and positions of the hits, the steps done and the first
+        # step's examples (over all workers), which the loop checks against
+        # the global batch size.
         reduce = tf.distribute.ReduceOp.SUM
-        sums = [tf.constant(0.0)] * 3
+        sums = [tf.constant(0.0)] * 4
         first = tf.constant(0.0)
         done = tf.constant(0)
         for _ in tf.range(wanted):
@@ -459,31 +476,32 @@ def multi_worker_fit(
             done += 1
         return sums, done, first
 
-    def evaluate_replica(x, y):
-        pred = model(x, training=False)
-        per_example = loss_obj(y, pred)
-        count = tf.cast(tf.shape(per_example)[0], tf.float32)
-        total = tf.reduce_sum(per_example)
-        if model.losses:  # Keras adds them to each batch's mean loss
-            total += tf.add_n(model.losses) * count
-        return total, hits(y, pred), count
-
     @tf.function
     def evaluate_step(x, y):
-        sums = strategy.run(evaluate_replica, args=(x, y))
-        return [strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None) for v in sums]
+        # As Keras's evaluate: the batch's loss is the mean over its loss
+        # values plus the regularization loss, weighted by its examples.
+        def replica(x, y):
+            here = tf.cast(tf.shape(tf.nest.flatten(x)[0])[0], tf.float32)
+            return (here, *[tf.cast(v, tf.float32) for v in forward(x, y, training=False)])
 
-    def figures(total, correct, count):
-        # Means over the examples of sums over them, as Python floats.
+        sums = [strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None)
+                for v in strategy.run(replica, args=(x, y))]
+        examples, total, values, reg, correct, positions = sums
+        reg /= strategy.num_replicas_in_sync  # the same on every replica
+        return (total / values + reg) * examples, correct, examples, positions
+
+    def figures(total, correct, count, positions):
+        # Means of sums, as Python floats: the loss per example, the
+        # accuracy per position.
         logs = {"loss": float(total) / max(float(count), 1.0)}
         if classifier:
-            logs[accuracy] = float(correct) / max(float(count), 1.0)
+            logs[accuracy] = float(correct) / max(float(positions), 1.0)
         return logs
 
     def evaluate():
         # Sums over every example, so a last batch that is smaller (or
         # empty on some replicas) weighs what it holds.
-        totals = [tf.constant(0.0)] * 3
+        totals = [tf.constant(0.0)] * 4
         hooks.on_test_begin()
         ended = True
         for step, (x, y) in enumerate(dist_val):
@@ -537,7 +555,7 @@ def multi_worker_fit(
             randomness.start_epoch(epoch)
             hooks.on_epoch_begin(epoch)
             # Sums stay on the device; the host reads a step count per call.
-            total_loss = total_correct = total_count = tf.constant(0.0)
+            totals = [tf.constant(0.0)] * 4  # loss, hits, examples, positions
             steps = 0
             new_pass = not steps_per_epoch or batches is None
             if new_pass:
@@ -550,18 +568,16 @@ def multi_worker_fit(
                 if epoch_steps:
                     wanted = min(wanted, epoch_steps - steps)
                 hooks.on_train_batch_begin(steps)
-                (loss, correct, count), done, first = train_steps(batches, tf.constant(wanted))
+                sums, done, first = train_steps(batches, tf.constant(wanted))
                 done = int(done)
                 if first_batch and done:
                     _check_global_batch(int(first), dataset, global_batch_size)
                     first_batch = False
-                total_loss += loss
-                total_correct += correct
-                total_count += count
+                totals = [t + v for t, v in zip(totals, sums)]
                 steps += done
                 if done:
-                    hooks.on_train_batch_end(steps - 1, figures(
-                        total_loss, total_correct, total_count) if train_batch_logs else None)
+                    hooks.on_train_batch_end(
+                        steps - 1, figures(*totals) if train_batch_logs else None)
                 if done == wanted:
                     new_pass = False
                     continue
@@ -573,7 +589,7 @@ def multi_worker_fit(
                 batches, new_pass = iter(dist_ds), True
             if not steps:
                 raise ValueError("`dataset` yielded no batches.")
-            logs = figures(total_loss, total_correct, total_count)
+            logs = figures(*totals)
             if dist_val is not None:
                 logs.update(evaluate())
             for key, value in logs.items():

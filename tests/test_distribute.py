@@ -362,6 +362,50 @@ def test_multi_worker_fit_trains_on_a_smaller_last_batch_as_fit_does(tmp_path):
         np.testing.assert_allclose(ours, theirs, atol=1e-6)
 
 
+@pytest.mark.parametrize("loss, jit", [
+    ("sparse_categorical_crossentropy", False),  # labels (batch, 5)
+    ("sparse_1", False),                          # labels (batch, 5, 1)
+    ("categorical_crossentropy", True),
+    ("mse", False),                               # targets (batch, 5, 2)
+])
+def test_multi_worker_fit_averages_outputs_of_rank_3_as_fit_does(tmp_path, loss, jit):
+    # A head applied at each of 5 positions: the loss is averaged over all
+    # its values and the accuracy over all positions, as Keras's fit and
+    # evaluate do (they were averaged over the examples: accuracy up to 5).
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(70, 5, 4)).astype("float32")
+    labels = (x[..., 0] > 0).astype("int32")
+    y = {"sparse_1": labels[..., None], "categorical_crossentropy": np.eye(2)[labels],
+         "mse": np.eye(2)[labels]}.get(loss, labels).astype("float32")
+    data = tf.data.Dataset.from_tensor_slices((x, y)).batch(16)  # 4 x 16 + 6
+    loss = "sparse_categorical_crossentropy" if loss == "sparse_1" else loss
+    classifier = loss != "mse"
+
+    def build():
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.Input((5, 4)), keras.layers.Dense(
+            2, "softmax", kernel_regularizer=keras.regularizers.L2(0.01))])
+        model.compile(keras.optimizers.SGD(0.5), loss, jit_compile=jit,
+                      metrics=["accuracy"] if classifier else None)
+        return model
+
+    fitted = build()
+    expected = fitted.fit(data, epochs=2, verbose=0, shuffle=False).history
+    evaluated = fitted.evaluate(data, verbose=0, return_dict=True)
+    model, history = distribute.multi_worker_fit(
+        build, data, 2, 16, str(tmp_path / "ckpt"), strategy=tf.distribute.get_strategy(),
+        verbose=0, validation_data=data)
+    assert sorted(history) == sorted(expected) + sorted(f"val_{k}" for k in evaluated)
+    np.testing.assert_allclose(history["loss"], expected["loss"], rtol=1e-5)
+    np.testing.assert_allclose(history["val_loss"][-1], evaluated["loss"], rtol=1e-5)
+    if classifier:
+        np.testing.assert_allclose(history["accuracy"], expected["accuracy"], rtol=1e-6)
+        assert history["val_accuracy"][-1] == pytest.approx(evaluated["accuracy"])
+        assert 0.5 < history["accuracy"][-1] < 1
+    for ours, theirs in zip(model.get_weights(), fitted.get_weights()):
+        np.testing.assert_allclose(ours, theirs, atol=1e-6)
+
+
 def test_multi_worker_fit_evaluates_every_epoch_as_keras_does(tmp_path):
     # val_loss and val_accuracy over every example (the last batch is
     # smaller), with the regularization loss added, as Keras's evaluate.
@@ -659,16 +703,18 @@ def test_a_stop_asked_by_one_workers_callback_stops_every_worker(tmp_path):
 
 
 def test_two_workers_honour_jit_compile(tmp_path):
-    # compile(jit_compile=True): XLA compiles each replica's forward and
-    # backward pass (its dump shows it), not the gradients' all-reduce,
-    # which XLA cannot compile on CPU.
+    # compile(jit_compile=True): XLA compiles each replica's forward pass
+    # and its gradient (its dump shows both), not the all-reduces of the
+    # step's counts and of the gradients, which XLA cannot compile on CPU.
     dump = tmp_path / "xla"
     env = {**ENV, "XLA_FLAGS": f"--xla_dump_to={dump}"}
     ckpt = tmp_path / "ckpt"
     procs = _start_workers(lambda i: [JOB, "worker_jit", str(tmp_path / f"w{i}.json"), 3, ckpt],
                            tmp_path, env=env)
     _wait(procs)
-    assert any("forward_backward" in f for f in (os.listdir(dump) if dump.exists() else ()))
+    compiled = os.listdir(dump) if dump.exists() else []
+    assert any("train_forward" in f and "backward" not in f for f in compiled)
+    assert any("__backward_train_forward" in f for f in compiled)
     w = [json.loads((tmp_path / f"w{i}.json").read_text()) for i in range(2)]
     np.testing.assert_array_equal(w[0]["weights"], w[1]["weights"])
     assert w[0]["loss"][-1] < w[0]["loss"][0]
