@@ -266,10 +266,14 @@ def multi_worker_fit(
             evaluation's test hooks. They run on every worker that is
             given them: make those that write files (`ModelCheckpoint`,
             `CSVLogger`, `TensorBoard`) on the chief only. A callback
-            that sets `model.stop_training` stops every worker after the
-            epoch in which any worker set it (the workers must stop
-            together; a request from a train batch hook also takes effect
-            at the end of its epoch). That epoch is checkpointed, and a
+            that sets `model.stop_training` on any worker stops every
+            worker (they must stop together) where Keras's fit would stop:
+            after the compiled call whose batch hook asked, or at the end
+            of the epoch, which is then evaluated, handed to the epoch-end
+            hooks and checkpointed as done. Where any worker's callbacks
+            have train batch or epoch begin hooks, the workers agree after
+            every call (one collective of a scalar); otherwise after every
+            epoch only. The stopped epoch is checkpointed, and a
             call with the same `checkpoint_dir` resumes after it; the
             callbacks' own state (e.g. `EarlyStopping`'s count of epochs
             without improvement) is not in the checkpoint, as with Keras's
@@ -526,6 +530,9 @@ def multi_worker_fit(
         asked = strategy.run(lambda: tf.identity(flag))
         return strategy.reduce(tf.distribute.ReduceOp.SUM, asked, axis=None)
 
+    def asked_to_stop():
+        return float(workers_asking(tf.constant(float(bool(model.stop_training))))) > 0
+
     steps_known = steps_per_epoch
     if not steps_known and dataset is not None:
         batches_in = int(dataset.cardinality())
@@ -537,6 +544,12 @@ def multi_worker_fit(
     # callbacks that look at them only.
     train_batch_logs = _overrides(callbacks, "on_train_batch_end", "on_batch_end")
     test_batch_logs = _overrides(callbacks, "on_test_batch_end")
+    # Keras's fit stops after the batch in which a callback asks: where any
+    # worker has a callback that may ask before an epoch ends, every worker
+    # checks after every call (all or none of them, or one would wait).
+    stops_in_epoch = float(workers_asking(tf.constant(float(_overrides(
+        callbacks, "on_epoch_begin", "on_train_batch_begin", "on_train_batch_end",
+        "on_batch_begin", "on_batch_end"))))) > 0
 
     metrics = ["loss"] + ([accuracy] if classifier else [])
     if validation_data is not None:
@@ -578,6 +591,8 @@ def multi_worker_fit(
                 if done:
                     hooks.on_train_batch_end(
                         steps - 1, figures(*totals) if train_batch_logs else None)
+                    if stops_in_epoch and asked_to_stop():
+                        break  # the epoch ends here, evaluated and checkpointed
                 if done == wanted:
                     new_pass = False
                     continue
@@ -601,7 +616,7 @@ def multi_worker_fit(
                 on_epoch_end(epoch, dict(logs))
             # On every worker, callbacks or not: a worker that stopped alone
             # would leave the others waiting in their next collective.
-            stop = float(workers_asking(tf.constant(float(bool(model.stop_training))))) > 0
+            stop = asked_to_stop()
             epoch_var.assign(epoch + 1)
             manager.save()
             if verbose and is_chief:
@@ -629,9 +644,11 @@ def multi_worker_fit(
 
 
 def _overrides(callbacks, *methods):
-    """Whether any of `callbacks` has its own form of one of `methods`."""
+    """Whether any of `callbacks` has its own form of one of `methods`:
+    in its class, or set on the object (as `LambdaCallback` sets them)."""
     base = keras.callbacks.Callback
-    return any(getattr(type(c), m) is not getattr(base, m) for c in callbacks for m in methods)
+    return any(getattr(getattr(c, m), "__func__", None) is not getattr(base, m)
+               for c in callbacks for m in methods)
 
 
 def _checkpointed_epoch(checkpoint):

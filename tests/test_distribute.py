@@ -528,6 +528,52 @@ def test_multi_worker_fit_stops_and_schedules_as_keras_callbacks_ask(tmp_path):
         f"ckpt-{len(history['loss'])}")
 
 
+@pytest.mark.parametrize("per_execution, recorded", [(1, False), (2, True)])
+def test_multi_worker_fit_stops_within_the_epoch_where_a_batch_hook_asks(
+        tmp_path, per_execution, recorded):
+    # As in fit, a stop asked at a batch's end (here from a LambdaCallback,
+    # whose hooks are set on the object) ends the epoch there: that epoch
+    # is evaluated over the batches it trained on, and training ends.
+    x = np.random.default_rng(0).normal(size=(96, 4)).astype("float32")
+    labels = (x[:, 0] > 0).astype("int32")
+    train_data = tf.data.Dataset.from_tensor_slices((x[:64], labels[:64])).batch(16)
+    test_data = tf.data.Dataset.from_tensor_slices((x[64:], labels[64:])).batch(16)
+
+    build = functools.partial(_softmax_classifier, 0.1, steps_per_execution=per_execution)
+
+    def callbacks():
+        # after the 6th step: the 2nd of the 4 of epoch 1 (of 5)
+        stop = keras.callbacks.LambdaCallback(on_train_batch_end=lambda batch, logs: setattr(
+            stop.model, "stop_training", int(stop.model.optimizer.iterations) >= 6))
+        return [stop, _Hooks()] if recorded else [stop]
+
+    fitted, by_fit = build(), callbacks()
+    expected = fitted.fit(train_data, epochs=5, validation_data=test_data, verbose=0,
+                          callbacks=by_fit, shuffle=False).history
+    by_loop = callbacks()
+    model, history = distribute.multi_worker_fit(
+        build, train_data, 5, 16, str(tmp_path / "ckpt"), strategy=tf.distribute.get_strategy(),
+        verbose=0, validation_data=test_data, callbacks=by_loop)
+    assert int(model.optimizer.iterations) == int(fitted.optimizer.iterations) == 6
+    assert len(history["loss"]) == len(expected["loss"]) == 2
+    for key in expected:
+        np.testing.assert_allclose(history[key], expected[key], rtol=1e-5)
+    for ours, theirs in zip(model.get_weights(), fitted.get_weights()):
+        np.testing.assert_allclose(ours, theirs, atol=1e-6)
+    assert model.stop_training is True
+    assert tf.train.latest_checkpoint(str(tmp_path / "ckpt")).endswith("ckpt-2")
+    if recorded:
+        # the same hooks with the same figures; a call's batch end numbered
+        # by its last step (Keras before 3.11 gave its first)
+        ends = [c[1] for c in by_loop[1].calls if c[0] == "on_train_batch_end"]
+        assert ends == [1, 3, 1]
+        ends = iter(ends)
+        fit_calls = [(c[0], next(ends), *c[2:]) if c[0] == "on_train_batch_end" else c
+                     for c in by_fit[1].calls]
+        assert all(_close(a, b) for a, b in zip(by_loop[1].calls, fit_calls, strict=True)), (
+            by_loop[1].calls, by_fit[1].calls)
+
+
 def test_a_resumed_multi_worker_fit_reads_the_data_of_the_epochs_left(tmp_path):
     # `dataset` as a function of the first epoch: a run resumed at epoch 2
     # reads epoch 2's batches, not the first epoch's again.
@@ -687,13 +733,14 @@ def test_two_workers_end_identical_and_learn(tmp_path):
 
 
 def test_a_stop_asked_by_one_workers_callback_stops_every_worker(tmp_path):
-    # The workers must stop together: one stopping alone would leave the
-    # other waiting in its next collective.
+    # The workers must stop together, where the one that asks stops: one
+    # stopping alone would leave the other waiting in its next collective.
     ckpt = tmp_path / "ckpt"
     _wait(_start_workers(lambda i: [JOB, "worker_stop", str(tmp_path / f"w{i}.json"), ckpt],
                          tmp_path), timeout=120)
     w = [json.loads((tmp_path / f"w{i}.json").read_text()) for i in range(2)]
     assert len(w[0]["loss"]) == len(w[1]["loss"]) == 2  # epochs 0 and 1 of 5
+    assert w[0]["iterations"] == w[1]["iterations"] == 11  # 8 + 3: where it was asked
     assert w[0]["weights"] == w[1]["weights"]
     assert w[0]["seen"] == [0, 1, "end"]  # the chief's own callbacks, to their end
     # its EarlyStopping told from the compiled metrics that accuracy goes up
