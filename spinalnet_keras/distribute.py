@@ -443,9 +443,8 @@ def multi_worker_fit(
             # The mean over the step's loss values, as fit's over its
             # batch: the replicas' gradients add up to the batch mean's,
             # and a last, smaller batch weighs what it holds.
-            loss = total / tf.cast(all_values, total.dtype)
-            if model.losses:
-                loss += tf.nn.scale_regularization_loss(reg)
+            # (reg is 0 for a model without regularization losses)
+            loss = total / tf.cast(all_values, total.dtype) + tf.nn.scale_regularization_loss(reg)
             # As Keras's train_step: a LossScaleOptimizer (mixed_float16) or
             # an optimizer's loss_scale_factor unscales the gradients it is
             # given, so they must come from the scaled loss.
