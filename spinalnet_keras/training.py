@@ -663,8 +663,9 @@ def train(config, strategy=None, task=None, callbacks=None):
             loop (`multi_worker_fit`, as Keras's fit fails there), which
             runs them as fit does, on every worker they are given to: give
             those that write files to the chief only. A stop asked for by
-            any worker's callback (`EarlyStopping`) stops all at the end of
-            that epoch.
+            any worker's callback stops all where fit would stop: at the
+            end of the epoch (`EarlyStopping`), or after the compiled call
+            whose batch hook asked (`TerminateOnNaN`).
 
     Raises:
         ValueError: `config.output_dir` holds a run of another configuration
