@@ -400,6 +400,9 @@ def multi_worker_fit(
     dist_val = (strategy.experimental_distribute_dataset(validation_data)
                 if validation_data is not None else None)
 
+    def examples_in(x):
+        return tf.cast(tf.shape(tf.nest.flatten(x)[0])[0], tf.float32)
+
     def hits(y, pred):
         # Matches and the positions compared (examples, or examples x
         # positions for outputs of rank > 2), as Keras's accuracy counts.
@@ -432,7 +435,7 @@ def multi_worker_fit(
         train_forward = tf.function(train_forward, jit_compile=True)
 
     def step_fn(x, y):
-        here = tf.cast(tf.shape(tf.nest.flatten(x)[0])[0], tf.float32)
+        here = examples_in(x)
         with tf.GradientTape() as tape:
             total, values, reg, correct, positions = train_forward(x, y)
             # The step's examples and loss values over all replicas, in one
@@ -484,8 +487,8 @@ def multi_worker_fit(
         # As Keras's evaluate: the batch's loss is the mean over its loss
         # values plus the regularization loss, weighted by its examples.
         def replica(x, y):
-            here = tf.cast(tf.shape(tf.nest.flatten(x)[0])[0], tf.float32)
-            return (here, *[tf.cast(v, tf.float32) for v in forward(x, y, training=False)])
+            return (examples_in(x),
+                    *[tf.cast(v, tf.float32) for v in forward(x, y, training=False)])
 
         sums = [strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None)
                 for v in strategy.run(replica, args=(x, y))]
@@ -523,14 +526,14 @@ def multi_worker_fit(
         return {f"val_{k}": v for k, v in logs.items()}
 
     @tf.function
-    def workers_asking(flag):
-        # How many replicas' workers asked to stop: a collective, so that
-        # every worker makes the same decision.
-        asked = strategy.run(lambda: tf.identity(flag))
-        return strategy.reduce(tf.distribute.ReduceOp.SUM, asked, axis=None)
+    def replicas_with(flag):
+        # How many replicas' workers hold `flag` (0 or 1): a collective.
+        held = strategy.run(lambda: tf.identity(flag))
+        return strategy.reduce(tf.distribute.ReduceOp.SUM, held, axis=None)
 
-    def asked_to_stop():
-        return float(workers_asking(tf.constant(float(bool(model.stop_training))))) > 0
+    def any_worker(flag):
+        # Whether `flag` holds on any worker, decided alike on every worker.
+        return float(replicas_with(tf.constant(float(bool(flag))))) > 0
 
     steps_known = steps_per_epoch
     if not steps_known and dataset is not None:
@@ -546,9 +549,9 @@ def multi_worker_fit(
     # Keras's fit stops after the batch in which a callback asks: where any
     # worker has a callback that may ask before an epoch ends, every worker
     # checks after every call (all or none of them, or one would wait).
-    stops_in_epoch = float(workers_asking(tf.constant(float(_overrides(
+    stops_in_epoch = any_worker(_overrides(
         callbacks, "on_epoch_begin", "on_train_batch_begin", "on_train_batch_end",
-        "on_batch_begin", "on_batch_end"))))) > 0
+        "on_batch_begin", "on_batch_end"))
 
     metrics = ["loss"] + ([accuracy] if classifier else [])
     if validation_data is not None:
@@ -590,7 +593,7 @@ def multi_worker_fit(
                 if done:
                     hooks.on_train_batch_end(
                         steps - 1, figures(*totals) if train_batch_logs else None)
-                    if stops_in_epoch and asked_to_stop():
+                    if stops_in_epoch and any_worker(model.stop_training):
                         break  # the epoch ends here, evaluated and checkpointed
                 if done == wanted:
                     new_pass = False
@@ -615,7 +618,7 @@ def multi_worker_fit(
                 on_epoch_end(epoch, dict(logs))
             # On every worker, callbacks or not: a worker that stopped alone
             # would leave the others waiting in their next collective.
-            stop = asked_to_stop()
+            stop = any_worker(model.stop_training)
             epoch_var.assign(epoch + 1)
             manager.save()
             if verbose and is_chief:
