@@ -463,6 +463,17 @@ def _close(call, other):
         for f, g in zip(figures, figures_b, strict=True))
 
 
+def _batch_ends(calls):
+    return [c[1] for c in calls if c[0].endswith("batch_end")]
+
+
+def _numbered_as(fit_calls, loop_calls):
+    """fit's calls with each batch end numbered as the loop's: Keras 3.11+
+    gives a compiled call's last step, as the loop does; earlier, its first."""
+    ends = iter(_batch_ends(loop_calls))
+    return [(c[0], next(ends), *c[2:]) if c[0].endswith("batch_end") else c for c in fit_calls]
+
+
 @pytest.mark.parametrize("accuracy", ["accuracy", "acc"])
 def test_multi_worker_fit_runs_keras_callbacks_as_fit_does(tmp_path, accuracy):
     # The same hooks in the same order, with the same step numbers, params
@@ -483,11 +494,8 @@ def test_multi_worker_fit_runs_keras_callbacks_as_fit_does(tmp_path, accuracy):
                                 validation_data=test_data, callbacks=[by_loop])
     assert by_loop.params == by_fit.params == {"verbose": 0, "epochs": 2, "steps": 4}
     # a call's batch end: its last step (Keras before 3.11 gave its first)
-    ends = [c[1] for c in by_loop.calls if c[0].endswith("batch_end")]
-    assert ends == [1, 3, 1] * 2
-    ends = iter(ends)
-    fit_calls = [(c[0], next(ends), *c[2:]) if c[0].endswith("batch_end") else c
-                 for c in by_fit.calls]
+    assert _batch_ends(by_loop.calls) == [1, 3, 1] * 2
+    fit_calls = _numbered_as(by_fit.calls, by_loop.calls)
     assert len(by_loop.calls) == len(by_fit.calls) == 22
     assert sorted(by_loop.calls[-1][1]) == sorted(["loss", accuracy, "val_loss", f"val_{accuracy}"])
     assert all(_close(a, b) for a, b in zip(by_loop.calls, fit_calls)), (by_loop.calls, by_fit.calls)
@@ -564,12 +572,10 @@ def test_multi_worker_fit_stops_within_the_epoch_where_a_batch_hook_asks(
     assert tf.train.latest_checkpoint(str(tmp_path / "ckpt")).endswith("ckpt-2")
     if recorded:
         # the same hooks with the same figures; a call's batch end numbered
-        # by its last step (Keras before 3.11 gave its first)
-        ends = [c[1] for c in by_loop[1].calls if c[0].endswith("batch_end")]
-        assert ends == [1, 3, 1, 1, 1]  # train, train, test; train, test
-        ends = iter(ends)
-        fit_calls = [(c[0], next(ends), *c[2:]) if c[0].endswith("batch_end") else c
-                     for c in by_fit[1].calls]
+        # by its last step (Keras before 3.11 gave its first): train, train,
+        # test; train, test
+        assert _batch_ends(by_loop[1].calls) == [1, 3, 1, 1, 1]
+        fit_calls = _numbered_as(by_fit[1].calls, by_loop[1].calls)
         assert all(_close(a, b) for a, b in zip(by_loop[1].calls, fit_calls, strict=True)), (
             by_loop[1].calls, by_fit[1].calls)
 
