@@ -29,6 +29,12 @@ Experiments:
   multi_worker_steps  the second MNIST epoch in multi_worker_fit (the
                  package's loop for MultiWorkerMirroredStrategy) on a cluster
                  of one worker: A one step per compiled call, B 67
+  multi_worker_callbacks  as multi_worker_steps at one step per call;
+                 A without callbacks, B with Keras's TensorBoard callback
+                 (as `train` gives the chief), whose batch hooks make every
+                 call end with the workers' check for a callback's stop
+  multi_worker_xla  as multi_worker_steps at 67 steps per call; A without
+                 XLA, B with compile's jit_compile=True
   pipeline       CPU seconds to draw the second MNIST epoch of batches (the
                  first, with the pipeline's start-up, under "other"): A a
                  per-example pipeline with a 10,000-image shuffle buffer (the
@@ -138,7 +144,8 @@ from spinalnet_keras.distribute import get_strategy, multi_worker_fit
 strategy = get_strategy("multi_worker")
 from spinalnet_keras.training import TrainConfig, build_model, compile_model, load_config_task
 config = TrainConfig(model="mnist_cnn", head="spinal", width=8, depth=6, dataset="mnist",
-                     data_dir=DATA_DIR, epochs=2, verbose=0, steps_per_execution={steps})
+                     data_dir=DATA_DIR, epochs=2, verbose=0, steps_per_execution={steps},
+                     jit_compile={jit!r})
 task = load_config_task(config, initial_epoch=0)
 # Each epoch ends with its checkpoint (timed so, the loop of any version).
 import tensorflow as tf
@@ -147,11 +154,20 @@ def timed_save(self, *args, **kwargs):
     ends.append(time.perf_counter())
     return save(self, *args, **kwargs)
 tf.train.CheckpointManager.save = timed_save
+import keras
 multi_worker_fit(lambda: compile_model(build_model(config, task), config, task, {steps}),
                  task.train, 2, 64, tempfile.mkdtemp(dir=DATA_DIR), strategy=strategy,
-                 steps_per_epoch=task.steps_per_epoch, verbose=0)
+                 steps_per_epoch=task.steps_per_epoch, verbose=0,
+                 **({{"callbacks": [keras.callbacks.TensorBoard(tempfile.mkdtemp(dir=DATA_DIR))]}}
+                    if {tensorboard} else {{}}))
 report(seconds=ends[1] - ends[0])
 """
+
+
+
+def _multi_worker_steps(steps, jit="off", tensorboard=False):
+    return _MULTI_WORKER_STEPS.format(steps=steps, jit=jit, tensorboard=tensorboard)
+
 
 _PIPELINE = """
 import resource
@@ -258,8 +274,20 @@ EXPERIMENTS = {
     "multi_worker_steps": (
         "second MNIST epoch (938 steps, with the first's checkpoint) in "
         "multi_worker_fit, one worker, s",
-        ("1 step per execution", _MULTI_WORKER_STEPS.format(steps=1)),
-        ("67 steps per execution", _MULTI_WORKER_STEPS.format(steps=67)),
+        ("1 step per execution", _multi_worker_steps(steps=1)),
+        ("67 steps per execution", _multi_worker_steps(steps=67)),
+    ),
+    "multi_worker_callbacks": (
+        "second MNIST epoch (938 steps, 1 per execution) in multi_worker_fit, "
+        "one worker, s",
+        ("no callbacks", _multi_worker_steps(steps=1)),
+        ("Keras's TensorBoard, as train's chief", _multi_worker_steps(steps=1, tensorboard=True)),
+    ),
+    "multi_worker_xla": (
+        "second MNIST epoch (938 steps, 67 per execution) in multi_worker_fit, "
+        "one worker, s",
+        ("without XLA", _multi_worker_steps(steps=67)),
+        ("jit_compile on", _multi_worker_steps(steps=67, jit="on")),
     ),
     "pipeline": (
         "CPU seconds to draw an MNIST epoch of batches (the second)",
