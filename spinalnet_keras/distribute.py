@@ -424,35 +424,47 @@ def multi_worker_fit(
         return (tf.reduce_sum(values), tf.cast(tf.size(values), values.dtype),
                 tf.cast(reg, values.dtype), *hits(y, pred))
 
-    # compile(jit_compile=...), as Keras's fit honours it: XLA compiles the
-    # replica's forward pass and TensorFlow its gradient. The step's counts
-    # are all-reduced outside it: XLA cannot compile collectives on CPU
-    # ("not yet implemented", measured with TF 2.21).
-    def train_forward(x, y):
-        return forward(x, y, training=True)
-
-    if model.jit_compile:
-        train_forward = tf.function(train_forward, jit_compile=True)
-
-    def step_fn(x, y):
-        here = examples_in(x)
-        with tf.GradientTape() as tape:
-            total, values, reg, correct, positions = train_forward(x, y)
-            # The step's examples and loss values over all replicas, in one
-            # collective.
-            examples, all_values = tf.unstack(tf.distribute.get_replica_context().all_reduce(
-                tf.distribute.ReduceOp.SUM,
-                tf.stack([here, tf.cast(tf.stop_gradient(values), tf.float32)])))
-            # The mean over the step's loss values, as fit's over its
-            # batch: the replicas' gradients add up to the batch mean's,
-            # and a last, smaller batch weighs what it holds.
-            # (reg is 0 for a model without regularization losses)
-            loss = total / tf.cast(all_values, total.dtype) + tf.nn.scale_regularization_loss(reg)
+    def forward_backward(x, y):
+        # The replica's own pass, forward and backward, with no collective
+        # (XLA cannot compile them on CPU: "not yet implemented", measured
+        # with TF 2.21). Its loss is the mean over its own loss values; the
+        # step's mean is over all replicas' values, a count known only
+        # after every forward pass, so the caller rescales this gradient.
+        # The regularization loss's gradient stays apart: it is not rescaled.
+        with tf.GradientTape(persistent=True) as tape:
+            total, values, reg, correct, positions = forward(x, y, training=True)
             # As Keras's train_step: a LossScaleOptimizer (mixed_float16) or
             # an optimizer's loss_scale_factor unscales the gradients it is
             # given, so they must come from the scaled loss.
-            scaled = optimizer.scale_loss(loss)
-        grads = tape.gradient(scaled, model.trainable_variables)
+            own = optimizer.scale_loss(total / values)
+            regularization = optimizer.scale_loss(tf.nn.scale_regularization_loss(reg))
+        variables = model.trainable_variables
+        grads = tape.gradient(own, variables)
+        # (None for a model without regularization losses)
+        reg_grads = tape.gradient(regularization, variables) if model.losses else None
+        return total, values, reg, correct, positions, grads, reg_grads
+
+    # compile(jit_compile=...), as Keras's fit honours it: XLA compiles the
+    # replica's pass as one function, forward and backward (as it does
+    # Keras's train step), outside the step's collectives.
+    if model.jit_compile:
+        forward_backward = tf.function(forward_backward, jit_compile=True)
+
+    def step_fn(x, y):
+        here = examples_in(x)
+        total, values, reg, correct, positions, grads, reg_grads = forward_backward(x, y)
+        # The step's examples and loss values over all replicas, in one
+        # collective.
+        examples, all_values = tf.unstack(tf.distribute.get_replica_context().all_reduce(
+            tf.distribute.ReduceOp.SUM, tf.stack([here, tf.cast(values, tf.float32)])))
+        # The mean over the step's loss values, as fit's over its batch: the
+        # replicas' gradients add up to the batch mean's, and a last, smaller
+        # batch weighs what it holds. (reg is 0 without regularization losses)
+        share = values / tf.cast(all_values, values.dtype)
+        loss = total / tf.cast(all_values, total.dtype) + tf.nn.scale_regularization_loss(reg)
+        grads = [_scaled(g, share) for g in grads]
+        if reg_grads is not None:
+            grads = [_added(g, r) for g, r in zip(grads, reg_grads)]
         optimizer.apply_gradients(zip(grads, model.trainable_variables))
         # The replica's share of the batch's loss x its examples: summed over
         # replicas and steps and divided by the examples, the epoch's loss
@@ -643,6 +655,24 @@ def multi_worker_fit(
         if not is_chief:
             shutil.rmtree(write_dir, ignore_errors=True)
     return model, history
+
+
+def _scaled(grad, factor):
+    # A gradient times a scalar; an embedding's is IndexedSlices.
+    if grad is None:
+        return None
+    factor = tf.cast(factor, grad.dtype)
+    if isinstance(grad, tf.IndexedSlices):
+        return tf.IndexedSlices(grad.values * factor, grad.indices, grad.dense_shape)
+    return grad * factor
+
+
+def _added(grad, other):
+    # The sum of two gradients of one variable, either of which may be None
+    # (the loss does not reach it) or IndexedSlices.
+    if grad is None or other is None:
+        return other if grad is None else grad
+    return tf.convert_to_tensor(grad) + tf.convert_to_tensor(other)
 
 
 def _overrides(callbacks, *methods):
