@@ -220,8 +220,8 @@ def multi_worker_fit(
             example, or one per position for outputs of rank 3 and more)
             and the accuracy is counted at every position. With
             `compile(jit_compile=True)` XLA compiles each replica's forward
-            pass and its gradient (not the all-reduces, which XLA cannot
-            compile on CPU).
+            and backward pass as one function (not the all-reduces, which
+            XLA cannot compile on CPU).
         dataset: `tf.data.Dataset` of `(inputs, targets)` batches of the
             global batch size, identical on every worker (the strategy
             shards it); or a function that takes the epoch training starts
@@ -556,13 +556,15 @@ def multi_worker_fit(
                                          epochs=epochs, steps=steps_known)
     # The running figures cost a read from the device per call: made for
     # callbacks that look at them only.
-    train_batch_logs = _overrides(callbacks, "on_train_batch_end", "on_batch_end")
+    train_batch_logs = _overrides([c for c in callbacks if _reads_batch_figures(c)],
+                                  "on_train_batch_end", "on_batch_end")
     test_batch_logs = _overrides(callbacks, "on_test_batch_end")
     # Keras's fit stops after the batch in which a callback asks: where any
     # worker has a callback that may ask before an epoch ends, every worker
     # checks after every call (all or none of them, or one would wait).
     stops_in_epoch = any_worker(_overrides(
-        callbacks, "on_epoch_begin", "on_train_batch_begin", "on_train_batch_end",
+        [c for c in callbacks if type(c) not in _NEVER_STOP_IN_EPOCH],
+        "on_epoch_begin", "on_train_batch_begin", "on_train_batch_end",
         "on_batch_begin", "on_batch_end"))
 
     metrics = ["loss"] + ([accuracy] if classifier else [])
@@ -673,6 +675,27 @@ def _added(grad, other):
     if grad is None or other is None:
         return other if grad is None else grad
     return tf.convert_to_tensor(grad) + tf.convert_to_tensor(other)
+
+
+# Keras's callbacks that never set `model.stop_training` before an epoch's
+# end (of Keras's own, TerminateOnNaN does, after a batch; EarlyStopping at
+# the end). Their batch hooks need no check for a stop after every call:
+# one collective per call, a tenth of the epoch at one step per call
+# (RESULTS §4). Exact classes: a subclass may ask.
+_NEVER_STOP_IN_EPOCH = (
+    keras.callbacks.TensorBoard, keras.callbacks.ModelCheckpoint,
+    keras.callbacks.BackupAndRestore, keras.callbacks.CSVLogger,
+    keras.callbacks.ProgbarLogger, keras.callbacks.History,
+    keras.callbacks.LearningRateScheduler, keras.callbacks.ReduceLROnPlateau,
+    keras.callbacks.EarlyStopping, keras.callbacks.RemoteMonitor,
+)
+
+
+def _reads_batch_figures(callback):
+    # Keras's TensorBoard writes a batch's figures only with a batch-level
+    # update_freq; with "epoch" (its default, and train's), it drops them.
+    return not (type(callback) is keras.callbacks.TensorBoard
+                and callback.update_freq == "epoch")
 
 
 def _overrides(callbacks, *methods):

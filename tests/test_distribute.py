@@ -6,6 +6,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 import keras
@@ -570,12 +571,23 @@ def test_multi_worker_fit_stops_and_schedules_as_keras_callbacks_ask(tmp_path):
         f"ckpt-{len(history['loss'])}")
 
 
-@pytest.mark.parametrize("per_execution, recorded", [(1, False), (2, True)])
+class _StoppingTensorBoard(keras.callbacks.TensorBoard):
+    """Keras's TensorBoard, which never stops training, made to ask after
+    the 6th step."""
+
+    def on_train_batch_end(self, batch, logs=None):
+        super().on_train_batch_end(batch, logs)
+        self.model.stop_training = int(self.model.optimizer.iterations) >= 6
+
+
+@pytest.mark.parametrize("per_execution, recorded, asker", [
+    (1, False, "lambda"), (2, True, "lambda"), (1, False, "tensorboard subclass")])
 def test_multi_worker_fit_stops_within_the_epoch_where_a_batch_hook_asks(
-        tmp_path, per_execution, recorded):
-    # As in fit, a stop asked at a batch's end (here from a LambdaCallback,
-    # whose hooks are set on the object) ends the epoch there: that epoch
-    # is evaluated over the batches it trained on, and training ends.
+        tmp_path, per_execution, recorded, asker):
+    # As in fit, a stop asked at a batch's end (from a LambdaCallback, whose
+    # hooks are set on the object, or a subclass of a Keras callback that
+    # never asks itself) ends the epoch there: that epoch is evaluated over
+    # the batches it trained on, and training ends.
     x = np.random.default_rng(0).normal(size=(96, 4)).astype("float32")
     labels = (x[:, 0] > 0).astype("int32")
     train_data = tf.data.Dataset.from_tensor_slices((x[:64], labels[:64])).batch(16)
@@ -585,8 +597,11 @@ def test_multi_worker_fit_stops_within_the_epoch_where_a_batch_hook_asks(
 
     def callbacks():
         # after the 6th step: the 2nd of the 4 of epoch 1 (of 5)
-        stop = keras.callbacks.LambdaCallback(on_train_batch_end=lambda batch, logs: setattr(
-            stop.model, "stop_training", int(stop.model.optimizer.iterations) >= 6))
+        if asker == "lambda":
+            stop = keras.callbacks.LambdaCallback(on_train_batch_end=lambda batch, logs: setattr(
+                stop.model, "stop_training", int(stop.model.optimizer.iterations) >= 6))
+        else:
+            stop = _StoppingTensorBoard(tempfile.mkdtemp(dir=tmp_path))
         return [stop, _Hooks()] if recorded else [stop]
 
     fitted, by_fit = build(), callbacks()
@@ -612,6 +627,25 @@ def test_multi_worker_fit_stops_within_the_epoch_where_a_batch_hook_asks(
         fit_calls = _numbered_as(by_fit[1].calls, by_loop[1].calls)
         assert all(_close(a, b) for a, b in zip(by_loop[1].calls, fit_calls, strict=True)), (
             by_loop[1].calls, by_fit[1].calls)
+
+
+def test_multi_worker_fit_gives_tensorboard_the_batch_figures_fit_gives(tmp_path):
+    # With a batch-level update_freq, Keras's TensorBoard writes each
+    # batch's running figures: the loop hands it fit's. (With "epoch" it
+    # drops them, and the loop reads none.)
+    x = np.random.default_rng(0).normal(size=(70, 4)).astype("float32")
+    data = tf.data.Dataset.from_tensor_slices((x, (x[:, 0] > 0).astype("int32"))).batch(16)
+    build = functools.partial(_softmax_classifier, 0.5)
+    build().fit(data, epochs=2, verbose=0, shuffle=False,
+                callbacks=[keras.callbacks.TensorBoard(tmp_path / "fit", update_freq=1)])
+    distribute.multi_worker_fit(
+        build, data, 2, 16, str(tmp_path / "ckpt"), strategy=tf.distribute.get_strategy(),
+        verbose=0, callbacks=[keras.callbacks.TensorBoard(tmp_path / "loop", update_freq=1)])
+    by_fit, by_loop = (tensorboard_scalars(tmp_path / run) for run in ("fit", "loop"))
+    for tag in ("batch_loss", "batch_accuracy"):
+        assert sorted(by_loop["train", tag]) == sorted(by_fit["train", tag]) == list(range(1, 11))
+        for step, value in by_fit["train", tag].items():
+            assert by_loop["train", tag][step] == pytest.approx(value, rel=1e-5), (tag, step)
 
 
 def test_a_resumed_multi_worker_fit_reads_the_data_of_the_epochs_left(tmp_path):
