@@ -273,7 +273,9 @@ def multi_worker_fit(
             hooks and checkpointed as done. Where any worker's callbacks
             have train batch or epoch begin hooks, the workers agree after
             every call (one collective of a scalar); otherwise after every
-            epoch only. The stopped epoch is checkpointed, and a
+            epoch only. Keras's own callbacks that never stop before an
+            epoch's end (all but `TerminateOnNaN`; their exact classes,
+            not subclasses) do not count. The stopped epoch is checkpointed, and a
             call with the same `checkpoint_dir` resumes after it; the
             callbacks' own state (e.g. `EarlyStopping`'s count of epochs
             without improvement) is not in the checkpoint, as with Keras's
