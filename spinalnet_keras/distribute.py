@@ -681,9 +681,9 @@ def _added(grad, other):
 
 # Keras's callbacks that never set `model.stop_training` before an epoch's
 # end (of Keras's own, TerminateOnNaN does, after a batch; EarlyStopping at
-# the end). Their batch hooks need no check for a stop after every call:
-# one collective per call, a tenth of the epoch at one step per call
-# (RESULTS §4). Exact classes: a subclass may ask.
+# the end). Their batch hooks need no check for a stop after every call, a
+# collective (with the figures that TensorBoard drops, a tenth of the epoch
+# at one step per call, RESULTS §4). Exact classes: a subclass may ask.
 _NEVER_STOP_IN_EPOCH = (
     keras.callbacks.TensorBoard, keras.callbacks.ModelCheckpoint,
     keras.callbacks.BackupAndRestore, keras.callbacks.CSVLogger,
