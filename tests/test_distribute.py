@@ -343,15 +343,9 @@ def _softmax_classifier(rate, l2=None, **compile_args):
     return model
 
 
-def test_multi_worker_fit_trains_on_a_smaller_last_batch_as_fit_does(tmp_path):
-    # 70 examples in batches of 16: the last batch of 6 is averaged over its
-    # own examples (not as 6 of 16), and the epoch's loss weighs each batch
-    # by its size, as Keras's fit does both.
-    x = np.random.default_rng(0).normal(size=(70, 4)).astype("float32")
-    data = tf.data.Dataset.from_tensor_slices((x, (x[:, 0] > 0).astype("int32"))).batch(16)
-
-    build = functools.partial(_softmax_classifier, 0.5, l2=0.01)
-
+def _assert_trains_as_fit(build, data, tmp_path):
+    """Two epochs of multi_worker_fit (default strategy) on batches of 16
+    end with fit's losses, accuracies and weights."""
     fitted = build()
     expected = fitted.fit(data, epochs=2, verbose=0, shuffle=False).history
     model, history = distribute.multi_worker_fit(build, data, 2, 16, str(tmp_path / "ckpt"),
@@ -361,6 +355,18 @@ def test_multi_worker_fit_trains_on_a_smaller_last_batch_as_fit_does(tmp_path):
     np.testing.assert_allclose(history["accuracy"], expected["accuracy"], rtol=1e-6)
     for ours, theirs in zip(model.get_weights(), fitted.get_weights()):
         np.testing.assert_allclose(ours, theirs, atol=1e-6)
+
+
+def test_multi_worker_fit_trains_on_a_smaller_last_batch_as_fit_does(tmp_path):
+    # 70 examples in batches of 16: the last batch of 6 is averaged over its
+    # own examples (not as 6 of 16), and the epoch's loss weighs each batch
+    # by its size, as Keras's fit does both.
+    x = np.random.default_rng(0).normal(size=(70, 4)).astype("float32")
+    data = tf.data.Dataset.from_tensor_slices((x, (x[:, 0] > 0).astype("int32"))).batch(16)
+
+    build = functools.partial(_softmax_classifier, 0.5, l2=0.01)
+
+    _assert_trains_as_fit(build, data, tmp_path)
 
 
 @pytest.mark.parametrize("loss, jit", [
@@ -430,15 +436,7 @@ def test_multi_worker_fit_trains_embeddings_and_activity_penalties_as_fit_does(t
                       metrics=["accuracy"], jit_compile=jit)
         return model
 
-    fitted = build()
-    expected = fitted.fit(data, epochs=2, verbose=0, shuffle=False).history
-    model, history = distribute.multi_worker_fit(build, data, 2, 16, str(tmp_path / "ckpt"),
-                                                 strategy=tf.distribute.get_strategy(),
-                                                 verbose=0)
-    np.testing.assert_allclose(history["loss"], expected["loss"], rtol=1e-5)
-    assert history["accuracy"] == pytest.approx(expected["accuracy"])
-    for ours, theirs in zip(model.get_weights(), fitted.get_weights()):
-        np.testing.assert_allclose(ours, theirs, atol=1e-6)
+    _assert_trains_as_fit(build, data, tmp_path)
 
 
 def test_multi_worker_fit_evaluates_every_epoch_as_keras_does(tmp_path):
