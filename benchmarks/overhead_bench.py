@@ -164,7 +164,6 @@ report(seconds=ends[1] - ends[0])
 """
 
 
-
 def _multi_worker_steps(steps, jit="off", tensorboard=False):
     return _MULTI_WORKER_STEPS.format(steps=steps, jit=jit, tensorboard=tensorboard)
 
