@@ -848,7 +848,7 @@ def test_multi_worker_job_killed_and_restarted_resumes(tmp_path):
     ckpt = tmp_path / "ckpt"
 
     def args(i, folder=tmp_path, checkpoints=ckpt):
-        return [JOB, "worker_dropout", str(folder / f"w{i}.json"), 6, checkpoints, 4_000]
+        return [JOB, "worker_dropout", str(folder / f"w{i}.json"), 6, checkpoints, 2_000]
 
     procs = _start_workers(args, tmp_path)
     deadline = time.time() + 240
