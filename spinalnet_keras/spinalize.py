@@ -48,21 +48,62 @@ def _check_graph_model(model):
         )
 
 
+def _node_outputs(layer):
+    """The output tensors of each call of `layer` in a graph, flattened."""
+    # Keras 3 records a node per call on the operation; nodes of graphs
+    # other than the one being read hold tensors that are not in it, and
+    # match nothing below.
+    return [node.output_tensors for node in layer._inbound_nodes]
+
+
+def _layer_tree(model, prefix="", exposed=None):
+    """`(path, layer, hidden)` for each layer of `model` and, depth first,
+    of the Sequential and functional models nested in it.
+
+    A path is the layer's name, prefixed by those of the nested models that
+    hold it ("head/fc1"; Keras refuses "/" in names). `hidden` says, for a
+    Dense layer, that its output reaches no output of the whole model:
+    within a nested model, an output of that model is hidden where each call
+    of the model feeds it to other layers only. `exposed` holds the ids of
+    `model`'s outputs that are outputs of the whole model (all of them for
+    the model itself).
+    """
+    if exposed is None:
+        exposed = {id(t) for t in model.outputs}
+    for layer in model.layers:
+        path = prefix + layer.name
+        is_dense = type(layer) is keras.layers.Dense
+        yield path, layer, is_dense and id(layer.output) not in exposed
+        if isinstance(layer, keras.Model) and _is_graph_model(layer):
+            inner_exposed = {
+                id(t) for i, t in enumerate(layer.outputs)
+                if any(id(outputs[i]) in exposed for outputs in _node_outputs(layer))
+            }
+            yield from _layer_tree(layer, path + "/", inner_exposed)
+
+
 def hidden_dense_layers(model):
-    """Names of the `Dense` layers of `model` whose outputs feed other
-    layers (not a model output)."""
+    """Paths of the `Dense` layers of `model` whose outputs feed other
+    layers, not an output of the model: a layer's name, or for a layer in
+    a nested Sequential or functional model, the names of the models that
+    hold it and its own, joined by "/" ("head/fc1").
+
+    >>> head = keras.Sequential([keras.Input((64,)),
+    ...                          keras.layers.Dense(32, name="fc1"),
+    ...                          keras.layers.Dense(10, name="classifier")],
+    ...                         name="head")
+    >>> model = keras.Sequential([keras.Input((320,)),
+    ...                           keras.layers.Dense(64, name="features"), head])
+    >>> hidden_dense_layers(model)
+    ['features', 'head/fc1']
+    """
     _check_graph_model(model)
-    outputs = {id(t) for t in model.outputs}
-    return [
-        layer.name
-        for layer in model.layers
-        if type(layer) is keras.layers.Dense and id(layer.output) not in outputs
-    ]
+    return [path for path, _, hidden in _layer_tree(model) if hidden]
 
 
 def _nested_hint(model):
-    """A sentence naming the nested models of `model` that hold Dense
-    layers (empty if none): `spinalize` rewrites the top-level graph only."""
+    """A sentence naming the nested subclassed models of `model` that hold
+    Dense layers (empty if none): they have no layer graph to rewrite."""
 
     def holds_dense(m):
         return any(
@@ -72,15 +113,16 @@ def _nested_hint(model):
         )
 
     nested = [
-        layer.name for layer in model.layers
-        if isinstance(layer, keras.Model) and holds_dense(layer)
+        path for path, layer, _ in _layer_tree(model)
+        if isinstance(layer, keras.Model) and not _is_graph_model(layer)
+        and holds_dense(layer)
     ]
     if not nested:
         return ""
     return (
-        f" The nested model(s) {nested} hold Dense layers, which are not "
-        "converted from here: spinalize the nested model and use the result "
-        "in its place."
+        f" The subclassed model(s) {nested} hold Dense layers, which cannot be "
+        "converted from here (they have no layer graph to rewrite): put "
+        "SpinalDense in their `__init__` instead."
     )
 
 
@@ -89,10 +131,10 @@ def spinalize(model, layers=None, width=None, depth=4, splits=2, **spinal_option
 
     Args:
         model: a built Sequential or functional `keras.Model`.
-        layers: names (or layer objects) of the Dense layers to convert;
-            default: all hidden Dense layers (see `hidden_dense_layers`).
-            Only the model's own layers: Dense layers inside a nested model
-            are converted by spinalizing that model.
+        layers: the Dense layers to convert, as names, paths into
+            nested Sequential or functional models ("head/fc1"), or layer
+            objects; default: all hidden Dense layers, nested ones included
+            (see `hidden_dense_layers`).
         width: width of the spinal sub-layers; default
             `ceil(units / depth)`, so the sub-layers hold about as many
             neurons as the Dense layer they replace.
@@ -107,15 +149,18 @@ def spinalize(model, layers=None, width=None, depth=4, splits=2, **spinal_option
         with the Dense layer's `units`, `use_bias`, initializers,
         regularizers and constraints and, as `output_activation`, its
         activation (unless `spinal_options` set them); they start from
-        fresh weights. All other layers keep their weights. The input model is
-        not changed. Call `compile` on the result.
+        fresh weights. A nested model that holds a converted layer is
+        rewritten the same way (a new model of its class, under its name);
+        all other layers keep their weights. The input model is not
+        changed. Call `compile` on the result.
 
     Raises:
         TypeError: `model` is not a Keras model.
         ValueError: subclassed or unbuilt models, names that are not in
-            the model, layers that are not Dense or have no hidden role,
-            quantized or LoRA-enabled layers, layers with fewer input
-            features than `splits`.
+            the model (or are in a nested subclassed model), layers that
+            are not Dense or have no hidden role, quantized or
+            LoRA-enabled layers, layers with fewer input features than
+            `splits`.
 
     Example:
 
@@ -136,7 +181,9 @@ def spinalize(model, layers=None, width=None, depth=4, splits=2, **spinal_option
         {k: spinal_options[k] for k in _KEPT if k in spinal_options},
         "a converted layer keeps its Dense layer's units, name and dtype",
     )
-    hidden = hidden_dense_layers(model)
+    tree = list(_layer_tree(model))
+    hidden = [path for path, _, is_hidden in tree if is_hidden]
+    by_path = {path: layer for path, layer, _ in tree}
     if layers is None:
         selected = hidden
         if not selected:
@@ -152,59 +199,42 @@ def spinalize(model, layers=None, width=None, depth=4, splits=2, **spinal_option
                 "`layers` must name at least one layer: a name, a layer, or a list "
                 f"of them. Received: layers={layers!r}; hidden Dense layers: {hidden}"
             )
+        # A layer object is found where it is, also in a nested model.
+        path_of = {id(layer): path for path, layer, _ in tree}
         selected = []
-        names = {layer.name: layer for layer in model.layers}
         for item in layers:
-            name = item.name if isinstance(item, keras.layers.Layer) else item
-            if not isinstance(name, str):  # a list would fail the look-up as "unhashable"
+            if isinstance(item, keras.layers.Layer):
+                path = path_of.get(id(item), item.name)
+            else:
+                path = item
+            if not isinstance(path, str):  # a list would fail the look-up as "unhashable"
                 raise ValueError(
                     "`layers` must hold layer names or layers. Received: "
-                    f"layers={layers!r}, holding {name!r}; hidden Dense layers: {hidden}"
+                    f"layers={layers!r}, holding {path!r}; hidden Dense layers: {hidden}"
                 )
-            if name not in names:
+            if path not in by_path or (
+                isinstance(item, keras.layers.Layer) and by_path[path] is not item
+            ):
                 raise ValueError(
-                    f"Layer {name!r} is not in model '{model.name}'. Hidden "
+                    f"Layer {path!r} is not in model '{model.name}'. Hidden "
                     f"Dense layers: {hidden}." + _nested_hint(model)
                 )
-            if type(names[name]) is not keras.layers.Dense:
+            if type(by_path[path]) is not keras.layers.Dense:
                 raise ValueError(
-                    f"Layer {name!r} is a {type(names[name]).__name__}, not a "
+                    f"Layer {path!r} is a {type(by_path[path]).__name__}, not a "
                     f"Dense layer. Hidden Dense layers: {hidden}"
                 )
-            if name not in hidden:
+            if path not in hidden:
                 raise ValueError(
-                    f"Dense layer {name!r} has no hidden role: its output is "
+                    f"Dense layer {path!r} has no hidden role: its output is "
                     f"an output of the model. Hidden Dense layers: {hidden}"
                 )
-            selected.append(name)
+            selected.append(path)
     selected = set(selected)
-    for name in sorted(selected):
-        layer = model.get_layer(name)
-        if layer.quantization_mode is not None:
-            raise ValueError(
-                f"Dense layer {name!r} is quantized ({layer.dtype_policy.name}); "
-                "SpinalDense has no quantized form. Convert the float model, "
-                "train it, then quantize (`model.quantize` leaves SpinalDense "
-                "layers in float)."
-            )
-        if layer.get_config().get("lora_rank"):
-            raise ValueError(
-                f"Dense layer {name!r} has LoRA enabled; its low-rank update "
-                "has no SpinalDense counterpart. Convert it before enabling LoRA."
-            )
-        # SpinalDense would refuse this too, but mid-clone and without naming
-        # the layer. The input spec, not the kernel: int4 packs its rows.
-        features = layer.input_spec.axes[-1]
-        if splits > features:
-            raise ValueError(
-                f"Dense layer {name!r} has {features} input feature(s), fewer than "
-                f"splits={splits}: every split needs at least one. Pass splits <= "
-                f"{features}, or leave the layer out with `layers`."
-            )
+    for path in sorted(selected):
+        _check_convertible(path, by_path[path], splits)
 
-    def clone(layer):
-        if layer.name not in selected:
-            return layer.__class__.from_config(layer.get_config())
+    def spinal_for(layer):
         cfg = layer.get_config()
         # What the Dense layer regularised or constrained stays so, unless
         # the caller says otherwise.
@@ -219,6 +249,53 @@ def spinalize(model, layers=None, width=None, depth=4, splits=2, **spinal_option
             **{"output_activation": cfg["activation"], **inherited, **spinal_options},
         )
 
+    return _rewrite(model, selected, spinal_for)
+
+
+def _check_convertible(path, layer, splits):
+    """Raise, naming the layer by `path`, if the Dense `layer` cannot
+    become a SpinalDense with `splits`."""
+    if layer.quantization_mode is not None:
+        raise ValueError(
+            f"Dense layer {path!r} is quantized ({layer.dtype_policy.name}); "
+            "SpinalDense has no quantized form. Convert the float model, "
+            "train it, then quantize (`model.quantize` leaves SpinalDense "
+            "layers in float)."
+        )
+    if layer.get_config().get("lora_rank"):
+        raise ValueError(
+            f"Dense layer {path!r} has LoRA enabled; its low-rank update "
+            "has no SpinalDense counterpart. Convert it before enabling LoRA."
+        )
+    # SpinalDense would refuse this too, but mid-clone and without naming
+    # the layer. The input spec, not the kernel: int4 packs its rows.
+    features = layer.input_spec.axes[-1]
+    if splits > features:
+        raise ValueError(
+            f"Dense layer {path!r} has {features} input feature(s), fewer than "
+            f"splits={splits}: every split needs at least one. Pass splits <= "
+            f"{features}, or leave the layer out with `layers`."
+        )
+
+
+def _rewrite(model, paths, spinal_for):
+    """A copy of the graph `model` in which the Dense layers at `paths`
+    (relative to it) are `spinal_for(layer)`, nested models holding some
+    of them are rewritten likewise, and every other layer is a copy with
+    its weights."""
+    own = {p for p in paths if "/" not in p}
+    nested = {}
+    for p in paths - own:
+        outer, rest = p.split("/", 1)
+        nested.setdefault(outer, set()).add(rest)
+
+    def clone(layer):
+        if layer.name in own:
+            return spinal_for(layer)
+        if layer.name in nested:
+            return _rewrite(layer, nested[layer.name], spinal_for)
+        return layer.__class__.from_config(layer.get_config())
+
     # clone_model would give the copy plain dense inputs: a sparse input
     # (bag-of-words features) would lose its flag and be densified on entry.
     # (A Sequential model has `inputs` only; a functional one's structure is
@@ -230,6 +307,8 @@ def spinalize(model, layers=None, width=None, depth=4, splits=2, **spinal_option
     )
     new = keras.models.clone_model(model, input_tensors=inputs, clone_function=clone)
     for layer in model.layers:
-        if layer.name not in selected and layer.weights:
+        # A rewritten nested model got its other layers' weights in its own
+        # rewrite.
+        if layer.name not in own and layer.name not in nested and layer.weights:
             new.get_layer(layer.name).set_weights(layer.get_weights())
     return new

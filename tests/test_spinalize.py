@@ -143,19 +143,16 @@ def test_errors():
     only_output = keras.Sequential([keras.Input((5,)), keras.layers.Dense(1)])
     with pytest.raises(ValueError, match="no hidden Dense layer"):
         spinalize(only_output)
-    # Dense layers in a nested model: the error says where they are and what to do
-    inner = keras.Sequential([keras.Input((5,)), keras.layers.Dense(4, name="inner_h"),
-                              keras.layers.Dense(3)], name="inner")
-    inputs = keras.Input((5,))
-    outer = keras.Model(inputs, keras.layers.Dense(1, name="out")(inner(inputs)))
-    for layers in (None, ["inner_h"]):
-        with pytest.raises(ValueError, match=r"nested model\(s\) \['inner'\] hold Dense layers.*"
-                           "spinalize the nested model"):
-            spinalize(outer, layers=layers)
-    rebuilt = keras.Model(inputs, keras.layers.Dense(1)(spinalize(inner, depth=2)(inputs)))
-    assert isinstance(rebuilt.layers[1].get_layer("inner_h"), SpinalDense)
-
+    # Dense layers in a nested subclassed model: the error says where they
+    # are and why they cannot be reached
     net = SubclassedDense()
+    inputs = keras.Input((4,))
+    holder = keras.Model(inputs, keras.layers.Dense(1)(net(inputs)))
+    for layers in (None, ["d"]):
+        with pytest.raises(ValueError, match=r"subclassed model\(s\) \['subclassed_dense'\] "
+                           r"hold Dense layers, which cannot be converted"):
+            spinalize(holder, layers=layers)
+
     net(np.zeros((1, 4)))
     with pytest.raises(ValueError, match="subclassed"):
         spinalize(net)
@@ -167,3 +164,80 @@ def test_errors():
             hidden_dense_layers(bad)
         with pytest.raises(TypeError, match="Received: model="):
             spinalize(bad)
+
+
+def _nested_model():
+    """A functional model holding a Sequential head that holds a functional
+    block, called twice (its second call's output an output of the model)."""
+    block_in = keras.Input((6,))
+    block = keras.Model(block_in, keras.layers.Dense(6, activation="relu", name="mix")(block_in),
+                        name="block")
+    head = keras.Sequential([keras.Input((6,)), keras.layers.Dense(12, activation="relu", name="fc1"),
+                             keras.layers.Dense(6, name="fc2")], name="head")
+    inputs = keras.Input((10,))
+    x = keras.layers.Dense(6, activation="relu", name="features")(inputs)
+    # head's last layer feeds other layers here: hidden in the whole model
+    y = keras.layers.Dense(3, name="out")(block(head(x)))
+    return keras.Model(inputs, [y, block(x)])
+
+
+def test_dense_layers_in_nested_models_are_converted(tmp_path):
+    model = _nested_model()
+    # block's Dense is hidden in its first call, an output in its second
+    assert hidden_dense_layers(model) == ["features", "head/fc1", "head/fc2"]
+    x = _x(4, 10)
+    before = model.predict(x, verbose=0)
+    new = spinalize(model, width=3, depth=2)
+    head = new.get_layer("head")
+    assert isinstance(head, keras.Sequential) and head is not model.get_layer("head")
+    assert [type(layer).__name__ for layer in head.layers] == ["SpinalDense", "SpinalDense"]
+    assert (head.get_layer("fc1").units, head.get_layer("fc1").width) == (12, 3)
+    assert isinstance(new.get_layer("features"), SpinalDense)
+    # untouched layers keep their weights; the shared block stays one model
+    assert type(new.get_layer("block").get_layer("mix")) is keras.layers.Dense
+    np.testing.assert_array_equal(new.get_layer("block").get_layer("mix").kernel.numpy(),
+                                  model.get_layer("block").get_layer("mix").kernel.numpy())
+    assert [layer.name for layer in new.layers].count("block") == 1
+    np.testing.assert_array_equal(new.get_layer("out").kernel.numpy(),
+                                  model.get_layer("out").kernel.numpy())
+    assert [o.shape for o in new.predict(x, verbose=0)] == [(4, 3), (4, 6)]
+    # the input model is unchanged
+    assert type(model.get_layer("head").get_layer("fc1")) is keras.layers.Dense
+    for a, b in zip(before, model.predict(x, verbose=0)):
+        np.testing.assert_array_equal(a, b)
+    # a selection by path or by layer object converts that layer only
+    for layers in (["head/fc2"], [model.get_layer("head").get_layer("fc2")], "head/fc2"):
+        one = spinalize(model, layers=layers, width=2, depth=3)
+        assert [type(layer).__name__ for layer in one.get_layer("head").layers] == [
+            "Dense", "SpinalDense"]
+        assert type(one.get_layer("features")) is keras.layers.Dense
+        np.testing.assert_array_equal(one.get_layer("head").get_layer("fc1").kernel.numpy(),
+                                      model.get_layer("head").get_layer("fc1").kernel.numpy())
+    # the rewritten model trains, saves and loads (safe mode)
+    new.compile("adam", ["mse", "mse"])
+    new.fit(x, [np.zeros((4, 3)), np.zeros((4, 6))], epochs=1, verbose=0)
+    new.save(tmp_path / "nested.keras")
+    loaded = keras.saving.load_model(tmp_path / "nested.keras", safe_mode=True)
+    assert isinstance(loaded.get_layer("head").get_layer("fc2"), SpinalDense)
+    for a, b in zip(new.predict(x, verbose=0), loaded.predict(x, verbose=0)):
+        np.testing.assert_allclose(a, b, rtol=1e-6)
+
+
+def test_nested_selection_errors_name_the_path():
+    model = _nested_model()
+    hidden = r"Hidden Dense layers: \['features', 'head/fc1', 'head/fc2'\]"
+    for layers, message in [
+        (["fc1"], "Layer 'fc1' is not in model"),  # a nested layer needs its path
+        (["head/nope"], "Layer 'head/nope' is not in model"),
+        ([keras.layers.Dense(2, name="fc1")], "Layer 'fc1' is not in model"),
+        (["block/mix"], "Dense layer 'block/mix' has no hidden role"),
+        (["head"], "Layer 'head' is a Sequential, not a Dense layer"),
+    ]:
+        with pytest.raises(ValueError, match=message + ".*" + hidden):
+            spinalize(model, layers=layers)
+    with pytest.raises(ValueError, match=r"Dense layer 'head/fc2' has 12 input feature\(s\), "
+                       "fewer than splits=13"):
+        spinalize(model, layers=["head/fc2"], splits=13)
+    model.get_layer("head").get_layer("fc1").enable_lora(2)
+    with pytest.raises(ValueError, match="Dense layer 'head/fc1' has LoRA enabled"):
+        spinalize(model)
