@@ -221,6 +221,17 @@ def test_dense_layers_in_nested_models_are_converted(tmp_path):
     assert isinstance(loaded.get_layer("head").get_layer("fc2"), SpinalDense)
     for a, b in zip(new.predict(x, verbose=0), loaded.predict(x, verbose=0)):
         np.testing.assert_allclose(a, b, rtol=1e-6)
+    # two levels down: each model on the way is rewritten
+    deep = keras.Sequential([keras.Input((8,)), keras.layers.Dense(6, name="d1"),
+                             keras.layers.Dense(4, name="d2")], name="deep")
+    mid_in = keras.Input((8,))
+    mid = keras.Model(mid_in, keras.layers.Dense(3, name="m")(deep(mid_in)), name="mid")
+    top = keras.Sequential([keras.Input((8,)), mid, keras.layers.Dense(2, name="o")])
+    assert hidden_dense_layers(top) == ["mid/deep/d1", "mid/deep/d2", "mid/m"]
+    new = spinalize(top, layers=["mid/deep/d2"], width=2, depth=2)
+    assert [type(layer).__name__ for layer in new.get_layer("mid").get_layer("deep").layers] == [
+        "Dense", "SpinalDense"]
+    assert new.predict(_x(3, 8), verbose=0).shape == (3, 2)
 
 
 def test_nested_selection_errors_name_the_path():
