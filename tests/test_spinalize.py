@@ -167,8 +167,9 @@ def test_errors():
 
 
 def _nested_model():
-    """A functional model holding a Sequential head that holds a functional
-    block, called twice (its second call's output an output of the model)."""
+    """A functional model holding a Sequential head and a functional block;
+    the block is called twice, on the head's output and on the features
+    (that second call's output an output of the model)."""
     block_in = keras.Input((6,))
     block = keras.Model(block_in, keras.layers.Dense(6, activation="relu", name="mix")(block_in),
                         name="block")
