@@ -145,12 +145,18 @@ def _get_activation(name, identifier):
         identifier.get("module", "")
     ).startswith("keras.layers"):
         return keras.saving.deserialize_keras_object(identifier)
+    return _resolved(
+        name, identifier, activations.get, "an activation name, a callable or a Keras layer"
+    )
+
+
+def _resolved(name, identifier, get, accepted):
+    """`get(identifier)`, or a ValueError naming `name` and what it accepts."""
     try:
-        return activations.get(identifier)
+        return get(identifier)
     except (ValueError, TypeError) as e:
         raise ValueError(
-            f"`{name}` must be an activation name, a callable or a Keras "
-            f"layer. Received: {name}={identifier!r}"
+            f"`{name}` must be {accepted}. Received: {name}={identifier!r}"
         ) from e
 
 
@@ -174,6 +180,34 @@ def _sublayer_initializers(initializer, count):
         initializer.__class__.from_config({**config, "seed": base + i})
         for i in range(count)
     ]
+
+
+def _lora_options(rank, alpha, kernel_constraint, names=("lora_rank", "lora_alpha")):
+    """`(rank, alpha)` of a LoRA update, checked; `(None, None)` without a
+    rank where the rank is optional (`names[0] == "lora_rank"`)."""
+    rank_name, alpha_name = names
+    rank = _validation.positive_int(rank_name, rank, allow_none=rank_name == "lora_rank")
+    if rank is None:
+        if alpha is not None:
+            raise ValueError(
+                "`lora_alpha` scales the LoRA update, which the layer has only "
+                f"with `lora_rank`. Received: lora_alpha={alpha!r}, lora_rank=None"
+            )
+        return None, None
+    if alpha is None:
+        alpha = rank
+    else:
+        value = _validation.positive_number(alpha_name, alpha)
+        alpha = int(alpha) if _validation.is_int(alpha) else value
+    if kernel_constraint is not None:
+        # As Dense: the update of a frozen kernel is not the kernel, so a
+        # constraint could bound neither.
+        raise ValueError(
+            "LoRA trains a low-rank update of frozen kernels, which a kernel "
+            f"constraint cannot bound. Received: kernel_constraint={kernel_constraint!r}. "
+            "Remove the constraint to use LoRA."
+        )
+    return rank, alpha
 
 
 # A sub-layer's BatchNormalization variables, as get_sublayer_weights names them.
@@ -305,6 +339,14 @@ class SpinalDense(keras.layers.Layer):
             such as `MaxNorm(axis=0)` bounds a sub-layer unit's split rows
             and its recurrent rows each.
         seed: Optional int, seed of the dropout masks.
+        lora_rank: Optional positive int. If set, the layer is built with
+            LoRA enabled at this rank (see `enable_lora`): its kernels are
+            frozen and each sub-layer, and the output Dense, learns a
+            low-rank update. For fine-tuning a trained layer, build it as it
+            was, load its weights, then call `enable_lora`.
+        lora_alpha: Optional positive number scaling the LoRA updates by
+            `lora_alpha / lora_rank` (default `lora_rank`: a scale of 1).
+            Only with `lora_rank`.
         **kwargs: Base layer keyword arguments, such as `name` and `dtype`.
 
     Input shape:
@@ -352,6 +394,8 @@ class SpinalDense(keras.layers.Layer):
         kernel_constraint=None,
         bias_constraint=None,
         seed=None,
+        lora_rank=None,
+        lora_alpha=None,
         **kwargs,
     ):
         super().__init__(activity_regularizer=activity_regularizer, **kwargs)
@@ -397,6 +441,10 @@ class SpinalDense(keras.layers.Layer):
         self.kernel_constraint = constraints.get(kernel_constraint)
         self.bias_constraint = constraints.get(bias_constraint)
         self.seed = _validation.seed("seed", seed)
+        self.lora_rank, self.lora_alpha = _lora_options(
+            lora_rank, lora_alpha, self.kernel_constraint
+        )
+        self.lora_enabled = False
         self.input_spec = keras.layers.InputSpec(min_ndim=2)
         # Like Dense, the layer acts on each position's last axis alone, so a
         # sequence mask passes through (and keeps padding out of BatchNorm).
@@ -535,10 +583,187 @@ class SpinalDense(keras.layers.Layer):
             min_ndim=2, axes={-1: self.input_dim}
         )
         self.built = True
+        if self.lora_rank:
+            self.enable_lora(self.lora_rank, self.lora_alpha)
+
+    # -- LoRA --------------------------------------------------------------
+
+    def enable_lora(
+        self, rank, lora_alpha=None, a_initializer="he_uniform", b_initializer="zeros"
+    ):
+        """Freeze the kernels and train low-rank updates of them (LoRA).
+
+        As `Dense.enable_lora`, per sub-layer: sub-layer `i`'s kernel (its
+        split rows and recurrent rows, `(inputs_i, width)`) becomes
+        `kernel_i + lora_alpha / rank * A_i @ B_i`, with `A_i` of shape
+        `(inputs_i, rank)` and `B_i` of shape `(rank, width)`, and the output
+        Dense's kernel likewise. The kernels stop being trainable; biases
+        and BatchNormalization stay trainable. With `B` starting at zeros,
+        the layer computes what it did before. Saving keeps the updates
+        apart from the kernels, so a reloaded model (its config holds
+        `lora_rank`) computes the same and trains on from where it was;
+        weights saved without LoRA load into the kernels with `B` at zeros.
+        `get_sublayer_weights` returns the kernels with the updates added.
+
+        Args:
+            rank: Positive int, rank of the updates.
+            lora_alpha: Optional positive number; the updates are scaled by
+                `lora_alpha / rank`. Default `rank`.
+            a_initializer, b_initializer: Initializers of `A` and `B`, as for
+                `Dense.enable_lora`. `A` is drawn per sub-layer with its
+                full shape, as the kernels are.
+
+        Raises:
+            ValueError: the layer is not built, LoRA is already enabled, it
+                has a `kernel_constraint`, or a bad `rank` or `lora_alpha`.
+
+        Example:
+
+        >>> layer = SpinalDense(10, width=8, depth=4)
+        >>> layer.build((None, 64))
+        >>> layer.enable_lora(2)
+        >>> sum(int(np.prod(v.shape)) for v in layer.trainable_weights)  # A, B, biases
+        494
+        """
+        if not self.built:
+            raise ValueError(
+                "Cannot enable LoRA on a SpinalDense that is not built yet: call "
+                "it on an input or `build` it first, or pass `lora_rank` to the "
+                "constructor."
+            )
+        if self.lora_enabled:
+            raise ValueError(
+                f"LoRA is already enabled on {self.name!r} (rank {self.lora_rank}); "
+                "it can be enabled once per layer."
+            )
+        rank, lora_alpha = _lora_options(
+            rank, lora_alpha, self.kernel_constraint, names=("rank", "lora_alpha")
+        )
+        a_inits, b_inits = (
+            _sublayer_initializers(
+                _resolved(name, value, initializers.get,
+                          "an initializer name, instance or callable"),
+                self.depth + 1,
+            )
+            for name, value in (("a_initializer", a_initializer), ("b_initializer", b_initializer))
+        )
+        w, r = self.width, rank
+
+        def add(name, shape, initializer, blocks=1, axis=0):
+            # float32 as Dense's: the updates start small and are added to
+            # kernels, which low-precision variables would round away. The
+            # kernel regularizer acts on each sub-layer's block, as Dense's
+            # on its A and B.
+            return self.add_weight(
+                name=name, shape=shape, initializer=initializer, dtype="float32",
+                **_per_block(self.kernel_regularizer, None, blocks, axis),
+            )
+
+        def rows(i):  # sub-layer i's kernel rows: its split's, then w recurrent
+            return self.split_sizes[i % self.splits] + (w if i else 0)
+
+        self._tracker.unlock()
+        try:
+            # A is laid out as the kernels are (one variable per kernel group,
+            # one for the recurrent rows), B as one (depth * rank, width) stack.
+            self.lora_split_kernels_a = []
+            for kernel, (j, group) in zip(self.split_kernels, self._kernel_groups):
+                self.lora_split_kernels_a.append(add(
+                    f"lora_{kernel.name}_a", (self.split_sizes[j], len(group) * r),
+                    _PerSublayerInitializer(
+                        a_inits, [(i, (rows(i), r), 0, self.split_sizes[j]) for i in group]
+                    ),
+                    blocks=len(group), axis=-1,
+                ))
+            self.lora_recurrent_kernel_a = None
+            if self.depth > 1:
+                self.lora_recurrent_kernel_a = add(
+                    "lora_recurrent_kernel_a", ((self.depth - 1) * w, r),
+                    _PerSublayerInitializer(
+                        a_inits,
+                        [(i, (rows(i), r), rows(i) - w, rows(i)) for i in range(1, self.depth)],
+                        axis=0,
+                    ),
+                    blocks=self.depth - 1,
+                )
+            self.lora_kernel_b = add(
+                "lora_kernel_b", (self.depth * r, w),
+                _PerSublayerInitializer(
+                    b_inits, [(i, (r, w), 0, r) for i in range(self.depth)], axis=0
+                ),
+                blocks=self.depth,
+            )
+            self.lora_output_kernel_a = self.lora_output_kernel_b = None
+            if self.units:
+                self.lora_output_kernel_a = add(
+                    "lora_output_kernel_a", (self.depth * w, r), a_inits[-1]
+                )
+                self.lora_output_kernel_b = add(
+                    "lora_output_kernel_b", (r, self.units), b_inits[-1]
+                )
+            for kernel in self._kernels():
+                kernel.trainable = False
+        finally:
+            self._tracker.lock()
+        self.lora_enabled = True
+        self.lora_rank, self.lora_alpha = rank, lora_alpha
+
+    def _kernels(self):
+        """The kernels LoRA updates: split kernels, recurrent, output."""
+        kernels = list(self.split_kernels)
+        if self.recurrent_kernel is not None:
+            kernels.append(self.recurrent_kernel)
+        if self.units:
+            kernels.append(self.output_kernel)
+        return kernels
+
+    def _lora_variables(self):
+        """LoRA's variables in the order they are saved; [] without LoRA."""
+        if not self.lora_enabled:
+            return []
+        variables = list(self.lora_split_kernels_a)
+        if self.lora_recurrent_kernel_a is not None:
+            variables.append(self.lora_recurrent_kernel_a)
+        variables.append(self.lora_kernel_b)
+        if self.units:
+            variables += [self.lora_output_kernel_a, self.lora_output_kernel_b]
+        return variables
+
+    def _effective_kernels(self, dtype):
+        """`_kernels()` as the layer computes with them, in `dtype`: with
+        LoRA, each plus its scaled low-rank update."""
+        kernels = self._kernels()
+        if not self.lora_enabled:
+            return kernels
+        r, w, scale = self.lora_rank, self.width, self.lora_alpha / self.lora_rank
+        b = ops.reshape(self.lora_kernel_b, (self.depth, r, w))
+        updates = []
+        for a, (_, group) in zip(self.lora_split_kernels_a, self._kernel_groups):
+            # A group's sub-layers are `splits` apart: a strided slice of B.
+            b_group = b[group[0] : group[-1] + 1 : self.splits]
+            update = ops.einsum(
+                "sgr,grw->sgw", ops.reshape(a, (-1, len(group), r)), b_group
+            )
+            updates.append(ops.reshape(update, (-1, len(group) * w)))
+        if self.lora_recurrent_kernel_a is not None:
+            a = ops.reshape(self.lora_recurrent_kernel_a, (self.depth - 1, w, r))
+            updates.append(ops.reshape(ops.matmul(a, b[1:]), (-1, w)))
+        if self.units:
+            updates.append(ops.matmul(self.lora_output_kernel_a, self.lora_output_kernel_b))
+        return [
+            ops.add(ops.cast(kernel, dtype), ops.cast(ops.multiply(update, scale), dtype))
+            for kernel, update in zip(kernels, updates)
+        ]
+
+    def _reset_lora_b(self):
+        """Zero the LoRA updates (B), so the layer computes its kernels."""
+        for variable in (self.lora_kernel_b, self.lora_output_kernel_b):
+            if variable is not None:
+                variable.assign(ops.zeros(variable.shape, variable.dtype))
 
     # -- forward -----------------------------------------------------------
 
-    def _split_products(self, parts, training):
+    def _split_products(self, parts, training, split_kernels):
         """Pre-activations from the input splits, one entry per sub-layer."""
         w, pre, groups = self.width, [None] * self.depth, self._kernel_groups
         biases = (
@@ -546,7 +771,7 @@ class SpinalDense(keras.layers.Layer):
             if self.use_bias
             else [None] * len(groups)
         )
-        for (j, group), kernel, bias in zip(groups, self.split_kernels, biases):
+        for (j, group), kernel, bias in zip(groups, split_kernels, biases):
             part = parts[j]
             if self._dropout_layer is not None and training:
                 # Each sub-layer draws its own mask, so the group's product
@@ -584,11 +809,14 @@ class SpinalDense(keras.layers.Layer):
         # support on every backend, so they are made dense (a no-op otherwise).
         inputs = ops.convert_to_tensor(inputs, sparse=False)
         parts = _split_last_axis(inputs, self.split_sizes)
-        pre = self._split_products(parts, training)
+        kernels = self._effective_kernels(self.compute_dtype)
+        split_kernels = kernels[: len(self.split_kernels)]
+        recurrent_kernel = kernels[len(split_kernels)] if self.depth > 1 else None
+        pre = self._split_products(parts, training, split_kernels)
         recurrent = (
-            ops.split(self.recurrent_kernel, self.depth - 1, axis=0)
+            ops.split(recurrent_kernel, self.depth - 1, axis=0)
             if self.depth > 2
-            else [self.recurrent_kernel]
+            else [recurrent_kernel]
         )
         outputs, prev = [], None
         for i in range(self.depth):
@@ -603,7 +831,7 @@ class SpinalDense(keras.layers.Layer):
             outputs.append(prev)
         y = outputs[0] if self.depth == 1 else ops.concatenate(outputs, -1)
         if self.units:
-            y = ops.matmul(y, self.output_kernel)
+            y = ops.matmul(y, kernels[-1])
             if self.output_bias is not None:
                 y = ops.add(y, self.output_bias)
             if self.output_activation is not None:
@@ -633,8 +861,7 @@ class SpinalDense(keras.layers.Layer):
         """
         if not self.built:
             raise ValueError("Build the layer before reading its weights.")
-        arrays = [ops.convert_to_numpy(v) for v in self._stored_variables()]
-        weights = self._unpack(arrays, *self._layouts()["current"])
+        weights = self._unpack(self._stored_arrays(), *self._layouts()["current"])
         if self.batch_norm:
             weights["batch_norms"] = [
                 {key: ops.convert_to_numpy(getattr(bn, key)) for key in _BATCH_NORM_KEYS}
@@ -716,6 +943,8 @@ class SpinalDense(keras.layers.Layer):
             raise ValueError(f"`weights` must hold numbers: {e}") from e
         for variable, value in pairs:
             variable.assign(value)
+        if self.lora_enabled:
+            self._reset_lora_b()
 
     def _checked_batch_norms(self, batch_norms):
         """`batch_norms` of set_sublayer_weights as arrays, checked."""
@@ -757,6 +986,16 @@ class SpinalDense(keras.layers.Layer):
             if self.output_bias is not None:
                 variables.append(self.output_bias)
         return variables
+
+    def _stored_arrays(self):
+        """`_stored_variables()` as NumPy arrays of what the layer computes
+        with: with LoRA, the kernels plus their updates."""
+        variables = self._stored_variables()
+        if self.lora_enabled:
+            merged = dict(zip(map(id, self._kernels()),
+                              self._effective_kernels(self.variable_dtype)))
+            variables = [merged.get(id(v), v) for v in variables]
+        return [ops.convert_to_numpy(v) for v in variables]
 
     def _own_kernels(self):
         """Whether each sub-layer stores its own input kernel."""
@@ -853,12 +1092,23 @@ class SpinalDense(keras.layers.Layer):
         """Load saved variables, also from files of earlier versions.
 
         Files of versions 0.1, 0.2 and 0.3 (see `_layouts`) load into the
-        present layout; a file in none of them gets Keras's own error.
+        present layout; a file in none of them gets Keras's own error. With
+        LoRA enabled, a file saved with LoRA loads its updates too; one saved
+        without loads into the kernels, and the updates start from zero.
         """
         arrays = [store[str(n)] for n in range(len(store.keys()))]
         shapes = [tuple(a.shape) for a in arrays]
         layouts = self._layouts()
-        if shapes != self._layout_shapes(*layouts.pop("current")):
+        current = self._layout_shapes(*layouts.pop("current"))
+        lora = self._lora_variables()
+        if lora and shapes in (current, current + [tuple(v.shape) for v in lora]):
+            # Keras's own loading would count LoRA's variables as missing.
+            for variable, array in zip(self._stored_variables() + lora, arrays):
+                variable.assign(array)
+            if len(arrays) == len(current):
+                self._reset_lora_b()
+            return
+        if shapes != current:
             for layout in layouts.values():
                 if shapes == self._layout_shapes(*layout):
                     weights = self._unpack([np.asarray(a) for a in arrays], *layout)
@@ -914,5 +1164,7 @@ class SpinalDense(keras.layers.Layer):
                 "seed": self.seed,
             }
         )
+        if self.lora_rank:  # as Dense: configs without LoRA stay as they were
+            config.update({"lora_rank": self.lora_rank, "lora_alpha": self.lora_alpha})
         return config
 

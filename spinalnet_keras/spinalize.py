@@ -264,8 +264,10 @@ def _check_convertible(path, layer, splits):
         )
     if layer.get_config().get("lora_rank"):
         raise ValueError(
-            f"Dense layer {path!r} has LoRA enabled; its low-rank update "
-            "has no SpinalDense counterpart. Convert it before enabling LoRA."
+            f"Dense layer {path!r} has LoRA enabled; its low-rank update of "
+            "the Dense kernel cannot carry over to the SpinalDense, whose "
+            "weights are new. Convert it before enabling LoRA, train, then "
+            "enable LoRA on the SpinalDense (`SpinalDense.enable_lora`)."
         )
     # SpinalDense would refuse this too, but mid-clone and without naming
     # the layer. The input spec, not the kernel: int4 packs its rows.

@@ -1,6 +1,7 @@
 """Every example runs, on tiny settings, so the examples never rot."""
 
 import os
+import re
 import runpy
 import subprocess
 import sys
@@ -37,6 +38,10 @@ EXAMPLES = [
     ("spinalize_model.py", [], ["hidden Dense layers: ['fc1', 'fc2']", "all spinal",
                                 "hidden Dense layers of backbone + head: ['head/fc']",
                                 "head after spinalize: ['SpinalDense', 'Dense'] output (2, 10)"]),
+    ("lora_fine_tuning.py", ["--epochs", "3"],
+     ["task B before fine-tuning: accuracy", "LoRA rank 4: 3,378 of 16,050 parameters trained",
+      "task B after LoRA fine-tuning: accuracy", "kernels unchanged: True",
+      "saved to runs/lora/tuned.keras; reloaded outputs identical: True"]),
     ("import_weights.py", ["--features", "9", "--width", "3", "--depth", "4", "--splits", "3"],
      ["SpinalDense(10, width=3, depth=4, splits=3, batch_norm=True) on 9 features",
       "matches the reference: True", "read back in the PyTorch layout: True"]),
@@ -109,6 +114,10 @@ def test_example_runs(script, args, expected, env, tmp_path):
     assert left == []
     if script == "quickstart.py":
         assert keras_file_loads(work / "runs" / "quickstart" / "spinal.keras")
+    if script == "lora_fine_tuning.py":  # the updates learnt the new task
+        before, after = (float(re.search(rf"task B {when}: accuracy ([\d.]+)", proc.stdout)[1])
+                         for when in ("before fine-tuning", "after LoRA fine-tuning"))
+        assert after > before + 0.15, proc.stdout
 
 
 # What an example would do with a bad number (train zero epochs in silence,
@@ -127,6 +136,7 @@ BAD_ARGUMENTS = [
     ("train_and_compare.py", ["--seeds", "1", "1"], "--seeds must be distinct. Received: 1 1"),
     ("distributed_training.py", ["--patience", "-1"],
      "--patience must be at least 0. Received: -1"),
+    ("lora_fine_tuning.py", ["--rank", "0"], "--rank must be at least 1. Received: 0"),
     ("import_weights.py", ["--width", "0"], "--width must be at least 1. Received: 0"),
     ("import_weights.py", ["--splits", "9", "--depth", "4"],  # the layer's own message
      "`splits` must be between 1 and `depth`"),

@@ -509,6 +509,187 @@ def test_set_sublayer_weights_checks_shapes():
     headed.set_sublayer_weights(weights)  # its own weights go back in
 
 
+# -- LoRA --------------------------------------------------------------------
+
+
+def _randomize_lora(layer, seed=0, scale=1.0):
+    rng = np.random.default_rng(seed)
+    for v in layer._lora_variables():
+        v.assign(scale * rng.normal(size=v.shape).astype("float32"))
+
+
+@pytest.mark.parametrize("width", [3, OWN_KERNEL_WIDTH])  # kernels shared, or one each
+def test_lora_updates_each_sublayer_kernel_at_its_rank(width):
+    layer = SpinalDense(7, width=width, depth=5, splits=2, bias_initializer="random_normal")
+    x = _x(6, 11)
+    before = keras.ops.convert_to_numpy(layer(x))
+    base = layer.get_sublayer_weights()
+    layer.enable_lora(1, lora_alpha=3)
+    # B starts at zeros: the layer computes what it did
+    np.testing.assert_allclose(layer(x), before, rtol=1e-6, atol=1e-6)
+    _randomize_lora(layer)
+    merged = layer.get_sublayer_weights()
+    sizes = split_sizes(11, 2)
+    for i in range(5):
+        update = merged["kernels"][i] - base["kernels"][i]
+        # one rank-1 update per sub-layer, over its split rows and its
+        # recurrent rows together (the same B), reaching both
+        assert np.linalg.matrix_rank(update, tol=1e-4) == 1, i
+        assert np.abs(update[: sizes[i % 2]]).min() > 0
+        if i:
+            assert np.abs(update[sizes[i % 2]:]).min() > 0
+    a = keras.ops.convert_to_numpy(layer.lora_output_kernel_a)
+    b = keras.ops.convert_to_numpy(layer.lora_output_kernel_b)
+    np.testing.assert_allclose(merged["output_kernel"] - base["output_kernel"], 3 * a @ b,
+                               rtol=1e-4, atol=1e-4)  # scaled by lora_alpha / rank
+    for key in ("biases", "output_bias"):
+        np.testing.assert_array_equal(np.asarray(merged[key]), np.asarray(base[key]))
+    # the forward pass computes with the merged kernels
+    expected = numpy_spinal(x, merged["kernels"], merged["biases"], 2,
+                            output_kernel=merged["output_kernel"],
+                            output_bias=merged["output_bias"])
+    np.testing.assert_allclose(layer(x), expected, rtol=1e-4, atol=1e-4)
+    # and so does its per-sub-layer dropout path, mask for mask
+    dropped = SpinalDense(7, width=width, depth=5, dropout=0.3, seed=4, lora_rank=1,
+                          lora_alpha=3)
+    dropped.build((None, 11))
+    _randomize_lora(dropped)
+    plain = SpinalDense(7, width=width, depth=5, dropout=0.3, seed=4)
+    plain.build((None, 11))
+    plain.set_sublayer_weights(dropped.get_sublayer_weights())
+    np.testing.assert_allclose(dropped(x, training=True), plain(x, training=True),
+                               rtol=1e-4, atol=1e-4)
+
+
+def test_lora_trains_the_updates_and_leaves_the_kernels():
+    from spinalnet_keras import cost_report
+
+    layer = SpinalDense(3, width=4, depth=3, batch_norm=True, lora_rank=2)
+    model = keras.Sequential([keras.Input((10,)), layer])
+    kernels = [v.name for v in layer._kernels()]
+    assert kernels == ["split_kernel_0", "split_kernel_1", "recurrent_kernel", "output_kernel"]
+    assert not any(v.trainable for v in layer._kernels())
+    trainable = {v.name for v in layer.trainable_weights}
+    assert trainable == {"bias", "output_bias", "gamma", "beta", "lora_split_kernel_0_a",
+                         "lora_split_kernel_1_a", "lora_recurrent_kernel_a", "lora_kernel_b",
+                         "lora_output_kernel_a", "lora_output_kernel_b"}
+    # A's split rows: 5 x 2*2 (sub-layers 0 and 2 read split 0), 5 x 2 (sub-layer
+    # 1); its recurrent rows 2*4 x 2; B 3*2 x 4; the output's A 12 x 2, B 2 x 3
+    lora_params = 20 + 10 + 16 + 24 + 24 + 6
+    # plus the biases (12 + 3) and BatchNorm's gamma and beta (2 * 12)
+    assert cost_report(model).trainable_params == lora_params + 12 + 3 + 2 * 12
+    frozen = [keras.ops.convert_to_numpy(v) for v in layer._kernels()]
+    b = keras.ops.convert_to_numpy(layer.lora_kernel_b)
+    model.compile(keras.optimizers.SGD(0.1), keras.losses.SparseCategoricalCrossentropy(
+        from_logits=True))
+    losses = model.fit(_x(64, 10), np.arange(64) % 3, epochs=5, batch_size=16,
+                       verbose=0).history["loss"]
+    assert losses[-1] < losses[0]
+    for v, value in zip(layer._kernels(), frozen):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(v), value)
+    assert not np.allclose(keras.ops.convert_to_numpy(layer.lora_kernel_b), b)
+    # the kernel regularizer reaches A and B, as Dense's does (and Keras
+    # leaves the frozen kernels out: it regularizes trainable weights)
+    regularized = SpinalDense(3, width=4, depth=3, kernel_regularizer=keras.regularizers.L2(0.1),
+                              lora_rank=2)
+    regularized.build((None, 10))
+    _randomize_lora(regularized)
+    squares = sum(float(np.sum(keras.ops.convert_to_numpy(v) ** 2))
+                  for v in regularized._lora_variables())
+    np.testing.assert_allclose(float(sum(regularized.losses)), 0.1 * squares, rtol=1e-5)
+
+
+def test_lora_saves_its_updates_and_trains_on_after_loading(tmp_path):
+    model = keras.Sequential([
+        keras.Input((9,)),
+        SpinalDense(width=4, depth=3, lora_rank=2, lora_alpha=4),
+        SpinalDense(2, width=3, depth=2)])
+    model.layers[1].enable_lora(1)  # after building, as for Dense
+    for layer in model.layers:
+        _randomize_lora(layer, seed=len(layer.name))
+    model.compile(keras.optimizers.SGD(0.05), "mse")
+    path = tmp_path / "m.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path, safe_mode=True)
+    x, y = _x(8, 9), _x(8, 2, seed=1)
+    np.testing.assert_array_equal(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
+    configs = [layer.get_config() for layer in loaded.layers]
+    assert [(c["lora_rank"], c["lora_alpha"]) for c in configs] == [(2, 4), (1, 1)]
+    assert all(layer.lora_enabled for layer in loaded.layers)
+    # the updates were saved as they are, not merged into the kernels: the
+    # loaded model takes the same training step
+    model.train_on_batch(x, y)
+    loaded.train_on_batch(x, y)
+    for a, b in zip(model.weights, loaded.weights):
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b),
+                                   rtol=1e-6, atol=1e-6, err_msg=a.path)
+    # a layer without LoRA keeps the config it always had
+    assert "lora_rank" not in SpinalDense(width=2, depth=2).get_config()
+
+
+def test_weights_saved_without_lora_load_into_a_lora_layer(tmp_path):
+    def model(**lora):
+        return keras.Sequential([keras.Input((9,)), SpinalDense(3, width=4, depth=3, **lora)])
+
+    trained = model()
+    trained.save_weights(tmp_path / "pretrained.weights.h5")
+    tuned = model(lora_rank=2)
+    _randomize_lora(tuned.layers[0])
+    tuned.load_weights(tmp_path / "pretrained.weights.h5")
+    x = _x(5, 9)
+    np.testing.assert_allclose(tuned.predict(x, verbose=0), trained.predict(x, verbose=0),
+                               rtol=1e-6, atol=1e-6)
+    layer = tuned.layers[0]
+    assert not keras.ops.convert_to_numpy(layer.lora_kernel_b).any()  # the update is zero
+    assert keras.ops.convert_to_numpy(layer.lora_recurrent_kernel_a).all()  # A is not
+    # and setting sub-layer weights makes the layer compute exactly those
+    _randomize_lora(layer)
+    layer.set_sublayer_weights(trained.layers[0].get_sublayer_weights())
+    np.testing.assert_allclose(tuned.predict(x, verbose=0), trained.predict(x, verbose=0),
+                               rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("make,match", [
+    (lambda: SpinalDense(width=2, depth=2, lora_rank=0), r"`lora_rank` must be a positive integer. Received: lora_rank=0"),
+    (lambda: SpinalDense(width=2, depth=2, lora_rank=True), r"Received: lora_rank=True"),
+    (lambda: SpinalDense(width=2, depth=2, lora_rank=2.0), r"Received: lora_rank=2.0"),
+    (lambda: SpinalDense(width=2, depth=2, lora_alpha=8),
+     r"`lora_alpha` scales the LoRA update, which the layer has only with `lora_rank`. "
+     r"Received: lora_alpha=8, lora_rank=None"),
+    (lambda: SpinalDense(width=2, depth=2, lora_rank=2, lora_alpha=0),
+     r"`lora_alpha` must be a positive number. Received: lora_alpha=0"),
+    (lambda: SpinalDense(width=2, depth=2, lora_rank=2, lora_alpha="8"), r"lora_alpha='8'"),
+    (lambda: SpinalDense(width=2, depth=2, lora_rank=2, kernel_constraint="non_neg"),
+     r"a kernel constraint cannot bound. Received: kernel_constraint=<.*NonNeg"),
+    (lambda: SpinalDense(width=2, depth=2).enable_lora(2), r"not built yet"),
+])
+def test_lora_options_are_checked(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+def test_enable_lora_checks_its_arguments():
+    layer = SpinalDense(width=2, depth=2)
+    layer.build((None, 4))
+    for kwargs, match in [
+        (dict(rank=-1), r"`rank` must be a positive integer. Received: rank=-1"),
+        (dict(rank=2, lora_alpha=-1.5), r"Received: lora_alpha=-1.5"),
+        (dict(rank=2, a_initializer="no_such"),
+         r"`a_initializer` must be an initializer name, instance or callable. "
+         r"Received: a_initializer='no_such'"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            layer.enable_lora(**kwargs)
+    assert not layer.lora_enabled and len(layer.weights) == 4  # nothing half-added
+    layer.enable_lora(2)
+    with pytest.raises(ValueError, match=r"LoRA is already enabled on '.*' \(rank 2\)"):
+        layer.enable_lora(1)
+    constrained = SpinalDense(width=2, depth=2, kernel_constraint="non_neg")
+    constrained.build((None, 4))
+    with pytest.raises(ValueError, match="kernel constraint"):
+        constrained.enable_lora(1)
+
+
 # -- serialization -----------------------------------------------------------
 
 
@@ -631,7 +812,9 @@ def test_other_keras_backends_load_predict_and_train_alike(backend, tmp_path):
     model = keras.Sequential([
         keras.Input((12,)),
         SpinalDense(width=6, depth=4, splits=3, batch_norm=True),
+        SpinalDense(width=3, depth=3, lora_rank=2),  # with LoRA's updates saved
         SpinalDense(3, width=OWN_KERNEL_WIDTH, depth=2)])  # a kernel per sub-layer
+    _randomize_lora(model.layers[1], scale=0.3)
     x, y = _x(16, 12, seed=3), np.arange(16) % 3
     model.save(tmp_path / "m.keras")
     np.savez(tmp_path / "data.npz", x=x, y=y)
@@ -777,19 +960,23 @@ def test_mixed_precision(policy):
     compute = policy.split("_")[1]
     x = _x(16, 20)
     # dtypes, with every sub-layer kind present
-    full = SpinalDense(4, width=8, depth=4, batch_norm=True, dropout=0.1)
+    full = SpinalDense(4, width=8, depth=4, batch_norm=True, dropout=0.1, lora_rank=2)
     y = full(x, training=True)
     assert keras.backend.standardize_dtype(y.dtype) == compute
-    assert all(w.dtype == "float32" for w in full.weights)
+    assert all(w.dtype == "float32" for w in full.weights)  # LoRA's too
     assert all(bn.dtype_policy.name == policy for bn in full._batch_norms)
-    # numbers: the low-precision result is the float32 one, rounded
-    layer = SpinalDense(4, width=8, depth=4)
-    y = keras.ops.convert_to_numpy(keras.ops.cast(layer(x), "float32"))
-    w = layer.get_sublayer_weights()
-    y32 = numpy_spinal(x, w["kernels"], w["biases"], 2, output_kernel=w["output_kernel"],
-                       output_bias=w["output_bias"])
+    # numbers: the low-precision result is the float32 one, rounded (also
+    # with LoRA's updates added to the kernels)
     tol = 2e-2 if compute == "float16" else 1e-1
-    np.testing.assert_allclose(y, y32, rtol=tol, atol=tol)
+    for lora in ({}, {"lora_rank": 2}):
+        layer = SpinalDense(4, width=8, depth=4, **lora)
+        layer.build(x.shape)
+        _randomize_lora(layer, scale=0.3)
+        y = keras.ops.convert_to_numpy(keras.ops.cast(layer(x), "float32"))
+        w = layer.get_sublayer_weights()
+        y32 = numpy_spinal(x, w["kernels"], w["biases"], 2, output_kernel=w["output_kernel"],
+                           output_bias=w["output_bias"])
+        np.testing.assert_allclose(y, y32, rtol=tol, atol=tol)
     model = keras.Sequential([keras.Input((20,)), SpinalDense(4, width=8, depth=4),
                               keras.layers.Activation("linear", dtype="float32")])
     model.compile("adam", "mse", jit_compile=True)
