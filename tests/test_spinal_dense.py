@@ -453,18 +453,27 @@ def test_normalising_output_activations_are_taken_over_several_outputs():
     assert SpinalDense(1, width=3, depth=2, output_activation=keras.layers.Softmax(axis=0)).units == 1
 
 
-def test_quantize_leaves_the_layer_in_float_with_a_warning():
+@pytest.mark.parametrize("options,named", [
+    ({}, "SpinalDense"),
+    # README says so too: Keras visits only layers without sub-layers
+    ({"batch_norm": True, "dropout": 0.2}, "BatchNormalization"),
+])
+def test_quantize_leaves_the_layer_in_float_with_a_warning(options, named):
     # README says so: no quantize mode of its own; the Dense beside it is quantized.
     model = keras.Sequential([keras.Input((16,)), keras.layers.Dense(8),
-                              SpinalDense(4, width=3, depth=2)])
+                              SpinalDense(4, width=3, depth=2, **options)])
+    x = _x(3, 16)
+    before = model.predict(x, verbose=0)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         model.quantize("int8")
-    assert any("SpinalDense does not have a `quantize` method" in str(w.message) for w in caught)
+    assert any(f"{named} does not have a `quantize` method" in str(w.message) for w in caught)
     dense, spinal = model.layers
     assert dense.quantization_mode == "int8"
     assert getattr(spinal, "quantization_mode", None) is None
     assert all(w.dtype == "float32" for w in spinal.weights)
+    # the int8 Dense rounds; the float layer after it keeps the result close
+    np.testing.assert_allclose(model.predict(x, verbose=0), before, rtol=0.1, atol=0.1)
 
 
 def test_unknown_last_axis_and_low_rank():
