@@ -5,11 +5,14 @@ then, in a separate Python process that only imports TensorFlow, loads the
 SavedModel and calls its `serving_default` signature the way a server does.
 Also prints the equivalent TensorFlow Serving REST request. With `--onnx` it
 also exports ONNX (`pip install 'spinalnet-keras[onnx]'`) and runs that file
-in a process that imports onnxruntime alone.
+in a process that imports onnxruntime alone. With `--int8` it first stores
+the Dense and SpinalDense kernels as int8 (`model.quantize("int8")`; Keras
+warns about the layers it leaves in float, such as the convolutions).
 
     python examples/serve_saved_model.py                          # paper CNN, random weights
     python examples/serve_saved_model.py --model-file runs/train/final.keras --overwrite
     python examples/serve_saved_model.py --onnx --overwrite
+    python examples/serve_saved_model.py --int8 --overwrite
 """
 
 import argparse
@@ -20,6 +23,7 @@ import textwrap
 
 import numpy as np
 
+from spinalnet_keras import SpinalDense
 from spinalnet_keras import export_model
 from spinalnet_keras import format_report
 from spinalnet_keras import load_model_file
@@ -30,9 +34,18 @@ parser.add_argument("--model-file", help="a .keras file (default: a fresh mnist_
 parser.add_argument("--output-dir", default="exports/mnist")
 parser.add_argument("--overwrite", action="store_true")
 parser.add_argument("--onnx", action="store_true", help="also export and serve ONNX")
+parser.add_argument("--int8", action="store_true", help="store the kernels as int8 first")
 args = parser.parse_args()
 
 model = load_model_file(args.model_file) if args.model_file else paper_model("mnist_cnn")
+if args.int8:
+    # A SpinalDense with dropout or batch_norm holds sub-layers, which
+    # Model.quantize does not look into: quantize such a layer itself.
+    model.quantize("int8")
+    for layer in model.layers:
+        if isinstance(layer, SpinalDense) and layer.quantization_mode is None:
+            layer.quantize("int8")
+    print("int8 layers:", [layer.name for layer in model.layers if layer.quantization_mode])
 formats = ["saved_model", "keras"] + (["onnx"] if args.onnx else [])
 report = export_model(model, args.output_dir, formats=formats, name="mnist",
                       overwrite=args.overwrite)

@@ -210,6 +210,18 @@ def _lora_options(rank, alpha, kernel_constraint, names=("lora_rank", "lora_alph
     return rank, alpha
 
 
+def _int8(kernel, scale_shape):
+    """`kernel` (NumPy) as int8 values and the float32 scales that give it
+    back as `values * scales`: a scale per column of each block, where
+    `scale_shape` is `(blocks, columns)` for a kernel of blocks stacked
+    along its rows, else `(columns,)`."""
+    blocks = kernel.reshape(tuple(scale_shape[:-1]) + (-1, kernel.shape[-1]))
+    largest = np.abs(blocks).max(axis=-2, keepdims=True)
+    scale = np.where(largest > 0, largest / 127.0, 1.0)
+    values = np.clip(np.round(blocks / scale), -127, 127).astype("int8")
+    return values.reshape(kernel.shape), scale.squeeze(-2).astype("float32")
+
+
 # A sub-layer's BatchNormalization variables, as get_sublayer_weights names them.
 _BATCH_NORM_KEYS = ("gamma", "beta", "moving_mean", "moving_variance")
 
@@ -306,6 +318,10 @@ class SpinalDense(keras.layers.Layer):
     sub-layers of width `OWN_KERNEL_WIDTH` (128) or more each have their
     own product, which ran faster at those sizes (benchmarks/RESULTS.md).
 
+    As on `Dense`, `enable_lora(rank)` trains low-rank updates of frozen
+    kernels, and `quantize("int8")` stores the kernels as int8 (weights
+    only); see those methods.
+
     Args:
         units: Optional positive int, size of the linear output Dense.
             `None` returns the concatenated sub-layer outputs.
@@ -399,14 +415,12 @@ class SpinalDense(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(activity_regularizer=activity_regularizer, **kwargs)
-        if self.quantization_mode is not None:
+        if self.quantization_mode not in (None, "int8"):
             # Keras would accept it here and fail at the first call, asking
-            # for an `_int8_call` (or float8, int4) this layer does not have.
+            # for a `_float8_call` (or int4, ...) this layer does not have.
             raise ValueError(
-                "SpinalDense has no quantized form: its dtype policy must not be "
-                f"quantized. Received: dtype={self.dtype_policy.name!r}. Use a "
-                "float policy (e.g. 'float32', 'mixed_float16'); "
-                "`model.quantize(...)` leaves SpinalDense layers in float."
+                "SpinalDense's only quantized form is int8: its dtype policy must "
+                f"be a float one or 'int8_from_...'. Received: dtype={self.dtype_policy.name!r}."
             )
         self.units = _validation.positive_int("units", units, allow_none=True)
         self.width, self.depth, self.splits = check_sizes(width, depth, splits)
@@ -444,7 +458,18 @@ class SpinalDense(keras.layers.Layer):
         self.lora_rank, self.lora_alpha = _lora_options(
             lora_rank, lora_alpha, self.kernel_constraint
         )
+        if self.lora_rank and self.quantization_mode:
+            raise ValueError(
+                "SpinalDense has no LoRA on int8 kernels: pass `lora_rank` with a "
+                f"float dtype policy. Received: lora_rank={self.lora_rank}, "
+                f"dtype={self.dtype_policy.name!r}"
+            )
         self.lora_enabled = False
+        self.kernel_scales = []  # int8's, one per kernel
+        # The sub-layers compute in floating point under an int8 policy too.
+        sub_policy = self.dtype_policy
+        if self.quantization_mode:
+            sub_policy = keras.dtype_policies.get(sub_policy.name.split("_from_", 1)[1])
         self.input_spec = keras.layers.InputSpec(min_ndim=2)
         # Like Dense, the layer acts on each position's last axis alone, so a
         # sequence mask passes through (and keeps padding out of BatchNorm).
@@ -452,9 +477,7 @@ class SpinalDense(keras.layers.Layer):
 
         # Sub-layers get this layer's dtype policy, or mixed precision breaks.
         self._dropout_layer = (
-            keras.layers.Dropout(
-                self.dropout, seed=self.seed, dtype=self.dtype_policy
-            )
+            keras.layers.Dropout(self.dropout, seed=self.seed, dtype=sub_policy)
             if self.dropout
             else None
         )
@@ -463,7 +486,7 @@ class SpinalDense(keras.layers.Layer):
                 keras.layers.BatchNormalization(
                     momentum=self.batch_norm_momentum,
                     epsilon=self.batch_norm_epsilon,
-                    dtype=self.dtype_policy,
+                    dtype=sub_policy,
                     name=f"batch_norm_{i}",
                 )
                 for i in range(self.depth)
@@ -511,6 +534,8 @@ class SpinalDense(keras.layers.Layer):
         # Regularizers and constraints act on each sub-layer's block, as on
         # per-sub-layer Dense weights.
         self._kernel_groups = self._layouts()["current"][0]
+        int8 = self.quantization_mode == "int8"
+        self._is_quantized = int8  # as Keras's own quantized layers mark it
         self.split_kernels = []
         for j, group in self._kernel_groups:
             size = self.split_sizes[j]
@@ -518,9 +543,10 @@ class SpinalDense(keras.layers.Layer):
             full = {i: (size + (w if i else 0), w) for i in group}
             own = len(group) < len(self._sublayers_of_split(j))
             self.split_kernels.append(
-                self.add_weight(
-                    name=f"kernel_{group[0]}" if own else f"split_kernel_{j}",
-                    shape=(size, len(group) * w),
+                self._add_kernel(
+                    f"kernel_{group[0]}" if own else f"split_kernel_{j}",
+                    (size, len(group) * w),
+                    int8,
                     initializer=_PerSublayerInitializer(
                         kernel_inits, [(i, full[i], 0, size) for i in group]
                     ),
@@ -548,9 +574,10 @@ class SpinalDense(keras.layers.Layer):
             for i in range(1, self.depth):
                 size = self.split_sizes[i % self.splits]
                 blocks.append((i, (size + w, w), size, size + w))
-            self.recurrent_kernel = self.add_weight(
-                name="recurrent_kernel",
-                shape=((self.depth - 1) * w, w),
+            self.recurrent_kernel = self._add_kernel(
+                "recurrent_kernel",
+                ((self.depth - 1) * w, w),
+                int8,
                 initializer=_PerSublayerInitializer(kernel_inits, blocks, axis=0),
                 **_per_block(
                     self.kernel_regularizer, self.kernel_constraint, self.depth - 1, 0
@@ -561,9 +588,10 @@ class SpinalDense(keras.layers.Layer):
         if self._dropout_layer is not None:
             self._dropout_layer.build(input_shape)
         if self.units:
-            self.output_kernel = self.add_weight(
-                name="output_kernel",
-                shape=(self.depth * w, self.units),
+            self.output_kernel = self._add_kernel(
+                "output_kernel",
+                (self.depth * w, self.units),
+                int8,
                 initializer=self.kernel_initializer,
                 regularizer=self.kernel_regularizer,
                 constraint=self.kernel_constraint,
@@ -585,6 +613,103 @@ class SpinalDense(keras.layers.Layer):
         self.built = True
         if self.lora_rank:
             self.enable_lora(self.lora_rank, self.lora_alpha)
+
+    # -- int8 --------------------------------------------------------------
+
+    def _add_kernel(self, name, shape, int8, **options):
+        """A kernel variable: float with `options` (add_weight's), or int8
+        with its scales appended to `kernel_scales` (int8 kernels do not
+        train, so `options` do not apply)."""
+        if not int8:
+            return self.add_weight(name=name, shape=shape, **options)
+        kernel = self.add_weight(
+            name=name, shape=shape, initializer="zeros", dtype="int8", trainable=False
+        )
+        # A scale per column of each sub-layer's block: the recurrent kernel
+        # stacks depth - 1 blocks along its rows.
+        scale_shape = (
+            (self.depth - 1, self.width) if name == "recurrent_kernel" else (shape[1],)
+        )
+        self.kernel_scales.append(self.add_weight(
+            name=f"{name}_scale", shape=scale_shape, initializer="ones", trainable=False
+        ))
+        return kernel
+
+    def quantize(self, mode=None, type_check=True, config=None):
+        """Store the kernels as int8, each column of each sub-layer's block
+        with a float scale (`model.quantize("int8")` calls this).
+
+        Weight-only: the layer computes in its float compute dtype with the
+        kernels rebuilt from their int8 values, so only the kernels are
+        rounded (to within half a step of 1/127 of their column's largest
+        magnitude), and the inputs are not. Biases and BatchNormalization stay
+        float. The dtype policy becomes `"int8_from_<policy>"`, and the
+        layer saves and loads as such. Keras's `Model.quantize` visits only
+        layers without sub-layers: a SpinalDense with `dropout` or
+        `batch_norm` is quantized by calling this on it.
+
+        Args:
+            mode: `"int8"`, the one mode the layer has; others raise
+                `NotImplementedError`, which `Model.quantize` turns into a
+                warning, leaving the layer in floating point.
+            type_check: As Keras's layers take it; unused.
+            config: Optional Keras quantization config (Keras 3.15 passes
+                its default `Int8QuantizationConfig`). Its
+                `weight_quantizer` must be None; its activation quantizer
+                does not apply, since the layer quantizes weights only.
+
+        Raises:
+            NotImplementedError: another `mode`.
+            ValueError: a config's `weight_quantizer`, LoRA enabled, or
+                Keras's own checks (the layer not built or already
+                quantized, a float16 compute dtype).
+        """
+        del type_check  # SpinalDense has no subclasses to keep out
+        if mode != "int8":
+            raise NotImplementedError(
+                f"SpinalDense {self.name!r} quantizes to 'int8' only; it stays in "
+                f"floating point. Received: mode={mode!r}"
+            )
+        if getattr(config, "weight_quantizer", None) is not None:
+            raise ValueError(
+                "SpinalDense's int8 form takes no weight quantizer: its kernels "
+                "are stored as int8 with a scale per column of each block. "
+                f"Received: weight_quantizer={config.weight_quantizer!r}"
+            )
+        if self.lora_enabled:
+            raise ValueError(
+                f"LoRA is enabled on {self.name!r}, and SpinalDense has no LoRA on "
+                "int8 kernels. Copy its weights (get_sublayer_weights) into a "
+                "SpinalDense without LoRA, then quantize that."
+            )
+        kernels = self._kernels()
+        values = [ops.convert_to_numpy(k) for k in kernels]
+        for kernel in kernels:
+            self._untrack_variable(kernel)
+        self.kernel_scales = []
+        new = [self._add_kernel(k.name, k.shape, True) for k in kernels]
+        count = len(self.split_kernels)
+        self.split_kernels = new[:count]
+        if self.recurrent_kernel is not None:
+            self.recurrent_kernel = new[count]
+        if self.units:
+            self.output_kernel = new[-1]
+        for kernel, scale, value in zip(new, self.kernel_scales, values):
+            q, scales = _int8(value, scale.shape)
+            kernel.assign(q)
+            scale.assign(scales)
+        self._is_quantized = True  # before the policy, whose setter would quantize
+        self.dtype_policy = keras.dtype_policies.get(f"int8_from_{self.dtype_policy.name}")
+
+    def quantized_call(self, *args, **kwargs):
+        # `call` rebuilds the kernels from int8 (_effective_kernels).
+        return self.call(*args, **kwargs)
+
+    def _dequantized(self, kernel, scale, dtype):
+        shape = tuple(scale.shape)
+        blocks = ops.reshape(ops.cast(kernel, dtype), shape[:-1] + (-1, shape[-1]))
+        scaled = ops.multiply(blocks, ops.expand_dims(ops.cast(scale, dtype), -2))
+        return ops.reshape(scaled, kernel.shape)
 
     # -- LoRA --------------------------------------------------------------
 
@@ -635,6 +760,12 @@ class SpinalDense(keras.layers.Layer):
             raise ValueError(
                 f"LoRA is already enabled on {self.name!r} (rank {self.lora_rank}); "
                 "it can be enabled once per layer."
+            )
+        if self.quantization_mode:
+            raise ValueError(
+                f"{self.name!r} is quantized ({self.dtype_policy.name}), and "
+                "SpinalDense has no LoRA on int8 kernels: enable LoRA on the "
+                "float layer."
             )
         rank, lora_alpha = _lora_options(
             rank, lora_alpha, self.kernel_constraint, names=("rank", "lora_alpha")
@@ -733,6 +864,8 @@ class SpinalDense(keras.layers.Layer):
         """`_kernels()` as the layer computes with them, in `dtype`: with
         LoRA, each plus its scaled low-rank update."""
         kernels = self._kernels()
+        if self.quantization_mode:
+            return [self._dequantized(k, s, dtype) for k, s in zip(kernels, self.kernel_scales)]
         if not self.lora_enabled:
             return kernels
         r, w, scale = self.lora_rank, self.width, self.lora_alpha / self.lora_rank
@@ -861,7 +994,7 @@ class SpinalDense(keras.layers.Layer):
         """
         if not self.built:
             raise ValueError("Build the layer before reading its weights.")
-        weights = self._unpack(self._stored_arrays(), *self._layouts()["current"])
+        weights = self._unpack(self._float_arrays(), *self._layouts()["current"])
         if self.batch_norm:
             weights["batch_norms"] = [
                 {key: ops.convert_to_numpy(getattr(bn, key)) for key in _BATCH_NORM_KEYS}
@@ -879,6 +1012,11 @@ class SpinalDense(keras.layers.Layer):
         """
         if not self.built:
             raise ValueError("Build the layer before setting its weights.")
+        if self.quantization_mode:
+            raise ValueError(
+                f"{self.name!r} is quantized ({self.dtype_policy.name}): set the "
+                "weights of the float layer, then quantize it."
+            )
         w = self.width
         # Everything is checked before anything is assigned, so a bad dict
         # leaves the layer as it was.
@@ -978,24 +1116,42 @@ class SpinalDense(keras.layers.Layer):
     # -- stored layouts ----------------------------------------------------
 
     def _stored_variables(self):
-        """The layer's own variables, in the order Keras saves them."""
-        variables = list(self.split_kernels)
-        variables += [v for v in (self.bias, self.recurrent_kernel) if v is not None]
+        """The layer's own variables, in the order Keras saves them (under
+        int8, each kernel followed by its scales, in the order saved)."""
+        scales = dict(zip(map(id, self._kernels()), self.kernel_scales))
+
+        def kernel(k):
+            return [k, scales[id(k)]] if scales else [k]
+
+        variables = [v for k in self.split_kernels for v in kernel(k)]
+        variables += [self.bias] if self.bias is not None else []
+        variables += kernel(self.recurrent_kernel) if self.recurrent_kernel is not None else []
         if self.units:
-            variables.append(self.output_kernel)
+            variables += kernel(self.output_kernel)
             if self.output_bias is not None:
                 variables.append(self.output_bias)
         return variables
 
-    def _stored_arrays(self):
-        """`_stored_variables()` as NumPy arrays of what the layer computes
-        with: with LoRA, the kernels plus their updates."""
-        variables = self._stored_variables()
-        if self.lora_enabled:
-            merged = dict(zip(map(id, self._kernels()),
-                              self._effective_kernels(self.variable_dtype)))
-            variables = [merged.get(id(v), v) for v in variables]
-        return [ops.convert_to_numpy(v) for v in variables]
+    def save_own_variables(self, store):
+        if not self.quantization_mode:
+            return super().save_own_variables(store)
+        # A layer quantized after building made its int8 variables last;
+        # saved in a fixed order, it loads into one built as int8.
+        for n, variable in enumerate(self._stored_variables()):
+            store[str(n)] = variable
+
+    def _float_arrays(self):
+        """The arrays of a float layer's `_stored_variables()` that computes
+        as this one: with LoRA, the kernels plus their updates; under int8,
+        the kernels rebuilt from int8."""
+        kernels = iter(self._effective_kernels(self.variable_dtype))
+        arrays = [next(kernels) for _ in self.split_kernels]
+        arrays += [self.bias] if self.bias is not None else []
+        arrays += [next(kernels)] if self.recurrent_kernel is not None else []
+        if self.units:
+            arrays.append(next(kernels))
+            arrays += [self.output_bias] if self.output_bias is not None else []
+        return [ops.convert_to_numpy(a) for a in arrays]
 
     def _own_kernels(self):
         """Whether each sub-layer stores its own input kernel."""
@@ -1098,6 +1254,17 @@ class SpinalDense(keras.layers.Layer):
         """
         arrays = [store[str(n)] for n in range(len(store.keys()))]
         shapes = [tuple(a.shape) for a in arrays]
+        if self.quantization_mode:
+            variables = self._stored_variables()
+            wanted = [tuple(v.shape) for v in variables]
+            if shapes != wanted:
+                raise ValueError(
+                    f"int8 SpinalDense {self.name!r} stores arrays of shapes {wanted}; "
+                    f"the file holds {shapes}."
+                )
+            for variable, array in zip(variables, arrays):
+                variable.assign(array)
+            return
         layouts = self._layouts()
         current = self._layout_shapes(*layouts.pop("current"))
         lora = self._lora_variables()

@@ -258,9 +258,10 @@ def _check_convertible(path, layer, splits):
     if layer.quantization_mode is not None:
         raise ValueError(
             f"Dense layer {path!r} is quantized ({layer.dtype_policy.name}); "
-            "SpinalDense has no quantized form. Convert the float model, "
-            "train it, then quantize (`model.quantize` leaves SpinalDense "
-            "layers in float)."
+            "its rounded kernel cannot carry over to the SpinalDense, whose "
+            "weights are new. Convert the float model, train it, then "
+            "quantize (`model.quantize('int8')` quantizes SpinalDense layers "
+            "too)."
         )
     if layer.get_config().get("lora_rank"):
         raise ValueError(

@@ -362,10 +362,11 @@ def test_layer_activation_such_as_leaky_relu():
         (dict(units=1, width=4, depth=2, output_activation=keras.activations.softmax),
          r"output_activation=<function softmax.* with 1 output"),
         # Keras would build it and fail at the first call, asking for `_int8_call`
-        (dict(width=4, depth=2, dtype="int8_from_float32"),
-         r"SpinalDense has no quantized form.*Received: dtype='int8_from_float32'"),
         (dict(width=4, depth=2, dtype="float8_from_mixed_bfloat16"),
+         r"SpinalDense's only quantized form is int8.*"
          r"Received: dtype='float8_from_mixed_bfloat16'"),
+        (dict(width=4, depth=2, dtype="int8_from_float32", lora_rank=2),
+         r"no LoRA on int8 kernels.*lora_rank=2, dtype='int8_from_float32'"),
     ],
 )
 def test_bad_arguments_name_the_value(kwargs, match):
@@ -453,27 +454,106 @@ def test_normalising_output_activations_are_taken_over_several_outputs():
     assert SpinalDense(1, width=3, depth=2, output_activation=keras.layers.Softmax(axis=0)).units == 1
 
 
-@pytest.mark.parametrize("options,named", [
-    ({}, "SpinalDense"),
-    # README says so too: Keras visits only layers without sub-layers
-    ({"batch_norm": True, "dropout": 0.2}, "BatchNormalization"),
-])
-def test_quantize_leaves_the_layer_in_float_with_a_warning(options, named):
-    # README says so: no quantize mode of its own; the Dense beside it is quantized.
+# -- int8 --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("width", [3, OWN_KERNEL_WIDTH])  # kernels shared, or one each
+def test_int8_rounds_only_the_kernels(width):
+    layer = SpinalDense(7, width=width, depth=4, batch_norm=True, dropout=0.2,
+                        bias_initializer="random_normal")
+    x = _x(6, 11)
+    before = keras.ops.convert_to_numpy(layer(x))
+    w0 = layer.get_sublayer_weights()
+    layer.quantize("int8")  # with sub-layers, Model.quantize does not reach it
+    assert layer.dtype_policy.name == "int8_from_float32"
+    kernels = layer._kernels()
+    assert [v.dtype for v in kernels] == ["int8"] * len(kernels)
+    assert not any(v.trainable for v in kernels + layer.kernel_scales)
+    for v in kernels:  # each column's largest magnitude is 127
+        q = np.abs(keras.ops.convert_to_numpy(v)).astype(int)
+        assert q.max(axis=0).min() == 127 if v.name != "recurrent_kernel" else q.max() == 127
+    w1 = layer.get_sublayer_weights()
+    for k0, k1 in zip(w0["kernels"] + [w0["output_kernel"]], w1["kernels"] + [w1["output_kernel"]]):
+        # within half a step of 1/127 of its column's largest magnitude
+        assert np.all(np.abs(k1 - k0) <= np.abs(k0).max(axis=0) / 254 + 1e-7)
+        assert not np.array_equal(k1, k0)
+    for key in ("biases", "output_bias", "batch_norms"):
+        np.testing.assert_equal(w1[key], w0[key])  # not rounded
+    # the layer computes with the rounded kernels, in float
+    expected = numpy_spinal(x, w1["kernels"], w1["biases"], 2, output_kernel=w1["output_kernel"],
+                            output_bias=w1["output_bias"], batch_norms=w1["batch_norms"])
+    after = keras.ops.convert_to_numpy(layer(x))
+    np.testing.assert_allclose(after, expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(after, before, rtol=0.05, atol=0.05)
+    assert keras.ops.convert_to_numpy(layer(x, training=True)).shape == (6, 7)  # dropout's path
+
+
+def test_model_quantize_reaches_a_spinal_dense_without_sub_layers(tmp_path):
     model = keras.Sequential([keras.Input((16,)), keras.layers.Dense(8),
-                              SpinalDense(4, width=3, depth=2, **options)])
-    x = _x(3, 16)
+                              SpinalDense(4, width=3, depth=3),
+                              SpinalDense(2, width=2, depth=2, batch_norm=True)])
+    x, y = _x(3, 16), _x(3, 2, seed=1)
     before = model.predict(x, verbose=0)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         model.quantize("int8")
-    assert any(f"{named} does not have a `quantize` method" in str(w.message) for w in caught)
-    dense, spinal = model.layers
-    assert dense.quantization_mode == "int8"
-    assert getattr(spinal, "quantization_mode", None) is None
-    assert all(w.dtype == "float32" for w in spinal.weights)
-    # the int8 Dense rounds; the float layer after it keeps the result close
-    np.testing.assert_allclose(model.predict(x, verbose=0), before, rtol=0.1, atol=0.1)
+    messages = [str(w.message) for w in caught]
+    assert not any("SpinalDense" in m for m in messages), messages
+    # README says so: Keras visits only layers without sub-layers, and warns
+    # about the BatchNormalization layers, not the SpinalDense holding them
+    assert any("BatchNormalization does not have a `quantize` method" in m for m in messages)
+    dense, spinal, with_bn = model.layers
+    assert (dense.quantization_mode, spinal.quantization_mode) == ("int8", "int8")
+    assert with_bn.quantization_mode is None
+    after = model.predict(x, verbose=0)
+    np.testing.assert_allclose(after, before, rtol=0.1, atol=0.1)
+    # saved and loaded as int8, in safe mode
+    model.save(tmp_path / "m.keras")
+    loaded = keras.saving.load_model(tmp_path / "m.keras", safe_mode=True)
+    assert loaded.layers[1].dtype_policy.name == "int8_from_float32"
+    assert loaded.layers[1]._kernels()[0].dtype == "int8"
+    np.testing.assert_array_equal(loaded.predict(x, verbose=0), after)
+    from spinalnet_keras import export_model  # and it serves as a SavedModel
+
+    report = export_model(loaded, tmp_path / "export", formats=("saved_model",))
+    assert report["formats"]["saved_model"]["verified"]
+    # it trains on: the int8 kernels stay as they are, the biases learn
+    frozen = [keras.ops.convert_to_numpy(k) for k in loaded.layers[1]._kernels()]
+    loaded.compile(keras.optimizers.SGD(0.1), "mse")
+    loaded.fit(x, y, epochs=2, verbose=0)
+    for k, value in zip(loaded.layers[1]._kernels(), frozen):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(k), value)
+    assert not np.allclose(loaded.predict(x, verbose=0), after)
+
+
+def test_int8_refusals():
+    layer = SpinalDense(4, width=3, depth=2)
+    layer.build((None, 6))
+    with pytest.raises(NotImplementedError, match=r"quantizes to 'int8' only.*mode='float8'"):
+        layer.quantize("float8")
+    model = keras.Sequential([keras.Input((6,)), layer])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model.quantize("float8")  # Keras turns it into a warning
+    assert any("quantizes to 'int8' only" in str(w.message) for w in caught)
+    assert layer.quantization_mode is None and layer._kernels()[0].dtype == "float32"
+    lora = SpinalDense(4, width=3, depth=2, lora_rank=1)
+    lora.build((None, 6))
+    with pytest.raises(ValueError, match="no LoRA on int8 kernels"):
+        lora.quantize("int8")
+    layer.quantize("int8")
+    with pytest.raises(ValueError, match="already quantized"):  # Keras's own check
+        layer.quantize("int8")
+    with pytest.raises(ValueError, match=r"is quantized \(int8_from_float32\).*no LoRA"):
+        layer.enable_lora(1)
+    with pytest.raises(ValueError, match="set the weights of the float layer, then quantize"):
+        layer.set_sublayer_weights(layer.get_sublayer_weights())
+    # built from an int8 config, as when loading: int8 variables, float sub-layers
+    made = SpinalDense(4, width=3, depth=2, batch_norm=True, dtype="int8_from_mixed_bfloat16")
+    y = made(_x(2, 6))
+    assert keras.backend.standardize_dtype(y.dtype) == "bfloat16"
+    assert made._kernels()[0].dtype == "int8"
+    assert all(bn.dtype_policy.name == "mixed_bfloat16" for bn in made._batch_norms)
 
 
 def test_unknown_last_axis_and_low_rank():
@@ -822,8 +902,10 @@ def test_other_keras_backends_load_predict_and_train_alike(backend, tmp_path):
         keras.Input((12,)),
         SpinalDense(width=6, depth=4, splits=3, batch_norm=True),
         SpinalDense(width=3, depth=3, lora_rank=2),  # with LoRA's updates saved
+        SpinalDense(width=3, depth=3),  # int8, below
         SpinalDense(3, width=OWN_KERNEL_WIDTH, depth=2)])  # a kernel per sub-layer
     _randomize_lora(model.layers[1], scale=0.3)
+    model.layers[2].quantize("int8")
     x, y = _x(16, 12, seed=3), np.arange(16) % 3
     model.save(tmp_path / "m.keras")
     np.savez(tmp_path / "data.npz", x=x, y=y)

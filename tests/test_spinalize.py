@@ -133,9 +133,9 @@ def test_errors():
     with warnings.catch_warnings():  # Keras's, for the layers it cannot quantize
         warnings.simplefilter("ignore")
         quantized.quantize("int8")
-    # the copy's SpinalDense would fail at its first call, asking for `_int8_call`
-    with pytest.raises(ValueError, match=r"'h' is quantized \(int8_from_float32\); SpinalDense "
-                       "has no quantized form"):
+    # the SpinalDense's weights would be new: nothing of the int8 kernel carries over
+    with pytest.raises(ValueError, match=r"'h' is quantized \(int8_from_float32\); its rounded "
+                       "kernel cannot carry over"):
         spinalize(quantized)
     model.get_layer("h").enable_lora(2)
     with pytest.raises(ValueError, match="'h' has LoRA enabled"):
