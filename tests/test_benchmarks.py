@@ -72,6 +72,26 @@ def test_matmul_bench_runs():
     assert RATIO.match(rows[1][-1])
 
 
+def test_int8_bench_compares_sizes_and_outputs():
+    out = _run("int8_bench.py", "--sizes", "512x4x64", "--batches", "8", "--repeats", "2",
+               "--target-seconds", "0.01").stdout
+    header, *rows = _rows(out)
+    assert header[:2] == ["features -> depth x width", "batch"] and len(header) == 9
+    (row,) = rows
+    assert row[:2] == ["512 -> 4 x 64", "8"]
+    cells = dict(zip(header, row))
+    assert RATIO.match(cells["int8/float32 time (IQR)"])
+    float_bytes, int8_bytes = (int(cells[f"{k} file bytes"].replace(",", ""))
+                               for k in ("float32", "int8"))
+    # 2 x 256 x 128 (the splits' kernels) + 3 x 64 x 64 + 256 x 10 kernel
+    # entries: 4 bytes each in float32, 1 in int8; the 458 scales and the
+    # int8 file's four more arrays take a few kB of that back
+    entries = 2 * 256 * 128 + 3 * 64 * 64 + 256 * 10
+    assert 3 * entries - 8 * 1024 < float_bytes - int8_bytes < 3 * entries
+    assert cells["int8/float32 bytes"] == f"{int8_bytes / float_bytes:.2f}"
+    assert 0 < float(cells["max error / max output"]) < 0.02  # rounding, not garbage
+
+
 def test_overhead_bench_runs_an_experiment():
     # head_trace reads no data, so the bench makes no MNIST copy for it
     # (--manual-dir names a folder without one).

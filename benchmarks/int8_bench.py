@@ -1,0 +1,118 @@
+"""SpinalDense in int8 against the same layer in float32: file size, error,
+and inference time.
+
+For each size, one SpinalDense head (`units` outputs over the paper's spinal
+sizes) with random weights, and a copy quantized with
+`layer.quantize("int8")`, which stores the kernels as int8 with a float scale
+per column of each sub-layer's block and computes in float32 with the
+kernels rebuilt from them. Reported:
+
+- the bytes of each model's `.keras` file and their ratio;
+- the largest output difference on a standard normal batch, against the
+  largest float32 output (the rounding of the kernels alone: the int8 form
+  rounds no inputs);
+- the time of a forward pass (inference, `training=False`) per batch, many
+  in a graph loop as in `layer_bench.py` (each pass's input depending on the
+  previous output), interleaved and in a rotating order, as the median
+  int8 / float32 ratio over repeats with its interquartile range.
+
+    python benchmarks/int8_bench.py
+    python benchmarks/int8_bench.py --sizes 25088x4x1024 --batches 64 --repeats 15
+"""
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(__file__))
+from layer_bench import SIZES, check_repeats, graph_loop, positive, size_arg  # noqa: E402
+from summary import paired_ratio  # noqa: E402
+
+from spinalnet_keras import SpinalDense  # noqa: E402
+
+
+def models(features, depth, width, units):
+    """A float32 head and its int8 copy, with the same weights."""
+    keras.utils.set_random_seed(0)
+    float32 = keras.Sequential([keras.Input((features,)),
+                                SpinalDense(units, width=width, depth=depth)])
+    int8 = keras.Sequential([keras.Input((features,)),
+                             SpinalDense(units, width=width, depth=depth)])
+    int8.set_weights(float32.get_weights())
+    int8.layers[0].quantize("int8")
+    return {"float32": float32, "int8": int8}
+
+
+def file_bytes(model, folder, name):
+    path = os.path.join(folder, f"{name}.keras")
+    model.save(path)
+    return os.path.getsize(path)
+
+
+def forward_loop(model):
+    def advance(x):
+        y = model(x, training=False)
+        return x + 1e-6 * y[:, :1], y[0, 0]
+
+    return graph_loop(advance, tf.TensorSpec((None, model.inputs[0].shape[-1])))
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--sizes", nargs="+", type=size_arg,
+                        help="FEATURESxDEPTHxWIDTH, e.g. 320x6x8 (default: the paper's four)")
+    parser.add_argument("--units", type=positive(int), default=10,
+                        help="outputs of the head (classes)")
+    parser.add_argument("--batches", type=positive(int), nargs="+", default=[64, 256])
+    parser.add_argument("--repeats", type=int, default=9)
+    parser.add_argument("--target-seconds", type=positive(float), default=0.25,
+                        help="time per measurement (sets the number of passes)")
+    args = parser.parse_args()
+    check_repeats(parser, args.repeats)
+    print(f"TensorFlow {tf.__version__}, Keras {keras.__version__}, {os.cpu_count()} CPU "
+          f"cores; SpinalDense({args.units}, ...) heads, forward passes in a graph loop")
+    print("| features -> depth x width | batch | float32 ms | int8 ms | int8/float32 time (IQR) "
+          "| float32 file bytes | int8 file bytes | int8/float32 bytes "
+          "| max error / max output |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for features, depth, width in args.sizes or SIZES:
+        heads = models(features, depth, width, args.units)
+        with tempfile.TemporaryDirectory() as folder:
+            sizes = {name: file_bytes(m, folder, name) for name, m in heads.items()}
+        sample = np.random.default_rng(0).normal(size=(256, features)).astype("float32")
+        outputs = {name: m.predict(sample, verbose=0) for name, m in heads.items()}
+        error = np.abs(outputs["int8"] - outputs["float32"]).max() / np.abs(
+            outputs["float32"]).max()
+        for batch in args.batches:
+            x = tf.random.normal((batch, features), seed=0)
+            loops = {name: forward_loop(m) for name, m in heads.items()}
+            for run in loops.values():
+                run(x, 2).numpy()  # trace
+            start = time.perf_counter()
+            loops["float32"](x, 10).numpy()
+            passes = max(1, int(args.target_seconds * 10 / (time.perf_counter() - start)))
+            seconds = {name: [] for name in loops}
+            names = list(loops)
+            for r in range(args.repeats):
+                for name in names[r % 2:] + names[:r % 2]:
+                    start = time.perf_counter()
+                    loops[name](x, passes).numpy()
+                    seconds[name].append((time.perf_counter() - start) / passes)
+            ms = {name: 1e3 * statistics.median(s) for name, s in seconds.items()}
+            print(f"| {features} -> {depth} x {width} | {batch} | {ms['float32']:.3f} "
+                  f"| {ms['int8']:.3f} | {paired_ratio(seconds['int8'], seconds['float32'])} "
+                  f"| {sizes['float32']:,} | {sizes['int8']:,} "
+                  f"| {sizes['int8'] / sizes['float32']:.2f} | {error:.4f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
