@@ -4,8 +4,8 @@ and inference time.
 For each size, one SpinalDense head (`units` outputs over the paper's spinal
 sizes) with random weights, and a copy quantized with
 `layer.quantize("int8")`, which stores the kernels as int8 with a float scale
-per column of each sub-layer's block and computes in float32 with the
-kernels rebuilt from them. Reported:
+per column of each sub-layer's block and computes in float32: each product
+with an int8 kernel cast to float32, its columns then scaled. Reported:
 
 - the bytes of each model's `.keras` file and their ratio;
 - the largest output difference on a standard normal batch, against the

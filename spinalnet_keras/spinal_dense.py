@@ -210,6 +210,12 @@ def _lora_options(rank, alpha, kernel_constraint, names=("lora_rank", "lora_alph
     return rank, alpha
 
 
+def _product(x, kernel, scale=None):
+    """`x @ kernel`, its columns multiplied by `scale` if given."""
+    y = ops.matmul(x, kernel)
+    return y if scale is None else ops.multiply(y, scale)
+
+
 def _int8(kernel, scale_shape):
     """`kernel` (NumPy) as int8 values and the float32 scales that give it
     back as `values * scales`: a scale per column of each block, where
@@ -639,9 +645,9 @@ class SpinalDense(keras.layers.Layer):
         """Store the kernels as int8, each column of each sub-layer's block
         with a float scale (`model.quantize("int8")` calls this).
 
-        Weight-only: the layer computes in its float compute dtype with the
-        kernels rebuilt from their int8 values, so only the kernels are
-        rounded (to within half a step of 1/127 of their column's largest
+        Weight-only: the layer computes in its float compute dtype, each
+        product with an int8 kernel cast to it and the product's columns
+        then scaled, so only the kernels are rounded (to within half a step of 1/127 of their column's largest
         magnitude), and the inputs are not. Biases and BatchNormalization stay
         float. The dtype policy becomes `"int8_from_<policy>"`, and the
         layer saves and loads as such. Keras's `Model.quantize` visits only
@@ -702,8 +708,21 @@ class SpinalDense(keras.layers.Layer):
         self.dtype_policy = keras.dtype_policies.get(f"int8_from_{self.dtype_policy.name}")
 
     def quantized_call(self, *args, **kwargs):
-        # `call` rebuilds the kernels from int8 (_effective_kernels).
+        # `call` computes with the int8 kernels (_call_kernels).
         return self.call(*args, **kwargs)
+
+    def _call_kernels(self, dtype):
+        """The kernels `call` multiplies by, each with the scales of its
+        product's columns: None but under int8, where the kernels are only
+        cast, and the products scaled, which costs less than scaling every
+        kernel entry."""
+        if not self.quantization_mode:
+            kernels = self._effective_kernels(dtype)
+            return kernels, [None] * len(kernels)
+        return (
+            [ops.cast(k, dtype) for k in self._kernels()],
+            [ops.cast(s, dtype) for s in self.kernel_scales],
+        )
 
     def _dequantized(self, kernel, scale, dtype):
         shape = tuple(scale.shape)
@@ -896,7 +915,7 @@ class SpinalDense(keras.layers.Layer):
 
     # -- forward -----------------------------------------------------------
 
-    def _split_products(self, parts, training, split_kernels):
+    def _split_products(self, parts, training, split_kernels, scales):
         """Pre-activations from the input splits, one entry per sub-layer."""
         w, pre, groups = self.width, [None] * self.depth, self._kernel_groups
         biases = (
@@ -904,19 +923,20 @@ class SpinalDense(keras.layers.Layer):
             if self.use_bias
             else [None] * len(groups)
         )
-        for (j, group), kernel, bias in zip(groups, split_kernels, biases):
+        for (j, group), kernel, scale, bias in zip(groups, split_kernels, scales, biases):
             part = parts[j]
             if self._dropout_layer is not None and training:
                 # Each sub-layer draws its own mask, so the group's product
                 # cannot be shared: one product per sub-layer.
                 kernel = ops.reshape(kernel, (-1, len(group), w))
                 for t, i in enumerate(group):
-                    z = ops.matmul(
-                        self._dropout_layer(part, training=True), kernel[:, t]
+                    z = _product(
+                        self._dropout_layer(part, training=True), kernel[:, t],
+                        None if scale is None else scale[t * w : (t + 1) * w],
                     )
                     pre[i] = z if bias is None else z + bias[t * w : (t + 1) * w]
                 continue
-            z = ops.matmul(part, kernel)
+            z = _product(part, kernel, scale)
             if bias is not None:
                 z = self._add_split_bias(z, bias, group)
             # One split op (its gradient is one concat) rather than a slice
@@ -942,29 +962,34 @@ class SpinalDense(keras.layers.Layer):
         # support on every backend, so they are made dense (a no-op otherwise).
         inputs = ops.convert_to_tensor(inputs, sparse=False)
         parts = _split_last_axis(inputs, self.split_sizes)
-        kernels = self._effective_kernels(self.compute_dtype)
-        split_kernels = kernels[: len(self.split_kernels)]
-        recurrent_kernel = kernels[len(split_kernels)] if self.depth > 1 else None
-        pre = self._split_products(parts, training, split_kernels)
-        recurrent = (
-            ops.split(recurrent_kernel, self.depth - 1, axis=0)
-            if self.depth > 2
-            else [recurrent_kernel]
-        )
+        kernels, scales = self._call_kernels(self.compute_dtype)
+        count = len(self.split_kernels)
+        pre = self._split_products(parts, training, kernels[:count], scales[:count])
+        if self.depth > 1:
+            recurrent = (
+                ops.split(kernels[count], self.depth - 1, axis=0)
+                if self.depth > 2
+                else [kernels[count]]
+            )
+            scale = scales[count]
+            recurrent_scales = (
+                [None] * (self.depth - 1) if scale is None
+                else [scale[i] for i in range(self.depth - 1)]
+            )
         outputs, prev = [], None
         for i in range(self.depth):
             z = pre[i]
             if prev is not None:
                 if self._dropout_layer is not None and training:
                     prev = self._dropout_layer(prev, training=True)
-                z = z + ops.matmul(prev, recurrent[i - 1])
+                z = z + _product(prev, recurrent[i - 1], recurrent_scales[i - 1])
             if self.batch_norm:
                 z = self._batch_norms[i](z, training=training, mask=mask)
             prev = self.activation(z)
             outputs.append(prev)
         y = outputs[0] if self.depth == 1 else ops.concatenate(outputs, -1)
         if self.units:
-            y = ops.matmul(y, kernels[-1])
+            y = _product(y, kernels[-1], scales[-1])
             if self.output_bias is not None:
                 y = ops.add(y, self.output_bias)
             if self.output_activation is not None:
@@ -1143,7 +1168,7 @@ class SpinalDense(keras.layers.Layer):
     def _float_arrays(self):
         """The arrays of a float layer's `_stored_variables()` that computes
         as this one: with LoRA, the kernels plus their updates; under int8,
-        the kernels rebuilt from int8."""
+        the int8 kernels times their scales."""
         kernels = iter(self._effective_kernels(self.variable_dtype))
         arrays = [next(kernels) for _ in self.split_kernels]
         arrays += [self.bias] if self.bias is not None else []
