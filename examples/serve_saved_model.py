@@ -6,8 +6,7 @@ SavedModel and calls its `serving_default` signature the way a server does.
 Also prints the equivalent TensorFlow Serving REST request. With `--onnx` it
 also exports ONNX (`pip install 'spinalnet-keras[onnx]'`) and runs that file
 in a process that imports onnxruntime alone. With `--int8` it first stores
-the Dense and SpinalDense kernels as int8 (`model.quantize("int8")`; Keras
-warns about the layers it leaves in float, such as the convolutions).
+the Dense and SpinalDense kernels as int8 (`quantize_int8(model)`).
 
     python examples/serve_saved_model.py                          # paper CNN, random weights
     python examples/serve_saved_model.py --model-file runs/train/final.keras --overwrite
@@ -23,11 +22,11 @@ import textwrap
 
 import numpy as np
 
-from spinalnet_keras import SpinalDense
 from spinalnet_keras import export_model
 from spinalnet_keras import format_report
 from spinalnet_keras import load_model_file
 from spinalnet_keras import paper_model
+from spinalnet_keras import quantize_int8
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--model-file", help="a .keras file (default: a fresh mnist_cnn)")
@@ -39,13 +38,9 @@ args = parser.parse_args()
 
 model = load_model_file(args.model_file) if args.model_file else paper_model("mnist_cnn")
 if args.int8:
-    # A SpinalDense with dropout or batch_norm holds sub-layers, which
-    # Model.quantize does not look into: quantize such a layer itself.
-    model.quantize("int8")
-    for layer in model.layers:
-        if isinstance(layer, SpinalDense) and layer.quantization_mode is None:
-            layer.quantize("int8")
-    print("int8 layers:", [layer.name for layer in model.layers if layer.quantization_mode])
+    # As model.quantize("int8"), also for a SpinalDense with dropout or
+    # batch_norm, which Keras's leaves out (it has sub-layers).
+    print("int8 layers:", quantize_int8(model))
 formats = ["saved_model", "keras"] + (["onnx"] if args.onnx else [])
 report = export_model(model, args.output_dir, formats=formats, name="mnist",
                       overwrite=args.overwrite)

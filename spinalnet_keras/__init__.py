@@ -30,6 +30,7 @@ try:
     from spinalnet_keras.export import export_model
     from spinalnet_keras.export import format_report
     from spinalnet_keras.export import load_model_file
+    from spinalnet_keras.export import quantize_int8
     from spinalnet_keras.export import with_input_normalization
     from spinalnet_keras.heads import Head
     from spinalnet_keras.heads import build_head
@@ -109,6 +110,7 @@ __all__ = [
     "make_tuner",
     "multi_worker_fit",
     "paper_model",
+    "quantize_int8",
     "set_virtual_cpus",
     "spinalize",
     "split_sizes",

@@ -302,12 +302,14 @@ def _export(args):
     from spinalnet_keras.backbones import ImagePreprocessing
     from spinalnet_keras.data import DATASETS
     from spinalnet_keras.export import export_model, format_report, load_model_file
-    from spinalnet_keras.export import with_input_normalization
+    from spinalnet_keras.export import quantize_int8, with_input_normalization
 
     if args.dataset is not None and not args.raw_input:
         raise ValueError("--dataset is used with --raw-input only; add --raw-input or drop it.")
     sample = None if args.sample is None else _load_sample(args.sample)
     model = load_model_file(args.model_file)
+    if args.int8:
+        print("int8:", ", ".join(quantize_int8(model)))
     if args.raw_input:
         if any(isinstance(l, ImagePreprocessing) for l in model.layers):
             raise ValueError(
@@ -527,6 +529,10 @@ def build_parser():
                    help="include the dataset's input normalisation, so raw 0..255 images "
                    "can be sent (needs --dataset)")
     p.add_argument("--dataset", help="dataset the model was trained on (for --raw-input)")
+    p.add_argument("--int8", action="store_true",
+                   help="store the kernels of the Dense and SpinalDense layers (also "
+                   "EinsumDense, Embedding) as int8 before exporting; the export is "
+                   "verified against the int8 model")
     p.add_argument("--no-verify", action="store_true", help="skip the verification")
     p.add_argument("--tolerance", type=_positive_float,
                    help="largest accepted output difference, relative to outputs larger "

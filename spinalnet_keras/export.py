@@ -38,6 +38,7 @@ import numpy as np
 from spinalnet_keras import _dependencies
 from spinalnet_keras import _validation
 from spinalnet_keras.backbones import ImagePreprocessing
+from spinalnet_keras.spinal_dense import SpinalDense
 
 FORMATS = ("saved_model", "keras", "onnx")
 DEFAULT_TOLERANCE = 1e-4
@@ -121,6 +122,89 @@ def with_input_normalization(model, mean, std, name=None):
         name="normalization",
     )(inputs)
     return keras.Model(inputs, model(x), name=model.name if name is None else name)
+
+
+# The layers with an int8 form: Keras's and SpinalDense.
+_INT8_LAYERS = (keras.layers.Dense, keras.layers.EinsumDense, keras.layers.Embedding,
+                SpinalDense)
+
+
+def _layers_by_path(model, prefix=""):
+    """`(path, layer)` of every layer, inside nested models too ("head/fc")."""
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            yield from _layers_by_path(layer, f"{prefix}{layer.name}/")
+        else:
+            yield f"{prefix}{layer.name}", layer
+
+
+def quantize_int8(model):
+    """Store the kernels of `model`'s Dense, EinsumDense, Embedding and
+    SpinalDense layers as int8, in place, as each layer's
+    `quantize("int8")` does; return their paths.
+
+    `model.quantize("int8")` does the same but leaves out SpinalDense layers
+    with `dropout` or `batch_norm` (Keras quantizes only layers without
+    sub-layers) and fails on layers already int8; this reaches every such
+    layer, in nested models too, and leaves int8 layers as they are.
+    SpinalDense's int8 form stores weights only (see
+    `SpinalDense.quantize`).
+
+    Args:
+        model: a built `keras.Model`.
+
+    Returns:
+        The paths of the layers quantized, in order (`"head/fc"` for a
+        layer of a nested model named "head").
+
+    Raises:
+        ValueError: `model` is not a built Keras model, it has no such layer
+            left in floating point, or one cannot be quantized (a SpinalDense
+            with LoRA, a float16 compute dtype: named, before any layer is
+            changed).
+
+    A subclass of Dense that Keras does not quantize (its `quantize` raises
+    NotImplementedError) stays in floating point, with a warning naming it.
+
+    Example:
+
+    >>> model = keras.Sequential([keras.Input((16,)), keras.layers.Dense(8),
+    ...                           SpinalDense(4, width=3, depth=2, dropout=0.1)])
+    >>> quantize_int8(model)
+    ['dense', 'spinal_dense']
+    """
+    if not isinstance(model, keras.Model) or not model.built:
+        raise ValueError(f"`model` must be a built keras.Model. Received: model={model!r}")
+    todo = [(path, layer) for path, layer in _layers_by_path(model)
+            if isinstance(layer, _INT8_LAYERS) and layer.quantization_mode is None]
+    if not todo:
+        raise ValueError(
+            f"Model {model.name!r} has no Dense, EinsumDense, Embedding or SpinalDense "
+            "layer left in floating point to quantize."
+        )
+    for path, layer in todo:  # refused before anything changes
+        if layer.compute_dtype == "float16":
+            raise ValueError(
+                f"Layer {path!r} computes in float16, which Keras's int8 mode refuses; "
+                "load the model under 'float32' or 'mixed_bfloat16' first."
+            )
+        if isinstance(layer, SpinalDense) and layer.lora_enabled:
+            raise ValueError(
+                f"SpinalDense {path!r} has LoRA enabled; SpinalDense has no LoRA on "
+                "int8 kernels. Copy its weights (get_sublayer_weights) into a "
+                "SpinalDense without LoRA, then quantize that."
+            )
+    done = []
+    for path, layer in todo:
+        try:
+            layer.quantize("int8")
+        except NotImplementedError as e:
+            warnings.warn(f"Layer {path!r} stays in floating point: {e}", stacklevel=2)
+            continue
+        done.append(path)
+    # As Keras's Model.quantize: functions traced on the float kernels go.
+    model.train_function = model.test_function = model.predict_function = None
+    return done
 
 
 _SAVED_MODEL_CHECK = textwrap.dedent(

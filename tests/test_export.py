@@ -11,7 +11,9 @@ from spinalnet_keras import backbone_model
 from spinalnet_keras import export_model
 from spinalnet_keras import format_report
 from spinalnet_keras import load_model_file
+from spinalnet_keras import SpinalDense
 from spinalnet_keras import paper_model
+from spinalnet_keras import quantize_int8
 from spinalnet_keras import with_input_normalization
 from spinalnet_keras import export as export_module
 from spinalnet_keras.cli import main
@@ -249,6 +251,67 @@ def test_cli_export_options_reach_the_export(tmp_path, capsys):
                  "--no-verify", "--tolerance", "0.01"]) == 2
     assert ("`tolerance` is what the check accepts, and verify=False skips the check; pass "
             "one or the other. Received: verify=False and tolerance=0.01") in capsys.readouterr().err
+
+
+def _backbone_and_head(lora=False):
+    backbone = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(4, 3),
+                                 keras.layers.GlobalAveragePooling2D(),
+                                 keras.layers.Dense(12, name="proj")], name="backbone")
+    head = keras.Sequential([keras.Input((12,)),
+                             SpinalDense(width=3, depth=3, batch_norm=True, dropout=0.1,
+                                         lora_rank=2 if lora else None, name="spine"),
+                             keras.layers.Dense(5, name="out")], name="head")
+    inputs = keras.Input((8, 8, 1))
+    return keras.Model(inputs, head(backbone(inputs)))
+
+
+def test_quantize_int8_reaches_every_layer_with_an_int8_form(tmp_path):
+    model = _backbone_and_head()
+    x = np.random.default_rng(0).normal(size=(4, 8, 8, 1)).astype("float32")
+    before = model.predict(x, verbose=0)  # a predict function traced on float kernels
+    # the SpinalDense has sub-layers, so Keras's model.quantize would leave it out
+    assert quantize_int8(model) == ["backbone/proj", "head/spine", "head/out"]
+    modes = {path: layer.quantization_mode for path, layer in export_module._layers_by_path(model)
+             if not isinstance(layer, keras.layers.InputLayer)}
+    assert modes == {"backbone/conv2d": None, "backbone/global_average_pooling2d": None,
+                     "backbone/proj": "int8", "head/spine": "int8", "head/out": "int8"}
+    after = model.predict(x, verbose=0)
+    assert not np.array_equal(after, before)  # the int8 model's, not the old function's
+    np.testing.assert_allclose(after, before, rtol=0.05, atol=0.05)
+    with pytest.raises(ValueError, match=rf"Model '{model.name}' has no Dense, EinsumDense, "
+                       "Embedding or SpinalDense layer left in floating point"):
+        quantize_int8(model)
+    # layers already int8 are left as they are, the others quantized
+    partly = _backbone_and_head()
+    partly.get_layer("head").get_layer("out").quantize("int8")
+    assert quantize_int8(partly) == ["backbone/proj", "head/spine"]
+    # refused before anything changes, naming the layer
+    lora = _backbone_and_head(lora=True)
+    with pytest.raises(ValueError, match="SpinalDense 'head/spine' has LoRA enabled"):
+        quantize_int8(lora)
+    assert lora.get_layer("backbone").get_layer("proj").quantization_mode is None
+    with pytest.raises(ValueError, match="must be a built keras.Model. Received: model='m.keras'"):
+        quantize_int8("m.keras")
+
+    class Custom(keras.layers.Dense):  # Keras quantizes no subclass of Dense
+        pass
+
+    custom = keras.Sequential([keras.Input((4,)), Custom(3, name="mine"), keras.layers.Dense(2)])
+    with pytest.warns(UserWarning, match="Layer 'mine' stays in floating point"):
+        assert quantize_int8(custom) == ["dense"]
+
+
+def test_cli_export_int8(tmp_path, capsys):
+    _backbone_and_head().save(tmp_path / "final.keras")
+    out = tmp_path / "serve"
+    assert main(["export", str(tmp_path / "final.keras"), "--output-dir", str(out),
+                 "--name", "m", "--formats", "saved_model,keras", "--int8"]) == 0
+    printed = capsys.readouterr().out
+    assert "int8: backbone/proj, head/spine, head/out" in printed
+    report = json.loads((out / "export_report.json").read_text())
+    assert report["verified"]  # against the int8 model
+    exported = keras.saving.load_model(out / "m.keras")
+    assert exported.get_layer("head").get_layer("spine").dtype_policy.name == "int8_from_float32"
 
 
 def test_onnx_export_names_a_missing_or_broken_onnx_module(tmp_path, monkeypatch):
