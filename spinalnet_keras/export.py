@@ -188,12 +188,8 @@ def quantize_int8(model):
                 f"Layer {path!r} computes in float16, which Keras's int8 mode refuses; "
                 "load the model under 'float32' or 'mixed_bfloat16' first."
             )
-        if isinstance(layer, SpinalDense) and layer.lora_enabled:
-            raise ValueError(
-                f"SpinalDense {path!r} has LoRA enabled; SpinalDense has no LoRA on "
-                "int8 kernels. Copy its weights (get_sublayer_weights) into a "
-                "SpinalDense without LoRA, then quantize that."
-            )
+        if isinstance(layer, SpinalDense):
+            layer._refuse_int8_with_lora(path)
     done = []
     for path, layer in todo:
         try:

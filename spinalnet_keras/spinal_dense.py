@@ -682,12 +682,7 @@ class SpinalDense(keras.layers.Layer):
                 "are stored as int8 with a scale per column of each block. "
                 f"Received: weight_quantizer={config.weight_quantizer!r}"
             )
-        if self.lora_enabled:
-            raise ValueError(
-                f"LoRA is enabled on {self.name!r}, and SpinalDense has no LoRA on "
-                "int8 kernels. Copy its weights (get_sublayer_weights) into a "
-                "SpinalDense without LoRA, then quantize that."
-            )
+        self._refuse_int8_with_lora(self.name)
         kernels = self._kernels()
         values = [ops.convert_to_numpy(k) for k in kernels]
         for kernel in kernels:
@@ -706,6 +701,15 @@ class SpinalDense(keras.layers.Layer):
             scale.assign(scales)
         self._is_quantized = True  # before the policy, whose setter would quantize
         self.dtype_policy = keras.dtype_policies.get(f"int8_from_{self.dtype_policy.name}")
+
+    def _refuse_int8_with_lora(self, name):
+        """Raise, naming the layer `name`, if it has LoRA enabled."""
+        if self.lora_enabled:
+            raise ValueError(
+                f"SpinalDense {name!r} has LoRA enabled; SpinalDense has no LoRA on "
+                "int8 kernels. Copy its weights (get_sublayer_weights) into a "
+                "SpinalDense without LoRA, then quantize that."
+            )
 
     def quantized_call(self, *args, **kwargs):
         # `call` computes with the int8 kernels (_call_kernels).
