@@ -23,6 +23,7 @@ sees a half-written export. An existing `output_dir` is only replaced with
 `overwrite=True`.
 """
 
+import contextlib
 import json
 import os
 import shutil
@@ -166,6 +167,14 @@ def quantize_int8(model):
     A subclass of Dense that Keras does not quantize (its `quantize` raises
     NotImplementedError) stays in floating point, with a warning naming it.
 
+    A compiled model whose optimizer has already trained gets a new one of
+    the same configuration (`model.optimizer` is replaced), holding the old
+    one's step count and its state of the variables that still train
+    (biases, BatchNormalization, LoRA updates of Dense layers): the int8
+    kernels no longer train, and the old optimizer's state for them would
+    make a saved file's optimizer state fail to load (Keras skips it all,
+    with a warning). Keras's `model.quantize` keeps the old optimizer.
+
     Example:
 
     >>> model = keras.Sequential([keras.Input((16,)), keras.layers.Dense(8),
@@ -200,7 +209,43 @@ def quantize_int8(model):
         done.append(path)
     # As Keras's Model.quantize: functions traced on the float kernels go.
     model.train_function = model.test_function = model.predict_function = None
+    if done:
+        _rebuild_optimizer(model)
     return done
+
+
+def _rebuild_optimizer(model):
+    """Give a compiled model whose optimizer has built its state a new
+    optimizer of the same configuration, built on the variables that still
+    train, carrying over the old one's step count, learning rate and the
+    state of those variables.
+
+    The int8 kernels no longer train. Keras's Model.quantize keeps the old
+    optimizer, whose state then covers variables the model no longer
+    trains: a file saved so holds more optimizer variables than the loaded
+    model's optimizer builds, and Keras skips them all on load, with a
+    warning.
+    """
+    old = getattr(model, "optimizer", None)
+    if old is None or not old.built:
+        return
+    # Under tf.distribute the variables must be the strategy's (mirrored),
+    # as the old optimizer's were.
+    strategy = getattr(model, "distribute_strategy", None)
+    with strategy.scope() if strategy is not None else contextlib.nullcontext():
+        new = type(old).from_config(old.get_config())
+        new.build(model.trainable_variables)
+    # A slot's name is the path of the variable it serves plus the slot's
+    # name ("head_spine_bias_momentum"), and the variables still trained
+    # keep their paths, so names pair each new variable with its old one.
+    kept = {}
+    for variable in old.variables:
+        kept.setdefault(variable.name, []).append(variable)
+    for variable in new.variables:
+        same = kept.get(variable.name)
+        if same:
+            variable.assign(same.pop(0))
+    model.optimizer = new
 
 
 _SAVED_MODEL_CHECK = textwrap.dedent(

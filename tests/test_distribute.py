@@ -178,6 +178,23 @@ def test_supported_steps_per_execution_in_process():
         distribute.supported_steps_per_execution(8, "mirrored")
 
 
+def test_quantize_int8_builds_its_new_optimizer_under_the_models_strategy():
+    from spinalnet_keras import quantize_int8
+
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0"])
+    with strategy.scope():
+        model = keras.Sequential([keras.Input((4,)), SpinalDense(2, width=3, depth=2)])
+        model.compile(keras.optimizers.SGD(0.1, momentum=0.5), "mse")
+    model.fit(np.ones((8, 4), "float32"), np.ones((8, 2), "float32"), verbose=0)
+    quantize_int8(model)
+    # mirrored, as the old optimizer's were: variables made outside the
+    # scope would be one copy that each replica updates
+    assert all(isinstance(v.value, tf.distribute.DistributedValues)
+               for v in model.optimizer.variables)
+    model.fit(np.ones((8, 4), "float32"), np.ones((8, 2), "float32"), verbose=0)
+    assert keras.ops.convert_to_numpy(model.optimizer.iterations) == 2
+
+
 def test_multi_worker_fit_checks_its_arguments(tmp_path, monkeypatch):
     def build(**compile_args):
         model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])

@@ -1,5 +1,6 @@
 import json
 import os
+import warnings
 
 import keras
 import numpy as np
@@ -301,11 +302,63 @@ def test_quantize_int8_reaches_every_layer_with_an_int8_form(tmp_path):
         assert quantize_int8(custom) == ["dense"]
 
 
+def test_quantize_int8_rebuilds_a_trained_optimizer_for_what_still_trains(tmp_path):
+    model = _backbone_and_head()
+    model.compile(keras.optimizers.SGD(0.01, momentum=0.9), "mse")
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(16, 8, 8, 1)).astype("float32")
+    y = rng.normal(size=(16, 5)).astype("float32")
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    old = model.optimizer
+    before = {v.name: keras.ops.convert_to_numpy(v) for v in old.variables}
+    quantize_int8(model)
+    new = model.optimizer
+    assert new is not old and new.get_config() == old.get_config()
+    # one slot per variable still trained (biases, BatchNormalization), none
+    # for the int8 kernels
+    fresh = keras.optimizers.SGD(0.01, momentum=0.9)
+    fresh.build(model.trainable_variables)
+    assert [v.name for v in new.variables] == [v.name for v in fresh.variables]
+    assert len(new.variables) < len(old.variables)
+    assert int(new.iterations) == 2
+    momentum = "head_out_bias_momentum"
+    assert momentum in before and np.any(before[momentum])
+    for v in new.variables:  # the step count and those variables' state go on
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(v), before[v.name])
+    # a saved file's optimizer state loads back (Keras skipped all of it, with
+    # a warning, where the old optimizer's state for the float kernels was
+    # saved too)
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0)  # trains on int8
+    model.save(tmp_path / "int8.keras")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loaded = keras.saving.load_model(tmp_path / "int8.keras")
+    assert int(loaded.optimizer.iterations) == 4
+    # (in the order of the trainable variables: a reloaded nested model's
+    # variables have other paths, so its optimizer's have other names)
+    assert len(loaded.optimizer.variables) == len(new.variables)
+    for a, b in zip(loaded.optimizer.variables, new.variables):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(a),
+                                      keras.ops.convert_to_numpy(b))
+    # an optimizer that has not trained yet is left as it is
+    untrained = _backbone_and_head()
+    untrained.compile("adam", "mse")
+    optimizer = untrained.optimizer
+    quantize_int8(untrained)
+    assert untrained.optimizer is optimizer and not optimizer.built
+
+
 def test_cli_export_int8(tmp_path, capsys):
-    _backbone_and_head().save(tmp_path / "final.keras")
+    trained = _backbone_and_head()  # as train writes it: with its optimizer's state
+    trained.compile(keras.optimizers.SGD(0.01, momentum=0.5), "mse")
+    trained.fit(np.ones((4, 8, 8, 1), "float32"), np.ones((4, 5), "float32"), verbose=0)
+    trained.save(tmp_path / "final.keras")
     out = tmp_path / "serve"
-    assert main(["export", str(tmp_path / "final.keras"), "--output-dir", str(out),
-                 "--name", "m", "--formats", "saved_model,keras", "--int8"]) == 0
+    with warnings.catch_warnings():
+        # the check's reload of the .keras export loads the optimizer's state
+        warnings.filterwarnings("error", "Skipping variable loading for optimizer")
+        assert main(["export", str(tmp_path / "final.keras"), "--output-dir", str(out),
+                     "--name", "m", "--formats", "saved_model,keras", "--int8"]) == 0
     printed = capsys.readouterr().out
     assert "int8: backbone/proj, head/spine, head/out" in printed
     report = json.loads((out / "export_report.json").read_text())
