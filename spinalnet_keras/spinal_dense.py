@@ -652,7 +652,13 @@ class SpinalDense(keras.layers.Layer):
         float. The dtype policy becomes `"int8_from_<policy>"`, and the
         layer saves and loads as such. Keras's `Model.quantize` visits only
         layers without sub-layers: a SpinalDense with `dropout` or
-        `batch_norm` is quantized by calling this on it.
+        `batch_norm` is quantized by calling this on it, or by
+        `quantize_int8(model)`. Called on a layer of a model that has
+        already predicted, evaluated or trained, this (as `Dense.quantize`)
+        leaves the model's traced functions computing with the float
+        kernels; `quantize_int8` and `Model.quantize` reset them (or set
+        `model.predict_function = None`, and likewise `test_function` and
+        `train_function`).
 
         Args:
             mode: `"int8"`, the one mode the layer has; others raise
@@ -752,6 +758,10 @@ class SpinalDense(keras.layers.Layer):
         `lora_rank`) computes the same and trains on from where it was;
         weights saved without LoRA load into the kernels with `B` at zeros.
         `get_sublayer_weights` returns the kernels with the updates added.
+
+        Compile the model again afterwards, as for `Dense.enable_lora`: a
+        model that has already trained keeps the training function Keras
+        traced before, which goes on training the kernels, not the updates.
 
         Args:
             rank: Positive int, rank of the updates.
