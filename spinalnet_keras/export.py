@@ -244,8 +244,15 @@ def _rebuild_optimizer(model):
     for variable in new.variables:
         same = kept.get(variable.name)
         if same:
-            variable.assign(same.pop(0))
+            # a copy: on JAX, training donates the new variable's buffer
+            variable.assign(keras.ops.convert_to_numpy(same.pop(0)))
     model.optimizer = new
+    # The compile arguments Keras saves hold the optimizer itself, so a
+    # saved file's compile config is the new one's (its learning rate as a
+    # callback may set it later), and no longer reads the old one's.
+    compiled = getattr(getattr(model, "_compile_config", None), "config", None)
+    if isinstance(compiled, dict) and compiled.get("optimizer") is old:
+        compiled["optimizer"] = new
 
 
 _SAVED_MODEL_CHECK = textwrap.dedent(

@@ -325,6 +325,11 @@ def test_quantize_int8_rebuilds_a_trained_optimizer_for_what_still_trains(tmp_pa
     assert momentum in before and np.any(before[momentum])
     for v in new.variables:  # the step count and those variables' state go on
         np.testing.assert_array_equal(keras.ops.convert_to_numpy(v), before[v.name])
+    # the compile arguments a file saves are the new optimizer's, as a
+    # callback such as ReduceLROnPlateau sets them
+    new.learning_rate = 0.005
+    saved = model.get_compile_config()["optimizer"]["config"]["learning_rate"]
+    assert np.isclose(saved, 0.005)
     # a saved file's optimizer state loads back (Keras skipped all of it, with
     # a warning, where the old optimizer's state for the float kernels was
     # saved too)
