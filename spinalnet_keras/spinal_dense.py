@@ -1183,14 +1183,11 @@ class SpinalDense(keras.layers.Layer):
         """The arrays of a float layer's `_stored_variables()` that computes
         as this one: with LoRA, the kernels plus their updates; under int8,
         the int8 kernels times their scales."""
-        kernels = iter(self._effective_kernels(self.variable_dtype))
-        arrays = [next(kernels) for _ in self.split_kernels]
-        arrays += [self.bias] if self.bias is not None else []
-        arrays += [next(kernels)] if self.recurrent_kernel is not None else []
-        if self.units:
-            arrays.append(next(kernels))
-            arrays += [self.output_bias] if self.output_bias is not None else []
-        return [ops.convert_to_numpy(a) for a in arrays]
+        computed = dict(zip(map(id, self._kernels()),
+                            self._effective_kernels(self.variable_dtype)))
+        scales = set(map(id, self.kernel_scales))
+        return [ops.convert_to_numpy(computed.get(id(v), v))
+                for v in self._stored_variables() if id(v) not in scales]
 
     def _own_kernels(self):
         """Whether each sub-layer stores its own input kernel."""

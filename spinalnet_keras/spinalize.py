@@ -260,7 +260,7 @@ def _check_convertible(path, layer, splits):
             f"Dense layer {path!r} is quantized ({layer.dtype_policy.name}); "
             "its rounded kernel cannot carry over to the SpinalDense, whose "
             "weights are new. Convert the float model, train it, then "
-            "quantize (`model.quantize('int8')` quantizes SpinalDense layers "
+            "quantize (`quantize_int8(model)` quantizes SpinalDense layers "
             "too)."
         )
     if layer.get_config().get("lora_rank"):
