@@ -25,7 +25,6 @@ import os
 import statistics
 import sys
 import tempfile
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -34,7 +33,8 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(__file__))
-from layer_bench import SIZES, check_repeats, graph_loop, positive, size_arg  # noqa: E402
+from layer_bench import (  # noqa: E402
+    SIZES, check_repeats, graph_loop, positive, size_arg, time_steps)
 from summary import paired_ratio  # noqa: E402
 
 from spinalnet_keras import SpinalDense  # noqa: E402
@@ -97,16 +97,13 @@ def main():
             loops = {name: forward_loop(m) for name, m in heads.items()}
             for run in loops.values():
                 run(x, 2).numpy()  # trace
-            start = time.perf_counter()
-            loops["float32"](x, 10).numpy()
-            passes = max(1, int(args.target_seconds * 10 / (time.perf_counter() - start)))
+            passes = max(1, int(args.target_seconds / time_steps(loops["float32"], x, 10,
+                                                                  per_call=False)))
             seconds = {name: [] for name in loops}
             names = list(loops)
             for r in range(args.repeats):
                 for name in names[r % 2:] + names[:r % 2]:
-                    start = time.perf_counter()
-                    loops[name](x, passes).numpy()
-                    seconds[name].append((time.perf_counter() - start) / passes)
+                    seconds[name].append(time_steps(loops[name], x, passes, per_call=False))
             ms = {name: 1e3 * statistics.median(s) for name, s in seconds.items()}
             print(f"| {features} -> {depth} x {width} | {batch} | {ms['float32']:.3f} "
                   f"| {ms['int8']:.3f} | {paired_ratio(seconds['int8'], seconds['float32'])} "
