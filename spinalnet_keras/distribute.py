@@ -11,6 +11,10 @@
 | `one_device` | `OneDeviceStrategy` on the first GPU, else the CPU |
 | `default` | `tf.distribute.get_strategy()` (no distribution) |
 
+A `MirroredStrategy` is made once per process and returned again by later
+calls: TensorFlow's strategies made anew over the same devices collide
+when they train models of different shapes (tensorflow/tensorflow#62790).
+
 Batch sizes in this package are *global*: the per-replica batch is the
 global batch divided by `strategy.num_replicas_in_sync`.
 
@@ -77,18 +81,30 @@ def get_strategy(name="auto"):
         if name == "tpu":
             raise RuntimeError("strategy='tpu' but no TPU was found.")
     if name == "mirrored":
-        if gpus:
-            return tf.distribute.MirroredStrategy()
-        cpus = [d.name for d in tf.config.list_logical_devices("CPU")]
-        return tf.distribute.MirroredStrategy(cpus)
+        return _mirrored([d.name for d in gpus or tf.config.list_logical_devices("CPU")])
     if name == "one_device":
         return tf.distribute.OneDeviceStrategy(gpus[0].name if gpus else "/cpu:0")
     # auto
     if len(gpus) > 1:
-        return tf.distribute.MirroredStrategy()
+        return _mirrored([d.name for d in gpus])
     if len(gpus) == 1:
         return tf.distribute.OneDeviceStrategy(gpus[0].name)
     return tf.distribute.get_strategy()
+
+
+# One MirroredStrategy per set of devices, for the whole process: a second
+# strategy over the same devices numbers its collective operations from
+# the same start, so a model of another shape trained under it after the
+# first fails ("Shape mismatch in the collective instance 100",
+# tensorflow/tensorflow#62790; seen with TensorFlow 2.21 on CPU devices).
+_MIRRORED = {}
+
+
+def _mirrored(devices):
+    key = tuple(devices)
+    if key not in _MIRRORED:
+        _MIRRORED[key] = tf.distribute.MirroredStrategy(list(devices))
+    return _MIRRORED[key]
 
 
 _TF_CONFIG_EXAMPLE = ('{"cluster": {"worker": ["host1:12345", "host2:12345"]}, '

@@ -73,6 +73,11 @@ def test_strategy_selection_on_cpu(monkeypatch):
     assert distribute.get_strategy("default") is tf.distribute.get_strategy()
     assert distribute.get_strategy("auto") is tf.distribute.get_strategy()  # no GPU, no TPU
     assert isinstance(distribute.get_strategy("one_device"), tf.distribute.OneDeviceStrategy)
+    # one MirroredStrategy over the CPU for the process (a second would
+    # collide with it, tensorflow#62790: test_train_under_mirrored_...)
+    mirrored = distribute.get_strategy("mirrored")
+    assert isinstance(mirrored, tf.distribute.MirroredStrategy)
+    assert distribute.get_strategy("mirrored") is mirrored
     with pytest.raises(ValueError, match=r"must be one of .*'multi_worker'.*Received: strategy='gpu'"):
         distribute.get_strategy("gpu")
     monkeypatch.delenv("TF_CONFIG", raising=False)
