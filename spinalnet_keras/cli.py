@@ -148,10 +148,12 @@ def _add_training_arguments(p, defaults, head=True):
                    help="SGD momentum (default 0.5, the paper's); sgd only")
     t.add_argument("--deterministic", action="store_true",
                    help="TensorFlow op determinism (reproducible, slower)")
-    t.add_argument("--steps-per-execution", type=_positive_int, default=32,
+    t.add_argument("--steps-per-execution", type=_positive_int, default=None,
                    help="training steps per compiled call (fewer Python round trips); "
                    "the divisor of the steps per epoch nearest to it is used, so epochs "
-                   "keep their data (result.json records it)")
+                   "keep their data (result.json records it). Default 32, or 1 under "
+                   "--strategy mirrored with several replicas, where Keras runs one "
+                   "(a number given there becomes 1 with a warning)")
     t.add_argument("--jit-compile", choices=("auto", "on", "off"), default="auto",
                    help="XLA compilation of the training step (Keras's auto by default)")
     t.add_argument("--strategy", choices=STRATEGIES, default="auto",
@@ -339,6 +341,7 @@ def _tune(args):
     from spinalnet_keras.training import JIT_COMPILE, _check_even_split, is_backbone
     from spinalnet_keras.training import load_config_task
     from spinalnet_keras.training import new_models_in_turn
+    from spinalnet_keras.training import _steps_per_execution
     from spinalnet_keras.training import steps_per_execution_for
     from spinalnet_keras.tuning import SearchSpace, SpinalHyperModel, format_trial_table
     from spinalnet_keras.tuning import check_search_strategy, check_tuner_available
@@ -375,6 +378,8 @@ def _tune(args):
     keras.utils.set_random_seed(config.seed)
     task = load_config_task(config, initial_epoch=0)
     regression = task.kind == "regression"
+    per_execution = steps_per_execution_for(
+        _steps_per_execution(config.steps_per_execution, strategy), task.steps_per_epoch)
     hypermodel = SpinalHyperModel(
         config.model, task.input_shape, task.num_outputs, space=space,
         optimizer=args.optimizer, learning_rate=args.learning_rate,
@@ -383,8 +388,7 @@ def _tune(args):
         backbone_options=dict(weights=args.weights, freeze_backbone=args.freeze_backbone,
                               pooling=args.pooling) if is_backbone(config.model) else None,
         momentum=config.momentum,
-        steps_per_execution=steps_per_execution_for(args.steps_per_execution,
-                                                    task.steps_per_epoch),
+        steps_per_execution=per_execution,
         jit_compile=JIT_COMPILE[args.jit_compile],
         seed=config.seed,
     )

@@ -173,16 +173,23 @@ def supported_steps_per_execution(requested, strategy=None):
     requested = _validation.positive_int("steps_per_execution", requested)
     strategy = check_strategy(strategy, what="supported_steps_per_execution(strategy=...)")
     strategy = strategy or tf.distribute.get_strategy()
-    replicas = strategy.num_replicas_in_sync
-    if requested > 1 and isinstance(strategy, tf.distribute.MirroredStrategy) and replicas > 1:
+    if requested > 1 and _runs_one_step_per_execution(strategy):
         warnings.warn(
             f"steps_per_execution={requested} becomes 1 under MirroredStrategy with "
-            f"{replicas} replicas: Keras 3's multi-step loop fails there "
+            f"{strategy.num_replicas_in_sync} replicas: Keras 3's multi-step loop fails there "
             "(keras-team/keras#19246).",
             stacklevel=2,
         )
         return 1
     return requested
+
+
+def _runs_one_step_per_execution(strategy):
+    """Whether Keras 3's fit runs one step per compiled call only under
+    `strategy` (a `MirroredStrategy` of several replicas; see
+    `supported_steps_per_execution`)."""
+    return (isinstance(strategy, tf.distribute.MirroredStrategy)
+            and strategy.num_replicas_in_sync > 1)
 
 
 def set_virtual_cpus(count):

@@ -69,6 +69,10 @@ class TrainConfig:
     process (TensorFlow has no switch to turn it off). Keras compiles
     without XLA under it, so `jit_compile="on"` is refused with it, and
     by `train` in a process where it is on.
+    `steps_per_execution` (training steps per compiled call) becomes the
+    divisor of an epoch's steps nearest to it; left as None, it is 32, or
+    1 under a `MirroredStrategy` of several replicas, where Keras's fit runs
+    one (a number given there becomes 1 with a warning).
     Head options left as None keep the network's own (the paper's) values.
     """
 
@@ -95,7 +99,7 @@ class TrainConfig:
     freeze_backbone: bool = False
     pooling: str = "avg"
     deterministic: bool = False
-    steps_per_execution: int = 32
+    steps_per_execution: int = None
     jit_compile: str = "auto"
     train_examples: int = None
     test_examples: int = None
@@ -138,8 +142,10 @@ class TrainConfig:
         if spec is not None and self.image_size is not None:
             check_image_size(self.model, self.image_size, "image_size")
         self.optimizer = _validation.choice("optimizer", self.optimizer, OPTIMIZERS)
-        for name in ("epochs", "batch_size", "steps_per_execution"):
+        for name in ("epochs", "batch_size"):
             setattr(self, name, _validation.positive_int(name, getattr(self, name)))
+        self.steps_per_execution = _validation.positive_int(
+            "steps_per_execution", self.steps_per_execution, allow_none=True)
         if _validation.is_bool(self.jit_compile):  # Model.compile's spelling
             self.jit_compile = "on" if self.jit_compile else "off"
         self.jit_compile = _validation.choice("jit_compile", self.jit_compile, tuple(JIT_COMPILE))
@@ -295,6 +301,26 @@ def make_optimizer(config):
     return new_optimizer(config.optimizer, config.learning_rate, config.momentum)
 
 
+# The steps per compiled call of a TrainConfig that leaves them as None,
+# where the strategy runs more than one.
+DEFAULT_STEPS_PER_EXECUTION = 32
+
+
+def _steps_per_execution(requested, strategy=None):
+    """`requested`, or where None the default: 32, or 1 under a strategy
+    whose fit Keras runs one step per call (`strategy`, or the current
+    scope's). Only a number asked for is worth the warning of
+    `supported_steps_per_execution` when it cannot run."""
+    if requested is not None:
+        return requested
+    import tensorflow as tf
+
+    from spinalnet_keras.distribute import _runs_one_step_per_execution
+
+    strategy = strategy or tf.distribute.get_strategy()
+    return 1 if _runs_one_step_per_execution(strategy) else DEFAULT_STEPS_PER_EXECUTION
+
+
 def steps_per_execution_for(requested, steps_per_epoch):
     """The divisor of `steps_per_epoch` nearest to `requested`.
 
@@ -329,7 +355,7 @@ def compile_model(model, config, task, steps_per_execution=None):
         loss=loss,
         metrics=metrics,
         steps_per_execution=supported_steps_per_execution(
-            steps_per_execution or config.steps_per_execution
+            steps_per_execution or _steps_per_execution(config.steps_per_execution)
         ),
         jit_compile=JIT_COMPILE[config.jit_compile],
     )
@@ -720,7 +746,8 @@ def train(config, strategy=None, task=None, callbacks=None):
     if task is None:
         task = load_config_task(config, initial_epoch=initial_epoch)
         steps_per_epoch = task.steps_per_epoch
-    per_execution = steps_per_execution_for(config.steps_per_execution, steps_per_epoch)
+    per_execution = steps_per_execution_for(
+        _steps_per_execution(config.steps_per_execution, strategy), steps_per_epoch)
     scope = strategy.scope() if strategy is not None else contextlib.nullcontext()
     with scope:
         model = compile_model(build_model(config, task), config, task, per_execution)
@@ -853,7 +880,8 @@ def _train_multi_worker(config, strategy, out, task=None, callbacks=()):
 
     # As in fit: a divisor of the epoch's steps (the loop's calls stop at
     # an epoch's end anyway), recorded in result.json.
-    per_execution = steps_per_execution_for(config.steps_per_execution, steps_per_epoch)
+    per_execution = steps_per_execution_for(
+        _steps_per_execution(config.steps_per_execution, strategy), steps_per_epoch)
 
     def build():
         model = compile_model(build_model(config, task), config, task, per_execution)

@@ -70,7 +70,19 @@ elif mode in ("train_mirrored", "train_single"):
                          output_dir=out + "_run", verbose=0)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        run = train(config, strategy=strategy)
+        run = train(config, strategy=strategy)  # nothing asked: nothing to warn of
+        from spinalnet_keras.cli import main
+
+        tune_status = main(["tune", "--model", "regression", "--dataset", "table1/sum",
+                            "--strategy", "mirrored" if mode == "train_mirrored" else "default",
+                            "--widths", "4", "--depths", "2", "--split-counts", "1",
+                            "--max-trials", "1", "--epochs", "1", "--optimizer", "adam",
+                            "--output-dir", out + "_cli_tune", "--verbose", "0"])
+    # a number asked for, of train and of the tuner's model
+    with warnings.catch_warnings(record=True) as asked:
+        warnings.simplefilter("always")
+        asked_run = train(dataclasses.replace(config, epochs=1, steps_per_execution=8,
+                                              output_dir=out + "_asked"), strategy=strategy)
         hypermodel = SpinalHyperModel("regression", (8,), 1, loss="mse", metrics=(),
                                       space=SearchSpace(widths=(4,), depths=(2,), splits=(1,)),
                                       steps_per_execution=4)
@@ -100,7 +112,11 @@ elif mode in ("train_mirrored", "train_single"):
               "final": run["final"], "steps_per_execution": run["steps_per_execution"],
               "tuner_steps_per_execution": tuned.steps_per_execution,
               "replicas": strategy.num_replicas_in_sync,
-              "warnings": [str(w.message) for w in caught if "steps_per_execution" in str(w.message)]}
+              "asked_steps_per_execution": asked_run["steps_per_execution"],
+              "tune_status": tune_status,
+              "warnings": [str(w.message) for w in caught if "steps_per_execution" in str(w.message)],
+              "asked_warnings": [str(w.message) for w in asked
+                                 if "steps_per_execution" in str(w.message)]}
 elif mode in ("loop_mirrored", "loop_single"):
     strategy = distribute.get_strategy("mirrored" if mode == "loop_mirrored" else "default")
     model, hist = distribute.multi_worker_fit(build, ds, 3, 32, os.path.join(out + "_ckpt"),
