@@ -564,7 +564,11 @@ def export_model(
                 warnings.filterwarnings("ignore", "The structure of `inputs` doesn't match")
                 model(one, training=False)
             path = os.path.join(staging, f"{name}.onnx")
-            _write("onnx", lambda: model.export(path, format="onnx", verbose=False))
+            with warnings.catch_warnings():
+                # Keras's patch of tf2onnx for NumPy 2 asks `hasattr(np,
+                # "object")`, which NumPy 2.4 answers with this warning.
+                warnings.filterwarnings("ignore", "In the future `np.object`", FutureWarning)
+                _write("onnx", lambda: model.export(path, format="onnx", verbose=False))
             entry = {"path": f"{name}.onnx"}
             if verify:
                 got, _ = _run_fresh(_ONNX_CHECK, path, sample, staging)

@@ -103,6 +103,8 @@ def test_example_runs(script, args, expected, env, tmp_path):
     # TensorFlow's warning that a function "triggered tf.function retracing"
     # (tracing is expensive, it says) has no place in what a user copies.
     assert "retracing" not in proc.stderr, proc.stderr[-3000:]
+    # Nor any Python warning, ours or a library's that we set off.
+    assert not re.findall(r"\w+Warning: .*", proc.stderr), re.findall(r".*\w+Warning: .*", proc.stderr)
     # What an example writes goes where it says, never left in the system's
     # temporary folder. (TensorFlow's AutoGraph removes the modules it writes
     # there at exit, but not Python's bytecode of them; that is not ours.)
