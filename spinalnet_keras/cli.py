@@ -441,6 +441,7 @@ def _tune(args):
     with new_models_in_turn():  # a new model after the trials' (see there)
         scores = best.evaluate(task.test, verbose=0, return_dict=True)
     best.save(os.path.join(project, "best.keras"))
+    scores = ", ".join(f"{k} {v:.4g}" for k, v in scores.items())
     print(f"best trial {best_trial.trial_id}: {best_hp}; test {scores}; "
           f"saved {os.path.join(project, 'best.keras')}")
     if args.export:

@@ -631,6 +631,9 @@ def test_cli_tune_writes_table_best_model_and_export(tmp_path, capsys):
     best_row = min(rows, key=lambda r: r["score"])  # the objective is val_loss
     assert (f"best trial {best_row['trial']}: {{'width': {best_row['width']}, "
             f"'depth': {best_row['depth']}, 'splits': {best_row['splits']}}}; test") in printed
+    # the best model's test scores, as figures of 4 digits
+    loss = re.search(r"; test loss (\S+); saved ", printed)[1]
+    assert loss == f"{float(loss):.4g}", printed
     best = keras.saving.load_model(out / "search" / "best.keras")  # safe_mode
     assert int(best.optimizer.iterations) > 0  # saved with its optimizer state
     # 256 examples / batch 128 = 2 steps an epoch: the default 32 steps per
