@@ -11,9 +11,10 @@
 | `one_device` | `OneDeviceStrategy` on the first GPU, else the CPU |
 | `default` | `tf.distribute.get_strategy()` (no distribution) |
 
-A `MirroredStrategy` is made once per process and returned again by later
-calls: TensorFlow's strategies made anew over the same devices collide
-when they train models of different shapes (tensorflow/tensorflow#62790).
+A `MirroredStrategy` (or `MultiWorkerMirroredStrategy`) is made once per
+process and returned again by later calls: TensorFlow's strategies made
+anew over the same devices collide when they train models of different
+shapes (tensorflow/tensorflow#62790).
 
 Batch sizes in this package are *global*: the per-replica batch is the
 global batch divided by `strategy.num_replicas_in_sync`.
@@ -72,7 +73,8 @@ def get_strategy(name="auto"):
         return tf.distribute.get_strategy()
     if name == "multi_worker":
         _check_tf_config()
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        return _once(("multi_worker", os.environ["TF_CONFIG"]),
+                     tf.distribute.MultiWorkerMirroredStrategy)
     gpus = tf.config.list_logical_devices("GPU")
     if name == "tpu" or (name == "auto" and os.environ.get("TPU_NAME")):
         resolver = _tpu_resolver()
@@ -92,19 +94,23 @@ def get_strategy(name="auto"):
     return tf.distribute.get_strategy()
 
 
-# One MirroredStrategy per set of devices, for the whole process: a second
-# strategy over the same devices numbers its collective operations from
-# the same start, so a model of another shape trained under it after the
-# first fails ("Shape mismatch in the collective instance 100",
-# tensorflow/tensorflow#62790; seen with TensorFlow 2.21 on CPU devices).
-_MIRRORED = {}
+# The mirrored strategies made, each once per process (by its devices, or
+# its cluster): a second strategy over the same devices numbers its
+# collective operations from the same start as the first, so a model of
+# another shape trained under it fails ("Shape mismatch in the collective
+# instance 100", tensorflow/tensorflow#62790; seen with TensorFlow 2.21 on
+# CPU devices, and across two workers).
+_STRATEGIES = {}
+
+
+def _once(key, make):
+    if key not in _STRATEGIES:
+        _STRATEGIES[key] = make()
+    return _STRATEGIES[key]
 
 
 def _mirrored(devices):
-    key = tuple(devices)
-    if key not in _MIRRORED:
-        _MIRRORED[key] = tf.distribute.MirroredStrategy(list(devices))
-    return _MIRRORED[key]
+    return _once(("mirrored", tuple(devices)), lambda: tf.distribute.MirroredStrategy(devices))
 
 
 _TF_CONFIG_EXAMPLE = ('{"cluster": {"worker": ["host1:12345", "host2:12345"]}, '

@@ -990,6 +990,9 @@ def test_train_multi_worker_runs_callbacks_and_takes_the_given_task(tmp_path):
     # a run that diverged in its first epoch of 3 stopped there, numbered as
     # an epoch of Keras's history (from 0)
     assert result["diverged"] == [1, 1, [0]]
+    # one strategy for the cluster in a process: a second one's collective
+    # operations would collide with the first's (tensorflow#62790)
+    assert result["same_strategy"] is True
 
 
 def test_train_multi_worker_resumes_as_the_uninterrupted_run(tmp_path):

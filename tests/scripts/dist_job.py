@@ -195,7 +195,8 @@ elif mode == "train_one_worker":
               "loss": run["history"]["loss"], "workers": run["workers"],
               "diverged": [nan_run["epochs"], nan_run["diverged_at_epoch"],
                            [r["epoch"] for r in read_history(
-                               os.path.join(diverging.output_dir, "history.csv"))]]}
+                               os.path.join(diverging.output_dir, "history.csv"))]],
+              "same_strategy": distribute.get_strategy("multi_worker") is worker_strategy}
 elif mode == "train_one_worker_resumed":
     # train's own loop resumed at epoch 3 of 3 ends as the uninterrupted run.
     import dataclasses
