@@ -73,8 +73,7 @@ def get_strategy(name="auto"):
         return tf.distribute.get_strategy()
     if name == "multi_worker":
         _check_tf_config()
-        return _once(("multi_worker", os.environ["TF_CONFIG"]),
-                     tf.distribute.MultiWorkerMirroredStrategy)
+        return _multi_worker()
     gpus = tf.config.list_logical_devices("GPU")
     if name == "tpu" or (name == "auto" and os.environ.get("TPU_NAME")):
         resolver = _tpu_resolver()
@@ -111,6 +110,11 @@ def _once(key, make):
 
 def _mirrored(devices):
     return _once(("mirrored", tuple(devices)), lambda: tf.distribute.MirroredStrategy(devices))
+
+
+def _multi_worker():
+    return _once(("multi_worker", os.environ.get("TF_CONFIG")),
+                 tf.distribute.MultiWorkerMirroredStrategy)
 
 
 _TF_CONFIG_EXAMPLE = ('{"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
@@ -265,7 +269,9 @@ def multi_worker_fit(
         epochs: total number of epochs (a resumed run does the rest).
         global_batch_size: the dataset's batch size.
         checkpoint_dir: where the chief keeps checkpoints (and resumes).
-        strategy: default: `MultiWorkerMirroredStrategy()`.
+        strategy: default: `get_strategy("multi_worker")` where `TF_CONFIG`
+            is set, else a `MultiWorkerMirroredStrategy` of this process
+            alone (either made once per process).
         steps_per_epoch: batches per epoch (default: the whole dataset;
             needed for a dataset that repeats without end, and at most the
             dataset's batches otherwise). As with Keras's fit, epochs then
@@ -366,7 +372,7 @@ def multi_worker_fit(
     if strategy is None and os.environ.get("TF_CONFIG"):
         _check_tf_config()
     # Made before any tensor: collectives are configured at start-up.
-    strategy = strategy or tf.distribute.MultiWorkerMirroredStrategy()
+    strategy = strategy or _multi_worker()
     latest = tf.train.latest_checkpoint(checkpoint_dir)
     start_epoch = _checkpointed_epoch(latest)
     if not isinstance(dataset, tf.data.Dataset):

@@ -827,6 +827,8 @@ def test_two_workers_end_identical_and_learn(tmp_path):
     assert w[0]["loss"] == w[1]["loss"]  # metrics reduced across workers
     assert w[0]["loss"][-1] < w[0]["loss"][0]
     assert w[0]["info"][2] is True and w[1]["info"][2] is False  # chief, worker
+    # the loop's default strategy is get_strategy's, not a second one
+    assert w[0]["same_strategy"] is w[1]["same_strategy"] is True
     assert any(f.startswith("ckpt-3") for f in os.listdir(ckpt))
     # The non-chief's own checkpoints are gone; none went to the temporary folder.
     assert not [f for f in os.listdir(ckpt) if f.startswith("workertemp")]

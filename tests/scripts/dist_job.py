@@ -131,11 +131,14 @@ elif mode in ("worker", "worker_jit", "worker_dropout"):
             samples, seed=1, reshuffle_each_iteration=True).batch(32).repeat(epochs)
         data = lambda epoch: shuffled.skip(epoch * steps)  # noqa: E731
 
-    model, hist = distribute.multi_worker_fit(build, data, epochs, 32, sys.argv[4],
-                                              strategy=worker_strategy, steps_per_epoch=steps)
+    # "worker": the loop's default strategy, the one get_strategy made
+    model, hist = distribute.multi_worker_fit(
+        build, data, epochs, 32, sys.argv[4],
+        strategy=None if mode == "worker" else worker_strategy, steps_per_epoch=steps)
     result = {"loss": hist["loss"], "accuracy": hist.get("accuracy"),
               "weights": distribute.weights_digest(model).tolist(),
-              "info": list(distribute.worker_info())}
+              "info": list(distribute.worker_info()),
+              "same_strategy": model.distribute_strategy is worker_strategy}
 elif mode == "worker_stop":
     # Only the non-chief's callback asks to stop, at a batch's end: after
     # the 11th step, the 3rd of the 8 of epoch 1 (of 5). The chief has no
