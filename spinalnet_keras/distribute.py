@@ -11,10 +11,11 @@
 | `one_device` | `OneDeviceStrategy` on the first GPU, else the CPU |
 | `default` | `tf.distribute.get_strategy()` (no distribution) |
 
-A `MirroredStrategy` (or `MultiWorkerMirroredStrategy`) is made once per
-process and returned again by later calls: TensorFlow's strategies made
-anew over the same devices collide when they train models of different
-shapes (tensorflow/tensorflow#62790).
+A `MirroredStrategy`, `MultiWorkerMirroredStrategy` or `TPUStrategy` is
+made once per process and returned again by later calls: TensorFlow's
+mirrored strategies made anew over the same devices collide when they
+train models of different shapes (tensorflow/tensorflow#62790), and a TPU
+system initialized again loses the variables on it.
 
 Batch sizes in this package are *global*: the per-replica batch is the
 global batch divided by `strategy.num_replicas_in_sync`.
@@ -60,6 +61,19 @@ def _tpu_resolver():
         return None
 
 
+def _tpu():
+    """The TPUStrategy of this process, or None where no TPU is reachable.
+    Made once: initializing the TPU system again wipes the TPU's memory,
+    the variables of the models trained so far with it."""
+    key = ("tpu", os.environ.get("TPU_NAME"))
+    if key not in _STRATEGIES:
+        resolver = _tpu_resolver()
+        if resolver is None:
+            return None
+        _STRATEGIES[key] = tf.distribute.TPUStrategy(resolver)
+    return _STRATEGIES[key]
+
+
 def get_strategy(name="auto"):
     """The `tf.distribute.Strategy` called `name` (see the module docstring).
 
@@ -76,9 +90,9 @@ def get_strategy(name="auto"):
         return _multi_worker()
     gpus = tf.config.list_logical_devices("GPU")
     if name == "tpu" or (name == "auto" and os.environ.get("TPU_NAME")):
-        resolver = _tpu_resolver()
-        if resolver is not None:
-            return tf.distribute.TPUStrategy(resolver)
+        tpu = _tpu()
+        if tpu is not None:
+            return tpu
         if name == "tpu":
             raise RuntimeError("strategy='tpu' but no TPU was found.")
     if name == "mirrored":
@@ -93,12 +107,12 @@ def get_strategy(name="auto"):
     return tf.distribute.get_strategy()
 
 
-# The mirrored strategies made, each once per process (by its devices, or
-# its cluster): a second strategy over the same devices numbers its
-# collective operations from the same start as the first, so a model of
-# another shape trained under it fails ("Shape mismatch in the collective
-# instance 100", tensorflow/tensorflow#62790; seen with TensorFlow 2.21 on
-# CPU devices, and across two workers).
+# The mirrored and TPU strategies made, each once per process (by its
+# devices, or its cluster). A second mirrored strategy over the same
+# devices numbers its collective operations from the same start as the
+# first, so a model of another shape trained under it fails ("Shape
+# mismatch in the collective instance 100", tensorflow/tensorflow#62790;
+# seen with TensorFlow 2.21 on CPU devices, and across two workers).
 _STRATEGIES = {}
 
 

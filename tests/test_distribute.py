@@ -97,6 +97,19 @@ def test_strategy_selection_on_cpu(monkeypatch):
         distribute.get_strategy("tpu")
 
 
+def test_a_tpu_is_initialized_once_per_process(monkeypatch):
+    # Initializing the TPU system again would wipe the variables on it, the
+    # models trained so far: the second call returns the first strategy.
+    initialized = []
+    monkeypatch.setattr(distribute, "_tpu_resolver", lambda: initialized.append(1) or "resolver")
+    monkeypatch.setattr(tf.distribute, "TPUStrategy", lambda resolver: object())
+    monkeypatch.setattr(distribute, "_STRATEGIES", {})
+    monkeypatch.setenv("TPU_NAME", "local")
+    tpu = distribute.get_strategy("tpu")
+    assert distribute.get_strategy("tpu") is tpu and distribute.get_strategy("auto") is tpu
+    assert initialized == [1]
+
+
 def test_strategies_are_refused_on_another_keras_backend(tmp_path):
     # A tf.distribute scope does not reach a JAX model's variables: it would
     # train on one device while the strategy reports several replicas. So
