@@ -65,13 +65,12 @@ def _tpu():
     """The TPUStrategy of this process, or None where no TPU is reachable.
     Made once: initializing the TPU system again wipes the TPU's memory,
     the variables of the models trained so far with it."""
-    key = ("tpu", os.environ.get("TPU_NAME"))
-    if key not in _STRATEGIES:
+
+    def make():
         resolver = _tpu_resolver()
-        if resolver is None:
-            return None
-        _STRATEGIES[key] = tf.distribute.TPUStrategy(resolver)
-    return _STRATEGIES[key]
+        return None if resolver is None else tf.distribute.TPUStrategy(resolver)
+
+    return _once(("tpu", os.environ.get("TPU_NAME")), make)
 
 
 def get_strategy(name="auto"):
@@ -117,8 +116,13 @@ _STRATEGIES = {}
 
 
 def _once(key, make):
+    """The strategy stored for `key`, else `make()`'s, stored unless None
+    (nothing reachable: a later call tries again)."""
     if key not in _STRATEGIES:
-        _STRATEGIES[key] = make()
+        strategy = make()
+        if strategy is None:
+            return None
+        _STRATEGIES[key] = strategy
     return _STRATEGIES[key]
 
 

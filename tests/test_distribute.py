@@ -101,10 +101,14 @@ def test_a_tpu_is_initialized_once_per_process(monkeypatch):
     # Initializing the TPU system again would wipe the variables on it, the
     # models trained so far: the second call returns the first strategy.
     initialized = []
-    monkeypatch.setattr(distribute, "_tpu_resolver", lambda: initialized.append(1) or "resolver")
     monkeypatch.setattr(tf.distribute, "TPUStrategy", lambda resolver: object())
     monkeypatch.setattr(distribute, "_STRATEGIES", {})
     monkeypatch.setenv("TPU_NAME", "local")
+    # a TPU not reachable yet is not remembered as missing
+    monkeypatch.setattr(distribute, "_tpu_resolver", lambda: None)
+    with pytest.raises(RuntimeError, match="no TPU"):
+        distribute.get_strategy("tpu")
+    monkeypatch.setattr(distribute, "_tpu_resolver", lambda: initialized.append(1) or "resolver")
     tpu = distribute.get_strategy("tpu")
     assert distribute.get_strategy("tpu") is tpu and distribute.get_strategy("auto") is tpu
     assert initialized == [1]
