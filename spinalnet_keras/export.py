@@ -160,9 +160,8 @@ def quantize_int8(model):
 
     Raises:
         ValueError: `model` is not a built Keras model, it has no such layer
-            left in floating point, or one cannot be quantized (a SpinalDense
-            with LoRA, a float16 compute dtype: named, before any layer is
-            changed).
+            left in floating point, or one cannot be quantized (a float16
+            compute dtype: named, before any layer is changed).
 
     A subclass of Dense that Keras does not quantize (its `quantize` raises
     NotImplementedError) stays in floating point, with a warning naming it.
@@ -170,7 +169,7 @@ def quantize_int8(model):
     A compiled model whose optimizer has already trained gets a new one of
     the same configuration (`model.optimizer` is replaced), holding the old
     one's step count and its state of the variables that still train
-    (biases, BatchNormalization, LoRA updates of Dense layers): the int8
+    (biases, BatchNormalization, LoRA updates): the int8
     kernels no longer train, and the old optimizer's state for them would
     make a saved file's optimizer state fail to load (Keras skips it all,
     with a warning). Keras's `model.quantize` keeps the old optimizer.
@@ -197,8 +196,6 @@ def quantize_int8(model):
                 f"Layer {path!r} computes in float16, which Keras's int8 mode refuses; "
                 "load the model under 'float32' or 'mixed_bfloat16' first."
             )
-        if isinstance(layer, SpinalDense):
-            layer._refuse_int8_with_lora(path)
     done = []
     for path, layer in todo:
         try:

@@ -464,12 +464,6 @@ class SpinalDense(keras.layers.Layer):
         self.lora_rank, self.lora_alpha = _lora_options(
             lora_rank, lora_alpha, self.kernel_constraint
         )
-        if self.lora_rank and self.quantization_mode:
-            raise ValueError(
-                "SpinalDense has no LoRA on int8 kernels: pass `lora_rank` with a "
-                f"float dtype policy. Received: lora_rank={self.lora_rank}, "
-                f"dtype={self.dtype_policy.name!r}"
-            )
         self.lora_enabled = False
         self.kernel_scales = []  # int8's, one per kernel
         # The sub-layers compute in floating point under an int8 policy too.
@@ -647,9 +641,12 @@ class SpinalDense(keras.layers.Layer):
 
         Weight-only: the layer computes in its float compute dtype, each
         product with an int8 kernel cast to it and the product's columns
-        then scaled, so only the kernels are rounded (to within half a step of 1/127 of their column's largest
-        magnitude), and the inputs are not. Biases and BatchNormalization stay
-        float. The dtype policy becomes `"int8_from_<policy>"`, and the
+        then scaled, so only the kernels are rounded (to within half a step
+        of 1/127 of their column's largest magnitude), and the inputs are
+        not. Biases, BatchNormalization and LoRA's updates stay float (with
+        LoRA enabled, the kernels are rounded without their updates, which
+        are then added to them at each pass, as on an int8 `Dense`). The
+        dtype policy becomes `"int8_from_<policy>"`, and the
         layer saves and loads as such. Keras's `Model.quantize` visits only
         layers without sub-layers: a SpinalDense with `dropout` or
         `batch_norm` is quantized by calling this on it, or by
@@ -672,8 +669,8 @@ class SpinalDense(keras.layers.Layer):
 
         Raises:
             NotImplementedError: another `mode`.
-            ValueError: a config's `weight_quantizer`, LoRA enabled, or
-                Keras's own checks (the layer not built or already
+            ValueError: a config's `weight_quantizer`, or Keras's own
+                checks (the layer not built or already
                 quantized, a float16 compute dtype).
         """
         del type_check  # SpinalDense has no subclasses to keep out
@@ -688,7 +685,6 @@ class SpinalDense(keras.layers.Layer):
                 "are stored as int8 with a scale per column of each block. "
                 f"Received: weight_quantizer={config.weight_quantizer!r}"
             )
-        self._refuse_int8_with_lora(self.name)
         kernels = self._kernels()
         values = [ops.convert_to_numpy(k) for k in kernels]
         for kernel in kernels:
@@ -708,25 +704,17 @@ class SpinalDense(keras.layers.Layer):
         self._is_quantized = True  # before the policy, whose setter would quantize
         self.dtype_policy = keras.dtype_policies.get(f"int8_from_{self.dtype_policy.name}")
 
-    def _refuse_int8_with_lora(self, name):
-        """Raise, naming the layer `name`, if it has LoRA enabled."""
-        if self.lora_enabled:
-            raise ValueError(
-                f"SpinalDense {name!r} has LoRA enabled; SpinalDense has no LoRA on "
-                "int8 kernels. Copy its weights (get_sublayer_weights) into a "
-                "SpinalDense without LoRA, then quantize that."
-            )
-
     def quantized_call(self, *args, **kwargs):
         # `call` computes with the int8 kernels (_call_kernels).
         return self.call(*args, **kwargs)
 
     def _call_kernels(self, dtype):
         """The kernels `call` multiplies by, each with the scales of its
-        product's columns: None but under int8, where the kernels are only
-        cast, and the products scaled, which costs less than scaling every
-        kernel entry."""
-        if not self.quantization_mode:
+        product's columns: None but under int8 without LoRA, where the
+        kernels are only cast, and the products scaled, which costs less
+        than scaling every kernel entry. With LoRA the update is added to
+        each kernel, int8 ones dequantized first."""
+        if not self.quantization_mode or self.lora_enabled:
             kernels = self._effective_kernels(dtype)
             return kernels, [None] * len(kernels)
         return (
@@ -758,6 +746,13 @@ class SpinalDense(keras.layers.Layer):
         `lora_rank`) computes the same and trains on from where it was;
         weights saved without LoRA load into the kernels with `B` at zeros.
         `get_sublayer_weights` returns the kernels with the updates added.
+
+        On an int8 layer (`quantize`) the update is added to the int8 kernels
+        times their scales, which stay frozen, in the layer's compute dtype
+        (QLoRA's way of fine-tuning a quantized model: each pass scales the
+        whole kernels, where the int8 layer without LoRA scales only its
+        products). The updates stay float32 and are saved apart from the
+        int8 kernels, as above.
 
         Compile the model again afterwards, as for `Dense.enable_lora`: a
         model that has already trained keeps the training function Keras
@@ -793,12 +788,6 @@ class SpinalDense(keras.layers.Layer):
             raise ValueError(
                 f"LoRA is already enabled on {self.name!r} (rank {self.lora_rank}); "
                 "it can be enabled once per layer."
-            )
-        if self.quantization_mode:
-            raise ValueError(
-                f"{self.name!r} is quantized ({self.dtype_policy.name}), and "
-                "SpinalDense has no LoRA on int8 kernels: enable LoRA on the "
-                "float layer."
             )
         rank, lora_alpha = _lora_options(
             rank, lora_alpha, self.kernel_constraint, names=("rank", "lora_alpha")
@@ -894,11 +883,12 @@ class SpinalDense(keras.layers.Layer):
         return variables
 
     def _effective_kernels(self, dtype):
-        """`_kernels()` as the layer computes with them, in `dtype`: with
-        LoRA, each plus its scaled low-rank update."""
+        """`_kernels()` as the layer computes with them, in `dtype`: int8
+        ones times their scales, and with LoRA each plus its scaled
+        low-rank update."""
         kernels = self._kernels()
         if self.quantization_mode:
-            return [self._dequantized(k, s, dtype) for k, s in zip(kernels, self.kernel_scales)]
+            kernels = [self._dequantized(k, s, dtype) for k, s in zip(kernels, self.kernel_scales)]
         if not self.lora_enabled:
             return kernels
         r, w, scale = self.lora_rank, self.width, self.lora_alpha / self.lora_rank
@@ -1175,14 +1165,15 @@ class SpinalDense(keras.layers.Layer):
         if not self.quantization_mode:
             return super().save_own_variables(store)
         # A layer quantized after building made its int8 variables last;
-        # saved in a fixed order, it loads into one built as int8.
-        for n, variable in enumerate(self._stored_variables()):
+        # saved in a fixed order, it loads into one built as int8. LoRA's
+        # updates follow, as they are (as for a float layer).
+        for n, variable in enumerate(self._stored_variables() + self._lora_variables()):
             store[str(n)] = variable
 
     def _float_arrays(self):
         """The arrays of a float layer's `_stored_variables()` that computes
-        as this one: with LoRA, the kernels plus their updates; under int8,
-        the int8 kernels times their scales."""
+        as this one: under int8, the int8 kernels times their scales; with
+        LoRA, the kernels plus their updates."""
         computed = dict(zip(map(id, self._kernels()),
                             self._effective_kernels(self.variable_dtype)))
         scales = set(map(id, self.kernel_scales))
@@ -1290,20 +1281,23 @@ class SpinalDense(keras.layers.Layer):
         """
         arrays = [store[str(n)] for n in range(len(store.keys()))]
         shapes = [tuple(a.shape) for a in arrays]
+        lora = self._lora_variables()
         if self.quantization_mode:
             variables = self._stored_variables()
             wanted = [tuple(v.shape) for v in variables]
-            if shapes != wanted:
+            if shapes not in (wanted, wanted + [tuple(v.shape) for v in lora]):
+                with_lora = f" (then LoRA's {[tuple(v.shape) for v in lora]})" if lora else ""
                 raise ValueError(
-                    f"int8 SpinalDense {self.name!r} stores arrays of shapes {wanted}; "
-                    f"the file holds {shapes}."
+                    f"int8 SpinalDense {self.name!r} stores arrays of shapes {wanted}"
+                    f"{with_lora}; the file holds {shapes}."
                 )
-            for variable, array in zip(variables, arrays):
+            for variable, array in zip(variables + lora, arrays):
                 variable.assign(array)
+            if lora and len(arrays) == len(wanted):
+                self._reset_lora_b()
             return
         layouts = self._layouts()
         current = self._layout_shapes(*layouts.pop("current"))
-        lora = self._lora_variables()
         if lora and shapes in (current, current + [tuple(v.shape) for v in lora]):
             # Keras's own loading would count LoRA's variables as missing.
             for variable, array in zip(self._stored_variables() + lora, arrays):

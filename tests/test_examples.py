@@ -77,11 +77,17 @@ RUNS = [(script, args, expected, {}) for script, args, expected in EXAMPLES] + [
     ("quickstart.py", ["--epochs", "2"],
      ["Keras backend: jax", "saved to runs/quickstart/spinal.keras; reloaded outputs identical: True"],
      {"KERAS_BACKEND": "jax"}),
+    ("lora_fine_tuning.py", ["--epochs", "3", "--int8"],
+     ["int8 layers: ['spinal_dense', 'spinal_dense_1']; task A with int8 kernels: test accuracy",
+      "LoRA rank 4: 3,378 of 16,396 parameters trained",  # + the int8 kernels' scales
+      "task B after LoRA fine-tuning: accuracy", "kernels unchanged: True",
+      "saved to runs/lora/tuned.keras; reloaded outputs identical: True"], {}),
 ]
 
 
 @pytest.mark.parametrize("script,args,expected,env", RUNS,
-                         ids=["-".join([script, *env.values()]) for script, _, _, env in RUNS])
+                         ids=["-".join([script, *env.values()] + ["int8"] * ("--int8" in args))
+                              for script, args, _, env in RUNS])
 def test_example_runs(script, args, expected, env, tmp_path):
     if script == "train_and_compare.py":
         args = args + ["--output-dir", str(tmp_path / "runs")]

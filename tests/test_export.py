@@ -286,11 +286,18 @@ def test_quantize_int8_reaches_every_layer_with_an_int8_form(tmp_path):
     partly = _backbone_and_head()
     partly.get_layer("head").get_layer("out").quantize("int8")
     assert quantize_int8(partly) == ["backbone/proj", "head/spine"]
-    # refused before anything changes, naming the layer
+    # a SpinalDense with LoRA is quantized too, and keeps its updates
     lora = _backbone_and_head(lora=True)
-    with pytest.raises(ValueError, match="SpinalDense 'head/spine' has LoRA enabled"):
-        quantize_int8(lora)
-    assert lora.get_layer("backbone").get_layer("proj").quantization_mode is None
+    assert quantize_int8(lora) == ["backbone/proj", "head/spine", "head/out"]
+    spine = lora.get_layer("head").get_layer("spine")
+    assert spine.lora_enabled and spine._kernels()[0].dtype == "int8"
+    # refused before anything changes, naming the layer
+    half = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, name="first"),
+                             SpinalDense(2, width=2, depth=2, dtype="float16", name="half")])
+    with pytest.raises(ValueError, match="Layer 'half' computes in float16, which Keras's int8 "
+                       "mode refuses"):
+        quantize_int8(half)
+    assert half.get_layer("first").quantization_mode is None
     with pytest.raises(ValueError, match="must be a built keras.Model. Received: model='m.keras'"):
         quantize_int8("m.keras")
 
@@ -302,8 +309,9 @@ def test_quantize_int8_reaches_every_layer_with_an_int8_form(tmp_path):
         assert quantize_int8(custom) == ["dense"]
 
 
-def test_quantize_int8_rebuilds_a_trained_optimizer_for_what_still_trains(tmp_path):
-    model = _backbone_and_head()
+@pytest.mark.parametrize("lora", [False, True])
+def test_quantize_int8_rebuilds_a_trained_optimizer_for_what_still_trains(tmp_path, lora):
+    model = _backbone_and_head(lora=lora)
     model.compile(keras.optimizers.SGD(0.01, momentum=0.9), "mse")
     rng = np.random.default_rng(0)
     x = rng.normal(size=(16, 8, 8, 1)).astype("float32")
@@ -321,8 +329,9 @@ def test_quantize_int8_rebuilds_a_trained_optimizer_for_what_still_trains(tmp_pa
     assert [v.name for v in new.variables] == [v.name for v in fresh.variables]
     assert len(new.variables) < len(old.variables)
     assert int(new.iterations) == 2
-    momentum = "head_out_bias_momentum"
+    momentum = "head_spine_lora_kernel_b_momentum" if lora else "head_out_bias_momentum"
     assert momentum in before and np.any(before[momentum])
+    assert momentum in [v.name for v in new.variables]
     for v in new.variables:  # the step count and those variables' state go on
         np.testing.assert_array_equal(keras.ops.convert_to_numpy(v), before[v.name])
     # the compile arguments a file saves are the new optimizer's, as a

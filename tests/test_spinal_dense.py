@@ -365,8 +365,6 @@ def test_layer_activation_such_as_leaky_relu():
         (dict(width=4, depth=2, dtype="float8_from_mixed_bfloat16"),
          r"SpinalDense's only quantized form is int8.*"
          r"Received: dtype='float8_from_mixed_bfloat16'"),
-        (dict(width=4, depth=2, dtype="int8_from_float32", lora_rank=2),
-         r"no LoRA on int8 kernels.*lora_rank=2, dtype='int8_from_float32'"),
     ],
 )
 def test_bad_arguments_name_the_value(kwargs, match):
@@ -537,15 +535,9 @@ def test_int8_refusals():
         model.quantize("float8")  # Keras turns it into a warning
     assert any("quantizes to 'int8' only" in str(w.message) for w in caught)
     assert layer.quantization_mode is None and layer._kernels()[0].dtype == "float32"
-    lora = SpinalDense(4, width=3, depth=2, lora_rank=1)
-    lora.build((None, 6))
-    with pytest.raises(ValueError, match="no LoRA on int8 kernels"):
-        lora.quantize("int8")
     layer.quantize("int8")
     with pytest.raises(ValueError, match="already quantized"):  # Keras's own check
         layer.quantize("int8")
-    with pytest.raises(ValueError, match=r"is quantized \(int8_from_float32\).*no LoRA"):
-        layer.enable_lora(1)
     with pytest.raises(ValueError, match="set the weights of the float layer, then quantize"):
         layer.set_sublayer_weights(layer.get_sublayer_weights())
     # built from an int8 config, as when loading: int8 variables, float sub-layers
@@ -736,6 +728,102 @@ def test_weights_saved_without_lora_load_into_a_lora_layer(tmp_path):
     layer.set_sublayer_weights(trained.layers[0].get_sublayer_weights())
     np.testing.assert_allclose(tuned.predict(x, verbose=0), trained.predict(x, verbose=0),
                                rtol=1e-6, atol=1e-6)
+
+
+def test_lora_on_int8_kernels(tmp_path):
+    # QLoRA's way: quantize a trained layer, then train low-rank updates of
+    # its frozen int8 kernels
+    def model(**options):
+        return keras.Sequential([keras.Input((9,)), SpinalDense(
+            3, width=4, depth=3, batch_norm=True, bias_initializer="random_normal", **options)])
+
+    x, y = _x(16, 9), np.arange(16) % 3
+    tuned = model()
+    tuned.layers[0].quantize("int8")  # with sub-layers, Model.quantize does not reach it
+    int8_out = tuned.predict(x, verbose=0)
+    tuned.save_weights(tmp_path / "int8.weights.h5")
+    layer = tuned.layers[0]
+    base = layer.get_sublayer_weights()  # the int8 kernels times their scales
+    layer.enable_lora(2, lora_alpha=4)
+    np.testing.assert_allclose(layer(x), int8_out, rtol=1e-5, atol=1e-5)  # B at zeros
+    _randomize_lora(layer, scale=0.3)
+    merged = layer.get_sublayer_weights()
+    for i in range(3):  # each sub-layer's kernel moves by a rank-2 update
+        assert np.linalg.matrix_rank(merged["kernels"][i] - base["kernels"][i], tol=1e-4) == 2
+    np.testing.assert_allclose(
+        merged["output_kernel"] - base["output_kernel"],
+        2 * keras.ops.convert_to_numpy(layer.lora_output_kernel_a)
+        @ keras.ops.convert_to_numpy(layer.lora_output_kernel_b), rtol=1e-4, atol=1e-4)
+    expected = numpy_spinal(x, merged["kernels"], merged["biases"], 2,
+                            output_kernel=merged["output_kernel"],
+                            output_bias=merged["output_bias"], batch_norms=merged["batch_norms"])
+    np.testing.assert_allclose(layer(x), expected, rtol=1e-4, atol=1e-4)
+    # training moves the updates and biases; the int8 kernels and scales stay
+    frozen = [keras.ops.convert_to_numpy(v) for v in layer._kernels() + layer.kernel_scales]
+    assert {v.name for v in layer.trainable_weights} == {
+        "bias", "output_bias", "gamma", "beta", "lora_split_kernel_0_a",
+        "lora_split_kernel_1_a", "lora_recurrent_kernel_a", "lora_kernel_b",
+        "lora_output_kernel_a", "lora_output_kernel_b"}
+    b = keras.ops.convert_to_numpy(layer.lora_kernel_b)
+    tuned.compile(keras.optimizers.SGD(0.1),
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    losses = tuned.fit(x, y, epochs=5, verbose=0).history["loss"]
+    assert losses[-1] < losses[0]
+    for v, value in zip(layer._kernels() + layer.kernel_scales, frozen):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(v), value)
+    assert layer._kernels()[0].dtype == "int8"
+    assert not np.allclose(keras.ops.convert_to_numpy(layer.lora_kernel_b), b)
+    # saved with its updates apart from the int8 kernels: the loaded model
+    # computes the same and takes the same next training step
+    tuned.save(tmp_path / "tuned.keras")
+    loaded = keras.saving.load_model(tmp_path / "tuned.keras", safe_mode=True)
+    config = loaded.layers[0].get_config()
+    assert (loaded.layers[0].dtype_policy.name, config["lora_rank"], config["lora_alpha"]) == (
+        "int8_from_float32", 2, 4)
+    np.testing.assert_array_equal(loaded.predict(x, verbose=0), tuned.predict(x, verbose=0))
+    tuned.train_on_batch(x, y)
+    loaded.train_on_batch(x, y)
+    for a, b in zip(tuned.weights, loaded.weights):
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b),
+                                   rtol=1e-6, atol=1e-6, err_msg=a.path)
+    # int8 weights saved without LoRA load into an int8 LoRA layer, updates at zero
+    fresh = model(dtype="int8_from_float32", lora_rank=2)
+    _randomize_lora(fresh.layers[0])
+    fresh.load_weights(tmp_path / "int8.weights.h5")
+    np.testing.assert_allclose(fresh.predict(x, verbose=0), int8_out, rtol=1e-6, atol=1e-6)
+    assert not keras.ops.convert_to_numpy(fresh.layers[0].lora_kernel_b).any()
+    with pytest.raises(ValueError, match=r"int8 SpinalDense '.*' stores arrays of shapes "
+                       r"\[\(3, 4\), \(4,\).*\(then LoRA's \[\(3, 2\).*the file holds \[\(5, 8\)"):
+        model(dtype="int8_from_float32", lora_rank=2, splits=3).load_weights(
+            tmp_path / "int8.weights.h5")
+
+
+def test_quantizing_a_lora_layer_rounds_its_kernels_and_keeps_the_updates():
+    layer = SpinalDense(3, width=4, depth=3, lora_rank=2)
+    x = _x(8, 9)
+    layer.build((None, 9))
+    _randomize_lora(layer, scale=0.3)
+    updates = [keras.ops.convert_to_numpy(v) for v in layer._lora_variables()]
+    float_out = keras.ops.convert_to_numpy(layer(x))
+    base = [keras.ops.convert_to_numpy(k) for k in layer._kernels()]
+    layer.quantize("int8")
+    assert [k.dtype for k in layer._kernels()] == ["int8"] * 4 and layer.lora_enabled
+    for v, value in zip(layer._lora_variables(), updates):  # not folded in, not rounded
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(v), value)
+    # the kernels alone were rounded, within half a step of their column's scale
+    rounded = [layer._dequantized(k, s, "float32")
+               for k, s in zip(layer._kernels(), layer.kernel_scales)]
+    for k0, k1 in zip(base, rounded):
+        assert np.all(np.abs(keras.ops.convert_to_numpy(k1) - k0) <= np.abs(k0).max() / 254 + 1e-7)
+    after = keras.ops.convert_to_numpy(layer(x))
+    assert not np.array_equal(after, float_out)
+    np.testing.assert_allclose(after, float_out, rtol=0.05, atol=0.05)
+    # built from that config, as when loading: int8 kernels, float32 updates
+    made = SpinalDense(3, width=4, depth=3, lora_rank=2, dtype="int8_from_mixed_bfloat16")
+    out = made(_x(2, 9))
+    assert keras.backend.standardize_dtype(out.dtype) == "bfloat16"
+    assert made._kernels()[0].dtype == "int8"
+    assert {v.dtype for v in made._lora_variables()} == {"float32"}
 
 
 @pytest.mark.parametrize("make,match", [
