@@ -670,8 +670,8 @@ class SpinalDense(keras.layers.Layer):
         Raises:
             NotImplementedError: another `mode`.
             ValueError: a config's `weight_quantizer`, or Keras's own
-                checks (the layer not built or already
-                quantized, a float16 compute dtype).
+                checks (the layer not built or already quantized, a float16
+                compute dtype).
         """
         del type_check  # SpinalDense has no subclasses to keep out
         if mode != "int8":
