@@ -16,8 +16,19 @@ with an int8 kernel cast to float32, its columns then scaled. Reported:
   previous output), interleaved and in a rotating order, as the median
   int8 / float32 ratio over repeats with its interquartile range.
 
+With `--lora RANK`, both heads get LoRA at that rank (the int8 one after
+quantizing, as QLoRA fine-tunes), and the times are those of training
+steps instead: forward and backward passes, with an SGD update of what
+trains (the LoRA updates and the biases), as in `layer_bench.py
+--optimizer sgd`. Two more float32 heads are timed beside them, each
+against the float32 LoRA head: the same head without LoRA, training all
+its weights (what LoRA saves), and one that computes LoRA as the layer
+did up to commit a078a40, multiplying by each kernel plus its update
+`A @ B` instead of adding `(x @ A) @ B` to each product.
+
     python benchmarks/int8_bench.py
     python benchmarks/int8_bench.py --sizes 25088x4x1024 --batches 64 --repeats 15
+    python benchmarks/int8_bench.py --lora 8
 """
 
 import argparse
@@ -34,22 +45,45 @@ import tensorflow as tf  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(__file__))
 from layer_bench import (  # noqa: E402
-    SIZES, check_repeats, graph_loop, positive, size_arg, time_steps)
+    SIZES, check_repeats, graph_loop, make_step, positive, size_arg, time_steps)
 from summary import paired_ratio  # noqa: E402
 
 from spinalnet_keras import SpinalDense  # noqa: E402
 
 
-def models(features, depth, width, units):
-    """A float32 head and its int8 copy, with the same weights."""
+class KernelPlusUpdate(SpinalDense):
+    """SpinalDense computing LoRA as up to commit a078a40: each product
+    with its kernel plus `lora_alpha / rank * A @ B` (`_effective_kernels`),
+    so that the gradient reaches A and B through one of the kernel's size."""
+
+    def _call_kernels(self, dtype):
+        kernels = self._effective_kernels(dtype)
+        return kernels, [None] * len(kernels)
+
+    def _lora_factors(self, dtype):
+        return None
+
+
+def models(features, depth, width, units, lora=None):
+    """A float32 head and its int8 copy, with the same weights; with
+    `lora`, both with LoRA of that rank, and beside them the float32 head
+    without LoRA ("full") and one with `KernelPlusUpdate`'s LoRA."""
+    def head(layer=SpinalDense):
+        return keras.Sequential([keras.Input((features,)),
+                                 layer(units, width=width, depth=depth)])
+
     keras.utils.set_random_seed(0)
-    float32 = keras.Sequential([keras.Input((features,)),
-                                SpinalDense(units, width=width, depth=depth)])
-    int8 = keras.Sequential([keras.Input((features,)),
-                             SpinalDense(units, width=width, depth=depth)])
+    float32, int8 = head(), head()
     int8.set_weights(float32.get_weights())
     int8.layers[0].quantize("int8")
-    return {"float32": float32, "int8": int8}
+    if not lora:
+        return {"float32": float32, "int8": int8}
+    full, merged = head(), head(KernelPlusUpdate)
+    for model in (full, merged):
+        model.set_weights(float32.get_weights())
+    for model in (float32, int8, merged):
+        model.layers[0].enable_lora(lora)
+    return {"float32": float32, "int8": int8, "full": full, "kernel_plus_update": merged}
 
 
 def file_bytes(model, folder, name):
@@ -76,25 +110,32 @@ def main():
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--target-seconds", type=positive(float), default=0.25,
                         help="time per measurement (sets the number of passes)")
+    parser.add_argument("--lora", type=positive(int), metavar="RANK",
+                        help="enable LoRA at this rank on both heads and time training steps")
     args = parser.parse_args()
     check_repeats(parser, args.repeats)
+    timed = (f"LoRA rank {args.lora} on both, training steps (SGD)" if args.lora
+             else "forward passes")
     print(f"TensorFlow {tf.__version__}, Keras {keras.__version__}, {os.cpu_count()} CPU "
-          f"cores; SpinalDense({args.units}, ...) heads, forward passes in a graph loop")
+          f"cores; SpinalDense({args.units}, ...) heads, {timed} in a graph loop")
+    lora_columns = (" | float32 LoRA / full training (IQR) "
+                    "| kernel-plus-update LoRA / float32 LoRA (IQR)") if args.lora else ""
     print("| features -> depth x width | batch | float32 ms | int8 ms | int8/float32 time (IQR) "
           "| float32 file bytes | int8 file bytes | int8/float32 bytes "
-          "| max error / max output |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+          f"| max error / max output{lora_columns} |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:" + "|---:" * (2 if args.lora else 0) + "|")
     for features, depth, width in args.sizes or SIZES:
-        heads = models(features, depth, width, args.units)
+        heads = models(features, depth, width, args.units, args.lora)
         with tempfile.TemporaryDirectory() as folder:
-            sizes = {name: file_bytes(m, folder, name) for name, m in heads.items()}
+            sizes = {name: file_bytes(heads[name], folder, name) for name in ("float32", "int8")}
         sample = np.random.default_rng(0).normal(size=(256, features)).astype("float32")
-        outputs = {name: m.predict(sample, verbose=0) for name, m in heads.items()}
+        outputs = {name: heads[name].predict(sample, verbose=0) for name in ("float32", "int8")}
         error = np.abs(outputs["int8"] - outputs["float32"]).max() / np.abs(
             outputs["float32"]).max()
         for batch in args.batches:
             x = tf.random.normal((batch, features), seed=0)
-            loops = {name: forward_loop(m) for name, m in heads.items()}
+            loops = {name: make_step(m, jit=False, optimizer="sgd") if args.lora
+                     else forward_loop(m) for name, m in heads.items()}
             for run in loops.values():
                 run(x, 2).numpy()  # trace
             passes = max(1, int(args.target_seconds / time_steps(loops["float32"], x, 10,
@@ -102,13 +143,19 @@ def main():
             seconds = {name: [] for name in loops}
             names = list(loops)
             for r in range(args.repeats):
-                for name in names[r % 2:] + names[:r % 2]:
+                shift = r % len(names)
+                for name in names[shift:] + names[:shift]:
                     seconds[name].append(time_steps(loops[name], x, passes, per_call=False))
             ms = {name: 1e3 * statistics.median(s) for name, s in seconds.items()}
+            lora_cells = (
+                f" | {paired_ratio(seconds['float32'], seconds['full'])} "
+                f"| {paired_ratio(seconds['kernel_plus_update'], seconds['float32'])}"
+            ) if args.lora else ""
             print(f"| {features} -> {depth} x {width} | {batch} | {ms['float32']:.3f} "
                   f"| {ms['int8']:.3f} | {paired_ratio(seconds['int8'], seconds['float32'])} "
                   f"| {sizes['float32']:,} | {sizes['int8']:,} "
-                  f"| {sizes['int8'] / sizes['float32']:.2f} | {error:.4f} |", flush=True)
+                  f"| {sizes['int8'] / sizes['float32']:.2f} | {error:.4f}{lora_cells} |",
+                  flush=True)
 
 
 if __name__ == "__main__":

@@ -709,16 +709,15 @@ class SpinalDense(keras.layers.Layer):
         return self.call(*args, **kwargs)
 
     def _call_kernels(self, dtype):
-        """The kernels `call` multiplies by, each with the scales of its
-        product's columns: None but under int8 without LoRA, where the
-        kernels are only cast, and the products scaled, which costs less
-        than scaling every kernel entry. With LoRA the update is added to
-        each kernel, int8 ones dequantized first."""
-        if not self.quantization_mode or self.lora_enabled:
-            kernels = self._effective_kernels(dtype)
+        """The kernels `call` multiplies by, without LoRA's updates (see
+        `_lora_factors`), each with the scales of its product's columns:
+        None but under int8, where the kernels are only cast, and the
+        products scaled, which costs less than scaling every kernel entry."""
+        kernels = self._kernels()
+        if not self.quantization_mode:
             return kernels, [None] * len(kernels)
         return (
-            [ops.cast(k, dtype) for k in self._kernels()],
+            [ops.cast(k, dtype) for k in kernels],
             [ops.cast(s, dtype) for s in self.kernel_scales],
         )
 
@@ -911,6 +910,37 @@ class SpinalDense(keras.layers.Layer):
             for kernel, update in zip(kernels, updates)
         ]
 
+    def _lora_factors(self, dtype):
+        """LoRA's factors as `call` applies them, in `dtype`, or None
+        without LoRA: `"split_a"`, A's split rows per kernel group;
+        `"recurrent_a"`, A's recurrent rows per sub-layer after the first;
+        `"b"`, each sub-layer's B times `lora_alpha / rank`; and the output
+        Dense's `"output_a"` and scaled `"output_b"`.
+
+        `call` adds `(x @ A) @ B` to each product `x @ kernel`, as an int8
+        `Dense` does, rather than multiplying by `kernel + A @ B`: the
+        gradient then reaches A and B through products of rank `rank`, and
+        no gradient of the kernel's size is made, which for wide layers
+        costs more than the whole step of a layer without LoRA.
+        """
+        if not self.lora_enabled:
+            return None
+        scale = self.lora_alpha / self.lora_rank
+        b = ops.multiply(ops.cast(self.lora_kernel_b, dtype), ops.cast(scale, dtype))
+        factors = {
+            "split_a": [ops.cast(a, dtype) for a in self.lora_split_kernels_a],
+            "recurrent_a": [None],
+            "b": ops.split(b, self.depth, axis=0) if self.depth > 1 else [b],
+        }
+        if self.lora_recurrent_kernel_a is not None:
+            a = ops.cast(self.lora_recurrent_kernel_a, dtype)
+            factors["recurrent_a"] += ops.split(a, self.depth - 1, axis=0) if self.depth > 2 else [a]
+        if self.units:
+            factors["output_a"] = ops.cast(self.lora_output_kernel_a, dtype)
+            factors["output_b"] = ops.multiply(
+                ops.cast(self.lora_output_kernel_b, dtype), ops.cast(scale, dtype))
+        return factors
+
     def _reset_lora_b(self):
         """Zero the LoRA updates (B), so the layer computes its kernels."""
         for variable in (self.lora_kernel_b, self.lora_output_kernel_b):
@@ -919,26 +949,35 @@ class SpinalDense(keras.layers.Layer):
 
     # -- forward -----------------------------------------------------------
 
-    def _split_products(self, parts, training, split_kernels, scales):
-        """Pre-activations from the input splits, one entry per sub-layer."""
+    def _split_products(self, parts, training, split_kernels, scales, lora_a):
+        """Pre-activations from the input splits, one entry per sub-layer,
+        and with LoRA (`lora_a`, A's split rows per kernel group) each
+        sub-layer's input times A's split rows (else None)."""
         w, pre, groups = self.width, [None] * self.depth, self._kernel_groups
+        lora_in = [None] * self.depth
+        r = self.lora_rank
         biases = (
             _split_last_axis(self.bias, [len(group) * w for _, group in groups])
             if self.use_bias
             else [None] * len(groups)
         )
-        for (j, group), kernel, scale, bias in zip(groups, split_kernels, scales, biases):
-            part = parts[j]
+        for g, ((j, group), kernel, scale, bias) in enumerate(
+            zip(groups, split_kernels, scales, biases)
+        ):
+            part, a = parts[j], None if lora_a is None else lora_a[g]
             if self._dropout_layer is not None and training:
                 # Each sub-layer draws its own mask, so the group's product
                 # cannot be shared: one product per sub-layer.
                 kernel = ops.reshape(kernel, (-1, len(group), w))
                 for t, i in enumerate(group):
+                    dropped = self._dropout_layer(part, training=True)
                     z = _product(
-                        self._dropout_layer(part, training=True), kernel[:, t],
+                        dropped, kernel[:, t],
                         None if scale is None else scale[t * w : (t + 1) * w],
                     )
                     pre[i] = z if bias is None else z + bias[t * w : (t + 1) * w]
+                    if a is not None:
+                        lora_in[i] = ops.matmul(dropped, a[:, t * r : (t + 1) * r])
                 continue
             z = _product(part, kernel, scale)
             if bias is not None:
@@ -947,16 +986,21 @@ class SpinalDense(keras.layers.Layer):
             # per sub-layer: at small sizes op count is what costs.
             for i, piece in zip(group, _split_last_axis(z, [w] * len(group))):
                 pre[i] = piece
-        return pre
+            if a is not None:
+                u = ops.matmul(part, a)
+                for i, piece in zip(group, _split_last_axis(u, [r] * len(group))):
+                    lora_in[i] = piece
+        return pre, lora_in
 
     def _add_split_bias(self, z, bias, group):
         """`z + bias` for the input product of the sub-layers in `group`."""
-        if len(group) == 1 and group[0]:
-            # A lone sub-layer with a recurrent input: TensorFlow 2.21's
-            # oneDNN graph rewrite breaks on MatMul -> BiasAdd -> Add ->
-            # activation, and then logs a warning and runs the whole function
-            # (the training step) without graph optimizations. Keras makes
-            # add(z, bias) a BiasAdd and add(bias, z) an Add, which it leaves.
+        if len(group) == 1 and (group[0] or self.lora_enabled):
+            # A lone sub-layer to which more is added (a recurrent input, or
+            # LoRA's product): TensorFlow 2.21's oneDNN graph rewrite breaks
+            # on MatMul -> BiasAdd -> Add -> activation, and then logs a
+            # warning and runs the whole function (the training step)
+            # without graph optimizations. Keras makes add(z, bias) a
+            # BiasAdd and add(bias, z) an Add, which it leaves.
             return ops.add(bias, z)
         return ops.add(z, bias)
 
@@ -967,8 +1011,11 @@ class SpinalDense(keras.layers.Layer):
         inputs = ops.convert_to_tensor(inputs, sparse=False)
         parts = _split_last_axis(inputs, self.split_sizes)
         kernels, scales = self._call_kernels(self.compute_dtype)
+        lora = self._lora_factors(self.compute_dtype)
         count = len(self.split_kernels)
-        pre = self._split_products(parts, training, kernels[:count], scales[:count])
+        pre, lora_in = self._split_products(
+            parts, training, kernels[:count], scales[:count], lora and lora["split_a"]
+        )
         if self.depth > 1:
             recurrent = (
                 ops.split(kernels[count], self.depth - 1, axis=0)
@@ -987,13 +1034,19 @@ class SpinalDense(keras.layers.Layer):
                 if self._dropout_layer is not None and training:
                     prev = self._dropout_layer(prev, training=True)
                 z = z + _product(prev, recurrent[i - 1], recurrent_scales[i - 1])
+                if lora:
+                    lora_in[i] = lora_in[i] + ops.matmul(prev, lora["recurrent_a"][i])
+            if lora:
+                z = z + ops.matmul(lora_in[i], lora["b"][i])
             if self.batch_norm:
                 z = self._batch_norms[i](z, training=training, mask=mask)
             prev = self.activation(z)
             outputs.append(prev)
         y = outputs[0] if self.depth == 1 else ops.concatenate(outputs, -1)
         if self.units:
-            y = _product(y, kernels[-1], scales[-1])
+            hidden, y = y, _product(y, kernels[-1], scales[-1])
+            if lora:
+                y = y + ops.matmul(ops.matmul(hidden, lora["output_a"]), lora["output_b"])
             if self.output_bias is not None:
                 y = ops.add(y, self.output_bias)
             if self.output_activation is not None:

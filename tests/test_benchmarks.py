@@ -73,23 +73,39 @@ def test_matmul_bench_runs():
 
 
 def test_int8_bench_compares_sizes_and_outputs():
-    out = _run("int8_bench.py", "--sizes", "512x4x64", "--batches", "8", "--repeats", "2",
-               "--target-seconds", "0.01").stdout
-    header, *rows = _rows(out)
-    assert header[:2] == ["features -> depth x width", "batch"] and len(header) == 9
-    (row,) = rows
-    assert row[:2] == ["512 -> 4 x 64", "8"]
-    cells = dict(zip(header, row))
-    assert RATIO.match(cells["int8/float32 time (IQR)"])
-    float_bytes, int8_bytes = (int(cells[f"{k} file bytes"].replace(",", ""))
-                               for k in ("float32", "int8"))
-    # 2 x 256 x 128 (the splits' kernels) + 3 x 64 x 64 + 256 x 10 kernel
-    # entries: 4 bytes each in float32, 1 in int8; the 458 scales and the
-    # int8 file's four more arrays take a few kB of that back
-    entries = 2 * 256 * 128 + 3 * 64 * 64 + 256 * 10
-    assert 3 * entries - 8 * 1024 < float_bytes - int8_bytes < 3 * entries
-    assert cells["int8/float32 bytes"] == f"{int8_bytes / float_bytes:.2f}"
-    assert 0 < float(cells["max error / max output"]) < 0.02  # rounding, not garbage
+    file_bytes = {}
+    for lora in ([], ["--lora", "2"]):
+        out = _run("int8_bench.py", "--sizes", "512x4x64", "--batches", "8", "--repeats", "2",
+                   "--target-seconds", "0.01", *lora).stdout
+        timed = "LoRA rank 2 on both, training steps (SGD)" if lora else "forward passes"
+        assert f"SpinalDense(10, ...) heads, {timed} in a graph loop" in out
+        header, *rows = _rows(out)
+        assert header[:2] == ["features -> depth x width", "batch"]
+        assert len(header) == (11 if lora else 9)
+        (row,) = rows
+        assert row[:2] == ["512 -> 4 x 64", "8"]
+        cells = dict(zip(header, row))
+        assert RATIO.match(cells["int8/float32 time (IQR)"])
+        if lora:  # two more heads, timed against the float32 LoRA one
+            assert RATIO.match(cells["float32 LoRA / full training (IQR)"])
+            assert RATIO.match(cells["kernel-plus-update LoRA / float32 LoRA (IQR)"])
+        float_bytes, int8_bytes = (int(cells[f"{k} file bytes"].replace(",", ""))
+                                   for k in ("float32", "int8"))
+        # 2 x 256 x 128 (the splits' kernels) + 3 x 64 x 64 + 256 x 10 kernel
+        # entries: 4 bytes each in float32, 1 in int8; the 458 scales and the
+        # int8 file's four more arrays take a few kB of that back (LoRA's
+        # updates are float32 in both files)
+        entries = 2 * 256 * 128 + 3 * 64 * 64 + 256 * 10
+        assert 3 * entries - 8 * 1024 < float_bytes - int8_bytes < 3 * entries
+        assert cells["int8/float32 bytes"] == f"{int8_bytes / float_bytes:.2f}"
+        assert 0 < float(cells["max error / max output"]) < 0.02  # rounding, not garbage
+        file_bytes[bool(lora)] = (float_bytes, int8_bytes)
+    # rank-2 updates: A of 2 x 256 x 4 (the splits'), 192 x 2 (recurrent rows),
+    # 256 x 2 (output); B of 8 x 64 and 2 x 10; float32 in both files, with
+    # the six arrays' own few hundred bytes each
+    lora_bytes = 4 * (2 * 256 * 4 + 192 * 2 + 256 * 2 + 8 * 64 + 2 * 10)
+    for with_lora, without in zip(file_bytes[True], file_bytes[False]):
+        assert lora_bytes < with_lora - without < lora_bytes + 6 * 1024
 
 
 def test_overhead_bench_runs_an_experiment():

@@ -927,7 +927,8 @@ def test_tensorflow_keeps_its_graph_optimizations_for_the_layer():
     # Add -> activation; it then logs this warning and runs the whole
     # function (the training step, predict) without graph optimizations. A
     # sub-layer alone in its kernel group with a recurrent input (any width
-    # from OWN_KERNEL_WIDTH up; depth 2 or 3 at 2 splits) made that pattern.
+    # from OWN_KERNEL_WIDTH up; depth 2 or 3 at 2 splits) made that pattern,
+    # and so did the first sub-layer of such a layer with LoRA.
     # TensorFlow writes the warning to stderr below TF_CPP_MIN_LOG_LEVEL 2.
     import subprocess
     import sys
@@ -936,7 +937,9 @@ def test_tensorflow_keeps_its_graph_optimizations_for_the_layer():
         "import keras, numpy as np\n"
         "from spinalnet_keras import SpinalDense\n"
         "for cfg in [dict(width=4, depth=2), dict(width=4, depth=3),\n"
-        "            dict(width=128, depth=4), dict(width=128, depth=4, batch_norm=True)]:\n"
+        "            dict(width=128, depth=4), dict(width=128, depth=4, batch_norm=True),\n"
+        "            dict(width=4, depth=3, lora_rank=2), dict(width=128, depth=4, lora_rank=2),\n"
+        "            dict(width=128, depth=3, lora_rank=2, dtype='int8_from_float32')]:\n"
         "    inputs = keras.Input((260,))\n"
         "    model = keras.Model(inputs, SpinalDense(3, **cfg)(inputs))\n"
         "    model.compile('sgd', 'mse')\n"
@@ -946,7 +949,7 @@ def test_tensorflow_keeps_its_graph_optimizations_for_the_layer():
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "1", "KERAS_BACKEND": "tensorflow"}
     proc = subprocess.run([sys.executable, "-c", job], capture_output=True, text=True,
                           env=env, timeout=300)
-    assert proc.returncode == 0 and proc.stdout.split() == ["True"] * 4, proc.stderr[-2000:]
+    assert proc.returncode == 0 and proc.stdout.split() == ["True"] * 7, proc.stderr[-2000:]
     failures = [line for line in proc.stderr.splitlines()
                 if "Ignoring multi-device function optimization failure" in line]
     assert not failures, failures[0]
