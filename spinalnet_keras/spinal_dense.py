@@ -644,8 +644,8 @@ class SpinalDense(keras.layers.Layer):
         then scaled, so only the kernels are rounded (to within half a step
         of 1/127 of their column's largest magnitude), and the inputs are
         not. Biases, BatchNormalization and LoRA's updates stay float (with
-        LoRA enabled, the kernels are rounded without their updates, which
-        are then added to them at each pass, as on an int8 `Dense`). The
+        LoRA enabled, the kernels are rounded without their updates, whose
+        products are then added, as on an int8 `Dense`). The
         dtype policy becomes `"int8_from_<policy>"`, and the
         layer saves and loads as such. Keras's `Model.quantize` visits only
         layers without sub-layers: a SpinalDense with `dropout` or
@@ -746,12 +746,12 @@ class SpinalDense(keras.layers.Layer):
         weights saved without LoRA load into the kernels with `B` at zeros.
         `get_sublayer_weights` returns the kernels with the updates added.
 
-        On an int8 layer (`quantize`) the update is added to the int8 kernels
-        times their scales, which stay frozen, in the layer's compute dtype
-        (QLoRA's way of fine-tuning a quantized model: each pass scales the
-        whole kernels, where the int8 layer without LoRA scales only its
-        products). The updates stay float32 and are saved apart from the
-        int8 kernels, as above.
+        Each product `x @ kernel` gets `lora_alpha / rank * (x @ A) @ B`
+        added, as on an int8 `Dense`, so that training makes no gradient of
+        a kernel's size. On an int8 layer (`quantize`; QLoRA's way of
+        fine-tuning a quantized model) the int8 kernels stay frozen and
+        compute as without LoRA; the updates stay float32 and are saved
+        apart from the int8 kernels, as above.
 
         Compile the model again afterwards, as for `Dense.enable_lora`: a
         model that has already trained keeps the training function Keras
