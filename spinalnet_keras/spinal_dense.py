@@ -934,7 +934,9 @@ class SpinalDense(keras.layers.Layer):
         }
         if self.lora_recurrent_kernel_a is not None:
             a = ops.cast(self.lora_recurrent_kernel_a, dtype)
-            factors["recurrent_a"] += ops.split(a, self.depth - 1, axis=0) if self.depth > 2 else [a]
+            factors["recurrent_a"] += (
+                ops.split(a, self.depth - 1, axis=0) if self.depth > 2 else [a]
+            )
         if self.units:
             factors["output_a"] = ops.cast(self.lora_output_kernel_a, dtype)
             factors["output_b"] = ops.multiply(
