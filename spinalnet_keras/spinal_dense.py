@@ -925,22 +925,23 @@ class SpinalDense(keras.layers.Layer):
         """
         if not self.lora_enabled:
             return None
-        scale = self.lora_alpha / self.lora_rank
-        b = ops.multiply(ops.cast(self.lora_kernel_b, dtype), ops.cast(scale, dtype))
+        scale = ops.cast(self.lora_alpha / self.lora_rank, dtype)
+
+        def scaled(b):
+            return ops.multiply(ops.cast(b, dtype), scale)
+
         factors = {
             "split_a": [ops.cast(a, dtype) for a in self.lora_split_kernels_a],
             "recurrent_a": [None],
-            "b": ops.split(b, self.depth, axis=0) if self.depth > 1 else [b],
+            "b": _blocks(scaled(self.lora_kernel_b), self.depth, 0),
         }
         if self.lora_recurrent_kernel_a is not None:
-            a = ops.cast(self.lora_recurrent_kernel_a, dtype)
-            factors["recurrent_a"] += (
-                ops.split(a, self.depth - 1, axis=0) if self.depth > 2 else [a]
+            factors["recurrent_a"] += _blocks(
+                ops.cast(self.lora_recurrent_kernel_a, dtype), self.depth - 1, 0
             )
         if self.units:
             factors["output_a"] = ops.cast(self.lora_output_kernel_a, dtype)
-            factors["output_b"] = ops.multiply(
-                ops.cast(self.lora_output_kernel_b, dtype), ops.cast(scale, dtype))
+            factors["output_b"] = scaled(self.lora_output_kernel_b)
         return factors
 
     def _reset_lora_b(self):
@@ -1019,11 +1020,7 @@ class SpinalDense(keras.layers.Layer):
             parts, training, kernels[:count], scales[:count], lora and lora["split_a"]
         )
         if self.depth > 1:
-            recurrent = (
-                ops.split(kernels[count], self.depth - 1, axis=0)
-                if self.depth > 2
-                else [kernels[count]]
-            )
+            recurrent = _blocks(kernels[count], self.depth - 1, 0)
             scale = scales[count]
             recurrent_scales = (
                 [None] * (self.depth - 1) if scale is None
@@ -1337,11 +1334,12 @@ class SpinalDense(keras.layers.Layer):
         arrays = [store[str(n)] for n in range(len(store.keys()))]
         shapes = [tuple(a.shape) for a in arrays]
         lora = self._lora_variables()
+        lora_shapes = [tuple(v.shape) for v in lora]
         if self.quantization_mode:
             variables = self._stored_variables()
             wanted = [tuple(v.shape) for v in variables]
-            if shapes not in (wanted, wanted + [tuple(v.shape) for v in lora]):
-                with_lora = f" (then LoRA's {[tuple(v.shape) for v in lora]})" if lora else ""
+            if shapes not in (wanted, wanted + lora_shapes):
+                with_lora = f" (then LoRA's {lora_shapes})" if lora else ""
                 raise ValueError(
                     f"int8 SpinalDense {self.name!r} stores arrays of shapes {wanted}"
                     f"{with_lora}; the file holds {shapes}."
@@ -1353,7 +1351,7 @@ class SpinalDense(keras.layers.Layer):
             return
         layouts = self._layouts()
         current = self._layout_shapes(*layouts.pop("current"))
-        if lora and shapes in (current, current + [tuple(v.shape) for v in lora]):
+        if lora and shapes in (current, current + lora_shapes):
             # Keras's own loading would count LoRA's variables as missing.
             for variable, array in zip(self._stored_variables() + lora, arrays):
                 variable.assign(array)
