@@ -145,8 +145,8 @@ def quantize_int8(model):
     `quantize("int8")` does; return their paths.
 
     `model.quantize("int8")` does the same but leaves out SpinalDense layers
-    with `dropout` or `batch_norm` (Keras quantizes only layers without
-    sub-layers) and fails on layers already int8; this reaches every such
+    with `batch_norm` (Keras quantizes only layers without sub-layers) and
+    fails on layers already int8; this reaches every such
     layer, in nested models too, and leaves int8 layers as they are.
     SpinalDense's int8 form stores weights only (see
     `SpinalDense.quantize`).
@@ -177,7 +177,7 @@ def quantize_int8(model):
     Example:
 
     >>> model = keras.Sequential([keras.Input((16,)), keras.layers.Dense(8),
-    ...                           SpinalDense(4, width=3, depth=2, dropout=0.1)])
+    ...                           SpinalDense(4, width=3, depth=2, batch_norm=True)])
     >>> quantize_int8(model)
     ['dense', 'spinal_dense']
     """

@@ -475,12 +475,13 @@ class SpinalDense(keras.layers.Layer):
         # sequence mask passes through (and keeps padding out of BatchNorm).
         self.supports_masking = True
 
-        # Sub-layers get this layer's dtype policy, or mixed precision breaks.
-        self._dropout_layer = (
-            keras.layers.Dropout(self.dropout, seed=self.seed, dtype=sub_policy)
-            if self.dropout
-            else None
+        # Dropout draws its masks as Keras's Dropout layer does (the same
+        # seed generator, the same draws), but not through one: Keras's
+        # Model.quantize skips every layer that holds sub-layers.
+        self._dropout_seed = (
+            keras.random.SeedGenerator(self.seed) if self.dropout else None
         )
+        # Sub-layers get this layer's dtype policy, or mixed precision breaks.
         self._batch_norms = (
             [
                 keras.layers.BatchNormalization(
@@ -585,8 +586,6 @@ class SpinalDense(keras.layers.Layer):
             )
         for i, bn in enumerate(self._batch_norms):
             bn.build(tuple(input_shape[:-1]) + (w,))
-        if self._dropout_layer is not None:
-            self._dropout_layer.build(input_shape)
         if self.units:
             self.output_kernel = self._add_kernel(
                 "output_kernel",
@@ -648,14 +647,13 @@ class SpinalDense(keras.layers.Layer):
         products are then added, as on an int8 `Dense`). The
         dtype policy becomes `"int8_from_<policy>"`, and the
         layer saves and loads as such. Keras's `Model.quantize` visits only
-        layers without sub-layers: a SpinalDense with `dropout` or
-        `batch_norm` is quantized by calling this on it, or by
-        `quantize_int8(model)`. Called on a layer of a model that has
-        already predicted, evaluated or trained, this (as `Dense.quantize`)
-        leaves the model's traced functions computing with the float
-        kernels; `quantize_int8` and `Model.quantize` reset them (or set
-        `model.predict_function = None`, and likewise `test_function` and
-        `train_function`).
+        layers without sub-layers: a SpinalDense with `batch_norm` is
+        quantized by calling this on it, or by `quantize_int8(model)`.
+        Called on a layer of a model that has already predicted, evaluated
+        or trained, this (as `Dense.quantize`) leaves the model's traced
+        functions computing with the float kernels; `quantize_int8` and
+        `Model.quantize` reset them (or set `model.predict_function =
+        None`, and likewise `test_function` and `train_function`).
 
         Args:
             mode: `"int8"`, the one mode the layer has; others raise
@@ -968,12 +966,12 @@ class SpinalDense(keras.layers.Layer):
             zip(groups, split_kernels, scales, biases)
         ):
             part, a = parts[j], None if lora_a is None else lora_a[g]
-            if self._dropout_layer is not None and training:
+            if self._dropout_seed is not None and training:
                 # Each sub-layer draws its own mask, so the group's product
                 # cannot be shared: one product per sub-layer.
                 kernel = ops.reshape(kernel, (-1, len(group), w))
                 for t, i in enumerate(group):
-                    dropped = self._dropout_layer(part, training=True)
+                    dropped = self._dropped(part)
                     z = _product(
                         dropped, kernel[:, t],
                         None if scale is None else scale[t * w : (t + 1) * w],
@@ -994,6 +992,9 @@ class SpinalDense(keras.layers.Layer):
                 for i, piece in zip(group, _split_last_axis(u, [r] * len(group))):
                     lora_in[i] = piece
         return pre, lora_in
+
+    def _dropped(self, x):
+        return keras.random.dropout(x, self.dropout, seed=self._dropout_seed)
 
     def _add_split_bias(self, z, bias, group):
         """`z + bias` for the input product of the sub-layers in `group`."""
@@ -1030,8 +1031,8 @@ class SpinalDense(keras.layers.Layer):
         for i in range(self.depth):
             z = pre[i]
             if prev is not None:
-                if self._dropout_layer is not None and training:
-                    prev = self._dropout_layer(prev, training=True)
+                if self._dropout_seed is not None and training:
+                    prev = self._dropped(prev)
                 z = z + _product(prev, recurrent[i - 1], recurrent_scales[i - 1])
                 if lora:
                     lora_in[i] = lora_in[i] + ops.matmul(prev, lora["recurrent_a"][i])

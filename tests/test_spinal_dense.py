@@ -166,7 +166,7 @@ def test_dropout_is_active_in_training_only_and_per_sublayer_path_agrees(width):
     np.testing.assert_allclose(infer, layer(x), rtol=1e-6)
     # With a zero rate the per-sub-layer training path must compute exactly
     # the shared-product path.
-    layer._dropout_layer.rate = 0.0
+    layer.dropout = 0.0
     np.testing.assert_allclose(layer(x, training=True), infer, rtol=1e-5, atol=1e-6)
 
 
@@ -486,9 +486,10 @@ def test_int8_rounds_only_the_kernels(width):
     assert keras.ops.convert_to_numpy(layer(x, training=True)).shape == (6, 7)  # dropout's path
 
 
-def test_model_quantize_reaches_a_spinal_dense_without_sub_layers(tmp_path):
+def test_model_quantize_reaches_a_spinal_dense_without_batch_norm(tmp_path):
+    # dropout draws its masks in the layer itself, so that one is reached too
     model = keras.Sequential([keras.Input((16,)), keras.layers.Dense(8),
-                              SpinalDense(4, width=3, depth=3),
+                              SpinalDense(4, width=3, depth=3, dropout=0.5, seed=1),
                               SpinalDense(2, width=2, depth=2, batch_norm=True)])
     x, y = _x(3, 16), _x(3, 2, seed=1)
     before = model.predict(x, verbose=0)
@@ -496,7 +497,7 @@ def test_model_quantize_reaches_a_spinal_dense_without_sub_layers(tmp_path):
         warnings.simplefilter("always")
         model.quantize("int8")
     messages = [str(w.message) for w in caught]
-    assert not any("SpinalDense" in m for m in messages), messages
+    assert not any("SpinalDense" in m or "Dropout" in m for m in messages), messages
     # README says so: Keras visits only layers without sub-layers, and warns
     # about the BatchNormalization layers, not the SpinalDense holding them
     assert any("BatchNormalization does not have a `quantize` method" in m for m in messages)
@@ -515,7 +516,9 @@ def test_model_quantize_reaches_a_spinal_dense_without_sub_layers(tmp_path):
 
     report = export_model(loaded, tmp_path / "export", formats=("saved_model",))
     assert report["formats"]["saved_model"]["verified"]
-    # it trains on: the int8 kernels stay as they are, the biases learn
+    # it trains on, through dropout: the int8 kernels stay as they are, the biases learn
+    assert not np.allclose(loaded.layers[1](loaded.layers[0](x), training=True),
+                           loaded.layers[1](loaded.layers[0](x)))
     frozen = [keras.ops.convert_to_numpy(k) for k in loaded.layers[1]._kernels()]
     loaded.compile(keras.optimizers.SGD(0.1), "mse")
     loaded.fit(x, y, epochs=2, verbose=0)
@@ -1037,9 +1040,9 @@ def test_other_keras_backends_load_predict_and_train_alike(backend, tmp_path):
                                    rtol=1e-5, atol=1e-6, err_msg=weight.path)
 
 
-def _rewrite_layer_vars(src, dst, arrays):
-    """Copy the .keras file `src` to `dst` with the SpinalDense layer's stored
-    variables replaced by `arrays`."""
+def _rewrite_weights(src, dst, edit):
+    """Copy the .keras file `src` to `dst` with `edit(h5_file)` applied to
+    its weights."""
     import io
     import zipfile
 
@@ -1049,14 +1052,45 @@ def _rewrite_layer_vars(src, dst, arrays):
         files = {name: z.read(name) for name in z.namelist()}
     buffer = io.BytesIO(files["model.weights.h5"])
     with h5py.File(buffer, "r+") as h5:
-        del h5["layers/spinal_dense/vars"]
-        group = h5.create_group("layers/spinal_dense/vars")
-        for n, array in enumerate(arrays):
-            group.create_dataset(str(n), data=array)
+        edit(h5)
     files["model.weights.h5"] = buffer.getvalue()
     with zipfile.ZipFile(dst, "w") as z:
         for name, data in files.items():
             z.writestr(name, data)
+
+
+def _rewrite_layer_vars(src, dst, arrays):
+    """Copy the .keras file `src` to `dst` with the SpinalDense layer's stored
+    variables replaced by `arrays`."""
+    def edit(h5):
+        del h5["layers/spinal_dense/vars"]
+        group = h5.create_group("layers/spinal_dense/vars")
+        for n, array in enumerate(arrays):
+            group.create_dataset(str(n), data=array)
+
+    _rewrite_weights(src, dst, edit)
+
+
+def test_files_saved_with_a_dropout_sub_layer_still_load(tmp_path):
+    # Earlier versions drew the masks with a Dropout sub-layer, which left an
+    # empty group in the file; the layer now draws the same masks itself.
+    layer = SpinalDense(3, width=4, depth=3, dropout=0.5, seed=2)
+    model = keras.Sequential([keras.Input((9,)), layer])
+    x = _x(6, 9)
+    expected = model.predict(x, verbose=0)
+    model.save(tmp_path / "now.keras")
+    _rewrite_weights(tmp_path / "now.keras", tmp_path / "old.keras",
+                     lambda h5: h5.create_group("layers/spinal_dense/_dropout_layer/vars"))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        loaded = keras.saving.load_model(tmp_path / "old.keras", safe_mode=True)
+    assert not caught, [str(w.message) for w in caught]
+    np.testing.assert_array_equal(loaded.predict(x, verbose=0), expected)
+    fresh = SpinalDense.from_config(layer.get_config())
+    fresh.build((None, 9))
+    fresh.set_weights(layer.get_weights())
+    # the same seed draws the same masks in the loaded layer as in a new one
+    np.testing.assert_array_equal(loaded.layers[0](x, training=True), fresh(x, training=True))
 
 
 def test_files_saved_in_the_0_1_layout_still_load(tmp_path):
