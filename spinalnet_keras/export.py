@@ -145,9 +145,10 @@ def quantize_int8(model):
     `quantize("int8")` does; return their paths.
 
     `model.quantize("int8")` does the same but leaves out SpinalDense layers
-    with `batch_norm` (Keras quantizes only layers without sub-layers) and
-    fails on layers already int8; this reaches every such
-    layer, in nested models too, and leaves int8 layers as they are.
+    with `batch_norm` or an activation layer (Keras quantizes only layers
+    without sub-layers) and fails on layers already int8; this reaches
+    every such layer, in nested models too, and leaves int8 layers as they
+    are.
     SpinalDense's int8 form stores weights only (see
     `SpinalDense.quantize`).
 

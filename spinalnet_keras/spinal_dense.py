@@ -647,8 +647,9 @@ class SpinalDense(keras.layers.Layer):
         products are then added, as on an int8 `Dense`). The
         dtype policy becomes `"int8_from_<policy>"`, and the
         layer saves and loads as such. Keras's `Model.quantize` visits only
-        layers without sub-layers: a SpinalDense with `batch_norm` is
-        quantized by calling this on it, or by `quantize_int8(model)`.
+        layers without sub-layers: a SpinalDense with `batch_norm` or an
+        activation layer is quantized by calling this on it, or by
+        `quantize_int8(model)`.
         Called on a layer of a model that has already predicted, evaluated
         or trained, this (as `Dense.quantize`) leaves the model's traced
         functions computing with the float kernels; `quantize_int8` and

@@ -490,6 +490,8 @@ def test_model_quantize_reaches_a_spinal_dense_without_batch_norm(tmp_path):
     # dropout draws its masks in the layer itself, so that one is reached too
     model = keras.Sequential([keras.Input((16,)), keras.layers.Dense(8),
                               SpinalDense(4, width=3, depth=3, dropout=0.5, seed=1),
+                              SpinalDense(4, width=2, depth=2,
+                                          activation=keras.layers.LeakyReLU()),
                               SpinalDense(2, width=2, depth=2, batch_norm=True)])
     x, y = _x(3, 16), _x(3, 2, seed=1)
     before = model.predict(x, verbose=0)
@@ -499,11 +501,13 @@ def test_model_quantize_reaches_a_spinal_dense_without_batch_norm(tmp_path):
     messages = [str(w.message) for w in caught]
     assert not any("SpinalDense" in m or "Dropout" in m for m in messages), messages
     # README says so: Keras visits only layers without sub-layers, and warns
-    # about the BatchNormalization layers, not the SpinalDense holding them
-    assert any("BatchNormalization does not have a `quantize` method" in m for m in messages)
-    dense, spinal, with_bn = model.layers
+    # about the activation and BatchNormalization layers, not the SpinalDense
+    # holding them
+    for name in ("LeakyReLU", "BatchNormalization"):
+        assert any(f"{name} does not have a `quantize` method" in m for m in messages)
+    dense, spinal, with_layer_activation, with_bn = model.layers
     assert (dense.quantization_mode, spinal.quantization_mode) == ("int8", "int8")
-    assert with_bn.quantization_mode is None
+    assert with_layer_activation.quantization_mode is None and with_bn.quantization_mode is None
     after = model.predict(x, verbose=0)
     np.testing.assert_allclose(after, before, rtol=0.1, atol=0.1)
     # saved and loaded as int8, in safe mode
