@@ -929,16 +929,19 @@ def _train_multi_worker(config, strategy, out, task=None, callbacks=()):
 
 
 def _mean_sd(values):
+    """Mean and sample standard deviation; the deviation of one value is
+    NaN (one run measures no spread), and both are NaN if a value is."""
     if not all(math.isfinite(v) for v in values):
         # a diverged run; statistics.stdev fails on NaN ("no attribute 'numerator'")
         return float("nan"), float("nan")
     mean = statistics.fmean(values)
-    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    sd = statistics.stdev(values) if len(values) > 1 else float("nan")
     return mean, sd
 
 
 def comparison_rows(results):
-    """One summary row per head from a list of run results."""
+    """One summary row per head from a list of run results (`final_sd` is
+    NaN for a head of one run)."""
     rows = []
     by_head = {}
     for r in results:
@@ -999,6 +1002,7 @@ def comparison_markdown(rows, title):
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
+        sd = "n/a" if r["runs"] == 1 else f"{scale * r['final_sd']:.3f}"
         red = ""
         if "error_reduction_final_mean" in r:
             red = (
@@ -1008,7 +1012,7 @@ def comparison_markdown(rows, title):
         lines.append(
             f"| {r['head']} | {r['runs']} | {r['trainable_params']:,} ({r['head_params']:,}) | "
             f"{r['multiplications']:,} ({r['head_multiplications']:,}) | {scale * r['final_mean']:.3f} ± "
-            f"{scale * r['final_sd']:.3f} | {scale * r['final_best']:.3f} | "
+            f"{sd} | {scale * r['final_best']:.3f} | "
             f"{scale * r['best_epoch_mean']:.3f} | {scale * r['best_epoch_best']:.3f} | {red} |"
         )
     for r in rows:
@@ -1059,12 +1063,14 @@ def plot_comparison(tables, path):
     fig, axes = plt.subplots(1, len(tables), figsize=(3.2 * len(tables), 3.2), squeeze=False)
     for ax, (title, rows) in zip(axes[0], tables.items()):
         heads = [r["head"] for r in rows]
-        ax.bar(heads, [r["final_mean"] for r in rows],
-               yerr=[r["final_sd"] for r in rows], color=["#888", "#2a7"][: len(rows)])
+        # no error bar where there is no spread to show (one run, or diverged)
+        sds = [r["final_sd"] if math.isfinite(r["final_sd"]) else 0.0 for r in rows]
+        ax.bar(heads, [r["final_mean"] for r in rows], yerr=sds,
+               color=["#888", "#2a7"][: len(rows)])
         ax.set_title(title, fontsize=9)
         ax.set_ylabel(f"test {rows[0]['metric']} (last epoch)")
         if rows[0]["metric"] == "accuracy":
-            low = min(r["final_mean"] - r["final_sd"] for r in rows)
+            low = min(r["final_mean"] - sd for r, sd in zip(rows, sds))
             ax.set_ylim(max(0.0, low - 0.02), 1.0)
     fig.tight_layout()
     fig.savefig(path, dpi=100)

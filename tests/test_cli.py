@@ -228,6 +228,8 @@ def test_compare_prints_and_writes_the_table(tmp_path, capsys):
     assert "head 35.5% fewer multiplications" in printed
     rows = _rows(out / "comparison.csv")
     assert [r["head"] for r in rows] == ["dense 200-100", "spinal 6 x 50"]
+    assert all(float(r["final_sd"]) > 0 for r in rows)  # two seeds differ
+    assert "± n/a" not in printed
     assert is_png(out / "comparison.png")
     assert sorted(os.listdir(out / "table1_sin_sum")) == ["dense", "spinal"]
 
@@ -238,8 +240,11 @@ def test_demo_runs_offline(tmp_path, capsys):
                  "table1/prod", "--output-dir", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "regression on table1/sum" in printed and "regression on table1/prod" in printed
+    # one seed: no spread to report, rather than a standard deviation of 0
+    assert re.search(r"\| dense 200-100 \| 1 \|[^\n]* \d+\.\d{3} ± n/a \|", printed)
     assert is_png(out / "comparison.png")
-    assert len(_rows(out / "comparison.csv")) == 4
+    rows = _rows(out / "comparison.csv")
+    assert len(rows) == 4 and all(r["final_sd"] == "nan" for r in rows)
 
 
 @pytest.mark.parametrize("argv,message", [
