@@ -31,7 +31,9 @@ print(f"Keras backend: {keras.backend.backend()}")
 keras.utils.set_random_seed(0)
 rng = np.random.default_rng(0)
 prototypes = rng.normal(size=(10, 64))
-y = rng.integers(0, 10, 2000)
+# int32 labels: JAX has no int64 unless x64 is enabled, and Keras's fit
+# on JAX (jax 0.12) warns that it truncates int64 labels to int32.
+y = rng.integers(0, 10, 2000).astype("int32")
 x = (prototypes[y] + 1.5 * rng.normal(size=(2000, 64))).astype("float32")
 x_train, x_test, y_train, y_test = x[:1400], x[1400:], y[:1400], y[1400:]
 
