@@ -1336,30 +1336,20 @@ class SpinalDense(keras.layers.Layer):
         arrays = [store[str(n)] for n in range(len(store.keys()))]
         shapes = [tuple(a.shape) for a in arrays]
         lora = self._lora_variables()
-        lora_shapes = [tuple(v.shape) for v in lora]
         if self.quantization_mode:
-            variables = self._stored_variables()
-            wanted = [tuple(v.shape) for v in variables]
-            if shapes not in (wanted, wanted + lora_shapes):
-                with_lora = f" (then LoRA's {lora_shapes})" if lora else ""
+            if not self._assign_stored(arrays):
+                wanted = [tuple(v.shape) for v in self._stored_variables()]
+                with_lora = f" (then LoRA's {[tuple(v.shape) for v in lora]})" if lora else ""
                 raise ValueError(
                     f"int8 SpinalDense {self.name!r} stores arrays of shapes {wanted}"
                     f"{with_lora}; the file holds {shapes}."
                 )
-            for variable, array in zip(variables + lora, arrays):
-                variable.assign(array)
-            if lora and len(arrays) == len(wanted):
-                self._reset_lora_b()
+            return
+        # Keras's own loading would count LoRA's variables as missing.
+        if lora and self._assign_stored(arrays):
             return
         layouts = self._layouts()
         current = self._layout_shapes(*layouts.pop("current"))
-        if lora and shapes in (current, current + lora_shapes):
-            # Keras's own loading would count LoRA's variables as missing.
-            for variable, array in zip(self._stored_variables() + lora, arrays):
-                variable.assign(array)
-            if len(arrays) == len(current):
-                self._reset_lora_b()
-            return
         if shapes != current:
             for layout in layouts.values():
                 if shapes == self._layout_shapes(*layout):
@@ -1367,6 +1357,22 @@ class SpinalDense(keras.layers.Layer):
                     self.set_sublayer_weights(weights)
                     return
         super().load_own_variables(store)
+
+    def _assign_stored(self, arrays):
+        """Assign `arrays` to `_stored_variables()`, then to LoRA's if the
+        file holds them too (else B starts at zeros), and return True; or
+        return False, assigning nothing, if their shapes are not those."""
+        stored, lora = self._stored_variables(), self._lora_variables()
+        wanted = [tuple(v.shape) for v in stored]
+        if [tuple(a.shape) for a in arrays] not in (
+            wanted, wanted + [tuple(v.shape) for v in lora]
+        ):
+            return False
+        for variable, array in zip(stored + lora, arrays):
+            variable.assign(array)
+        if lora and len(arrays) == len(stored):
+            self._reset_lora_b()
+        return True
 
     # -- serialization -----------------------------------------------------
 
