@@ -28,6 +28,7 @@ the same run.
     python benchmarks/layer_bench.py --layouts --sizes 512x4x64 1024x8x128 2048x4x256
     python benchmarks/layer_bench.py --layouts --optimizer adam --sizes 512x4x128
     python benchmarks/layer_bench.py --bias-add --sizes 512x2x8 512x4x128 4096x4x512
+    python benchmarks/layer_bench.py --fused --quick     # needs a C++ compiler
 
 `--layouts` adds SpinalDense with its input-split products laid out one
 way at every width: one product per split, shared by the split's
@@ -54,6 +55,13 @@ step is a floor for spinal/dense on this machine whatever the rest costs.
 The second is the same chain with a hand-written backward pass
 (`keras.ops.custom_gradient`: the chain's gradient in reverse, all the
 recurrent blocks' gradients in one batched product).
+
+`--fused` adds the layer with its chain (ReLU) made one TensorFlow op
+forward and one backward, written in C++ (`fused_chain_op.cc`, compiled
+when the script starts; `fused_chain.py`): what such an op would gain,
+measured before anyone ships one. Its outputs and gradients are checked
+against SpinalDense's and autodiff's first. The op has no XLA kernel, so its
+cells with `jit` on read n/a.
 """
 
 import argparse
@@ -70,9 +78,14 @@ import tensorflow as tf  # noqa: E402
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 from composed import composed_spinal  # noqa: E402
 
+import fused_chain  # noqa: E402
+
 from spinalnet_keras import SpinalDense  # noqa: E402
 from spinalnet_keras import split_sizes  # noqa: E402
 from summary import paired_ratio  # noqa: E402
+
+# compile_op()'s module, with --fused
+FUSED_OP = None
 
 # (features, depth, width): the paper's head sizes
 SIZES = [(320, 6, 8), (512, 4, 128), (4096, 4, 512), (25088, 4, 1024)]
@@ -238,6 +251,8 @@ def build(kind, features, depth, width):
         return keras.Model(inputs, outputs)
     if kind == "bias_add":
         return keras.Model(inputs, BiasAddSpinal(width=width, depth=depth)(inputs))
+    if kind == "fused":
+        return keras.Model(inputs, fused_chain.FusedSpinal(depth, width, FUSED_OP)(inputs))
     if kind == "composed":
         return composed_spinal(features, units=None, width=width, depth=depth)
     return keras.Model(inputs, keras.layers.Dense(depth * width, activation="relu")(inputs))
@@ -340,6 +355,9 @@ def main():
     parser.add_argument("--bias-add", action="store_true",
                         help="also time the layer with every input bias a BiasAdd, as "
                              "before the graph-rewrite fix (see above)")
+    parser.add_argument("--fused", action="store_true",
+                        help="also time the layer with its chain fused into one C++ op "
+                             "each way, compiled here (see above)")
     parser.add_argument("--optimizer", choices=sorted(OPTIMIZERS),
                         help="each step also updates the weights with this optimizer "
                              "(default: gradients only)")
@@ -350,6 +368,12 @@ def main():
     args = parser.parse_args()
     check_repeats(parser, args.repeats)
     sizes = args.sizes or (SIZES[:2] if args.quick else SIZES)
+    if args.fused:
+        global FUSED_OP
+        try:
+            FUSED_OP = fused_chain.compile_op()
+        except fused_chain.CompileError as e:
+            parser.error(str(e))
     peak = machine_flops()
     print(f"TensorFlow {tf.__version__}, Keras {keras.__version__}, "
           f"{os.cpu_count()} CPU cores; machine matmul rate {peak / 1e9:.1f} GFLOP/s; "
@@ -362,11 +386,14 @@ def main():
              if args.chain else "")
           + (" per-split products ms | per-sub-layer products ms "
              "| per-sub-layer / per-split (IQR) |" if args.layouts else "")
-          + (" all-BiasAdd ms | spinal / all-BiasAdd (IQR) |" if args.bias_add else ""))
+          + (" all-BiasAdd ms | spinal / all-BiasAdd (IQR) |" if args.bias_add else "")
+          + (" fused ms | fused/dense (IQR) | fused/spinal (IQR) |" if args.fused else ""))
     print("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|" + ("---:|---:|---:|" if args.chain else "")
-          + ("---:|---:|---:|" if args.layouts else "") + ("---:|---:|" if args.bias_add else ""))
+          + ("---:|---:|---:|" if args.layouts else "") + ("---:|---:|" if args.bias_add else "")
+          + ("---:|---:|---:|" if args.fused else ""))
     kinds = (["spinal", "composed", "dense"] + (list(CHAINS) if args.chain else [])
-             + (list(LAYOUTS) if args.layouts else []) + (["bias_add"] if args.bias_add else []))
+             + (list(LAYOUTS) if args.layouts else []) + (["bias_add"] if args.bias_add else [])
+             + (["fused"] if args.fused else []))
     for features, depth, width in sizes:
         for batch in args.batches:
             for jit in (False, True):
@@ -376,17 +403,21 @@ def main():
                 inputs = {k: chain_x if k in CHAINS else x for k in kinds}
                 if args.chain:
                     check_custom_gradient(depth, width, batch)
+                if args.fused and not jit:
+                    fused_chain.check(FUSED_OP, features, depth, width, batch)
+                # without an XLA kernel the fused op cannot be compiled
+                cell_kinds = [k for k in kinds if not (jit and k == "fused")]
                 steps = {}
-                for kind in kinds:
+                for kind in cell_kinds:
                     steps[kind] = make_step(build(kind, features, depth, width), jit,
                                             args.optimizer)
                     steps[kind](inputs[kind], 2).numpy()  # trace and compile
                 per = max(1, int(args.target_seconds / time_steps(
                     steps["dense"], inputs["dense"], 10, args.per_call)))
                 times = {k: [] for k in steps}
-                n = len(kinds)
+                n = len(cell_kinds)
                 for r in range(args.repeats):
-                    for kind in kinds[r % n:] + kinds[:r % n]:
+                    for kind in cell_kinds[r % n:] + cell_kinds[:r % n]:
                         times[kind].append(time_steps(steps[kind], inputs[kind], per, args.per_call))
                 med = {k: statistics.median(v) for k, v in times.items()}
                 ratio = {k: paired_ratio(times["spinal"], times[k]) for k in ("composed", "dense")}
@@ -408,7 +439,12 @@ def main():
                          if args.layouts else "")
                       + (f" {1e3 * med['bias_add']:.3f} "
                          f"| {paired_ratio(times['spinal'], times['bias_add'])} |"
-                         if args.bias_add else ""), flush=True)
+                         if args.bias_add else "")
+                      + ((" n/a | n/a | n/a |" if jit else
+                          f" {1e3 * med['fused']:.3f} "
+                          f"| {paired_ratio(times['fused'], times['dense'])} "
+                          f"| {paired_ratio(times['fused'], times['spinal'])} |")
+                         if args.fused else ""), flush=True)
 
 
 if __name__ == "__main__":

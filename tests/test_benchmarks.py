@@ -6,6 +6,7 @@ variables of the traced heads, the accuracy after one epoch."""
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -60,6 +61,36 @@ def test_layer_bench_refuses_bad_arguments():
     assert "--repeats must be at least 2, got 1" in proc.stderr
     proc = _run("layer_bench.py", "--sizes", "320x6", expect=2)
     assert "expected FEATURESxDEPTHxWIDTH, got '320x6'" in proc.stderr
+
+
+@pytest.mark.skipif(shutil.which("g++") is None,
+                    reason="--fused compiles a TensorFlow op with g++, which is not installed")
+def test_layer_bench_fused_chain_computes_as_the_layer():
+    # The script checks the fused op's outputs against SpinalDense's and its
+    # gradients against autodiff's at each size and batch, and exits
+    # non-zero if they differ; parts of unequal size (301 features) read by
+    # unequal numbers of sub-layers (depth 5: 3 and 2), and batch 1, included.
+    out = _run("layer_bench.py", "--sizes", "320x6x8", "301x5x7", "--batches", "1", "9",
+               "--repeats", "2", "--target-seconds", "0.01", "--fused",
+               "--optimizer", "sgd").stdout
+    header, *rows = _rows(out)
+    assert header[-3:] == ["fused ms", "fused/dense (IQR)", "fused/spinal (IQR)"]
+    assert len(rows) == 8
+    for row in rows:
+        if row[2] == "on":  # no XLA kernel
+            assert row[-3:] == ["n/a"] * 3
+        else:
+            assert float(row[-3]) > 0
+            assert RATIO.match(row[-2]) and RATIO.match(row[-1]), row
+
+
+def test_fused_chain_without_a_compiler_is_refused_by_name(tmp_path):
+    env = {**os.environ, "CXX": str(tmp_path / "no-compiler")}
+    proc = subprocess.run(
+        [sys.executable, os.path.join(REPO, "benchmarks", "layer_bench.py"), "--quick",
+         "--fused"], capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 2
+    assert "needs a C++ compiler" in proc.stderr and "no-compiler" in proc.stderr
 
 
 def test_matmul_bench_runs():
