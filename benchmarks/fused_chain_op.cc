@@ -170,28 +170,17 @@ void BackwardTile8(int64_t row0, int d, float* const* dsrc, const int64_t* strid
 }
 #endif
 
-void ForwardRows(int64_t begin, int64_t end, int d, int w, const float* const* src,
-                 const int64_t* stride, const float* b, const float* r, float* y) {
+// Runs the rows [begin, end) a tile at a time: where the build has AVX2, full
+// tiles at width 8 through `eight(row0)`; the rest through `any(row0, rows)`.
+template <typename Eight, typename Any>
+void ByTiles(int64_t begin, int64_t end, int w, Eight eight, Any any) {
   int64_t row0 = begin;
 #ifdef __AVX2__
   if (w == 8)
-    for (; row0 + kTile <= end; row0 += kTile) ForwardTile8(row0, d, src, stride, b, r, y);
+    for (; row0 + kTile <= end; row0 += kTile) eight(row0);
 #endif
   for (; row0 < end; row0 += kTile)
-    ForwardTile(row0, static_cast<int>(std::min<int64_t>(kTile, end - row0)), d, w, src,
-                stride, b, r, y);
-}
-
-void BackwardRows(int64_t begin, int64_t end, int d, int w, float* const* dsrc,
-                  const int64_t* stride, const float* dy, const float* y, const float* rt) {
-  int64_t row0 = begin;
-#ifdef __AVX2__
-  if (w == 8)
-    for (; row0 + kTile <= end; row0 += kTile) BackwardTile8(row0, d, dsrc, stride, dy, y, rt);
-#endif
-  for (; row0 < end; row0 += kTile)
-    BackwardTile(row0, static_cast<int>(std::min<int64_t>(kTile, end - row0)), d, w, dsrc,
-                 stride, dy, y, rt);
+    any(row0, static_cast<int>(std::min<int64_t>(kTile, end - row0)));
 }
 
 // Sums over rows: the bias's gradient and each recurrent block's (previous
@@ -299,7 +288,16 @@ class SpinalChainOp : public ChainBase {
       stride[i] = cols[i % n];
     }
     ForRows(ctx, rows, 2 * d * w * w, [&](int64_t begin, int64_t end) {
-      ForwardRows(begin, end, d, w, src.data(), stride.data(), b, r, y);
+      ByTiles(
+          begin, end, w,
+          [&](int64_t row0) {
+#ifdef __AVX2__
+            ForwardTile8(row0, d, src.data(), stride.data(), b, r, y);
+#endif
+          },
+          [&](int64_t row0, int tiles) {
+            ForwardTile(row0, tiles, d, w, src.data(), stride.data(), b, r, y);
+          });
     });
   }
 };
@@ -350,7 +348,16 @@ class SpinalChainGradOp : public ChainBase {
     // Rows are independent going backwards through the chain: each row's
     // pre-activation gradients, written where the products' gradients go.
     ForRows(ctx, rows, 3 * d * w * w, [&](int64_t begin, int64_t end) {
-      BackwardRows(begin, end, d, w, dsrc.data(), stride.data(), dy, y, rt.data());
+      ByTiles(
+          begin, end, w,
+          [&](int64_t row0) {
+#ifdef __AVX2__
+            BackwardTile8(row0, d, dsrc.data(), stride.data(), dy, y, rt.data());
+#endif
+          },
+          [&](int64_t row0, int tiles) {
+            BackwardTile(row0, tiles, d, w, dsrc.data(), stride.data(), dy, y, rt.data());
+          });
     });
     // Sums over rows: the bias's gradient and each recurrent block's
     // (previous output transposed times this sub-layer's deltas).
