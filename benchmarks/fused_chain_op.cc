@@ -65,8 +65,9 @@ void ForRows(OpKernelContext* ctx, int64_t rows, int64_t cost_per_row, Fn fn) {
 // of dependent multiply-adds, and interleaving independent rows keeps the
 // processor's pipelines full. At width 8 (the paper's MNIST head) a full
 // tile is written with AVX2 intrinsics, one 8-float register per row; the
-// plain loops below are five times slower there, as the compiler keeps
-// their accumulators in memory.
+// plain loops below were about five times slower there in a one-off timing
+// outside TensorFlow (not kept), as the compiler keeps their accumulators in
+// memory.
 constexpr int kTile = 8;
 
 void ForwardTile(int64_t row0, int tiles, int d, int w, const float* const* src,
@@ -245,6 +246,23 @@ class ChainBase : public OpKernel {
                                 recurrent.shape().DebugString()));
   }
 
+  // Columns of part s: the sub-layers that read it, `width` each.
+  int64_t Cols(int s) const { return Count(depth_, n_, s) * width_; }
+
+  // Where each sub-layer's columns start among `parts` (the products or
+  // their gradients) and the row stride there, worked out once: divisions
+  // in the row loops cost more than the arithmetic.
+  template <typename T>
+  void SubLayers(const std::vector<T*>& parts, std::vector<T*>* start,
+                 std::vector<int64_t>* stride) const {
+    start->resize(depth_);
+    stride->resize(depth_);
+    for (int i = 0; i < depth_; ++i) {
+      (*start)[i] = parts[i % n_] + (i / n_) * width_;
+      (*stride)[i] = Cols(i % n_);
+    }
+  }
+
   int depth_, width_, n_;
 };
 
@@ -264,13 +282,11 @@ class SpinalChainOp : public ChainBase {
     OP_REQUIRES(ctx, bias.NumElements() == d * w,
                 InvalidArgument("bias must have depth * width elements"));
     std::vector<const float*> part(n);
-    std::vector<int64_t> cols(n);
     for (int s = 0; s < n; ++s) {
-      cols[s] = Count(d, n, s) * w;
       OP_REQUIRES(ctx,
                   products[s].dims() == 2 && products[s].dim_size(0) == rows &&
-                      products[s].dim_size(1) == cols[s],
-                  InvalidArgument("products[", s, "] must be (batch, ", cols[s],
+                      products[s].dim_size(1) == Cols(s),
+                  InvalidArgument("products[", s, "] must be (batch, ", Cols(s),
                                   "), got ", products[s].shape().DebugString()));
       part[s] = products[s].flat<float>().data();
     }
@@ -279,14 +295,9 @@ class SpinalChainOp : public ChainBase {
     const float* b = bias.flat<float>().data();
     const float* r = recurrent.flat<float>().data();
     float* y = out->flat<float>().data();
-    // Where each sub-layer's columns start and the row stride there, worked
-    // out once: divisions in the row loops cost more than the arithmetic.
-    std::vector<const float*> src(d);
-    std::vector<int64_t> stride(d);
-    for (int i = 0; i < d; ++i) {
-      src[i] = part[i % n] + (i / n) * w;
-      stride[i] = cols[i % n];
-    }
+    std::vector<const float*> src;
+    std::vector<int64_t> stride;
+    SubLayers(part, &src, &stride);
     ForRows(ctx, rows, 2 * d * w * w, [&](int64_t begin, int64_t end) {
       ByTiles(
           begin, end, w,
@@ -320,11 +331,9 @@ class SpinalChainGradOp : public ChainBase {
     OpOutputList dparts;
     OP_REQUIRES_OK(ctx, ctx->output_list("grad_products", &dparts));
     std::vector<float*> dpart(n);
-    std::vector<int64_t> cols(n);
     for (int s = 0; s < n; ++s) {
-      cols[s] = Count(d, n, s) * w;
       Tensor* t = nullptr;
-      OP_REQUIRES_OK(ctx, dparts.allocate(s, TensorShape({rows, cols[s]}), &t));
+      OP_REQUIRES_OK(ctx, dparts.allocate(s, TensorShape({rows, Cols(s)}), &t));
       dpart[s] = t->flat<float>().data();
     }
     Tensor* dbias_t = nullptr;
@@ -334,12 +343,9 @@ class SpinalChainGradOp : public ChainBase {
     const float* dy = dy_t.flat<float>().data();
     const float* y = y_t.flat<float>().data();
     const float* r = recurrent.flat<float>().data();
-    std::vector<float*> dsrc(d);
-    std::vector<int64_t> stride(d);
-    for (int i = 0; i < d; ++i) {
-      dsrc[i] = dpart[i % n] + (i / n) * w;
-      stride[i] = cols[i % n];
-    }
+    std::vector<float*> dsrc;
+    std::vector<int64_t> stride;
+    SubLayers(dpart, &dsrc, &stride);
 
     std::vector<float> rt((d - 1) * w * w);
     for (int i = 0; i < d - 1; ++i)
@@ -359,8 +365,6 @@ class SpinalChainGradOp : public ChainBase {
             BackwardTile(row0, tiles, d, w, dsrc.data(), stride.data(), dy, y, rt.data());
           });
     });
-    // Sums over rows: the bias's gradient and each recurrent block's
-    // (previous output transposed times this sub-layer's deltas).
     float* dbias = dbias_t->flat<float>().data();
     float* drec = drec_t->flat<float>().data();
     Reduce(rows, d, w, dsrc.data(), stride.data(), y, dbias, drec);
