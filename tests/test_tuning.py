@@ -645,6 +645,35 @@ def test_cli_tune_writes_table_best_model_and_export(tmp_path, capsys):
     assert (tmp_path / "best_export" / "regression_spinal" / "1" / "saved_model.pb").is_file()
 
 
+def test_cli_tune_hyperband_tables_its_continued_trials_and_saves_the_best(tmp_path, capsys):
+    # Hyperband's budget is --epochs, with no --max-trials; its own
+    # bookkeeping (tuner/epochs, tuner/trial_id, ...) becomes the table's
+    # epochs and continues, and is not among the best trial's values.
+    out = tmp_path / "tune"
+    argv = _tune_cmd(out, ["--tuner", "hyperband", "--epochs", "3", "--seed", "3"])[3:]
+    at = argv.index("--max-trials")
+    del argv[at:at + 2]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert ("| trial | status | width | depth | splits | epochs | continues | score | params "
+            "| multiplications |") in printed
+    rows = json.loads((out / "search" / "trials.json").read_text())
+    assert {r["status"] for r in rows} == {"COMPLETED"}
+    assert {r["epochs"] for r in rows} == {1, 3}  # max_epochs=3: rounds of 1 and 3 epochs
+    assert [r for r in rows if r["continues"]]
+    assert (out / "search" / "trials.md").read_text() == format_trial_table(rows) + "\n"
+    best_row = min(rows, key=lambda r: r["score"])  # the objective is val_loss
+    found = re.search(r"^best trial (\d+): (\{.*\}); test loss (\S+); saved ", printed, re.M)
+    assert found[1] == best_row["trial"]
+    assert found[2] == str({k: best_row[k] for k in ("width", "depth", "splits")})
+    # the trial's checkpoint is its best epoch, whose val_loss (on the test
+    # data) is the score
+    assert float(found[3]) == pytest.approx(best_row["score"], rel=1e-3)
+    best = keras.saving.load_model(out / "search" / "best.keras")  # safe_mode
+    assert best.count_params() == best_row["params"]
+    assert int(best.optimizer.iterations) > 0
+
+
 def _hparams_of(folder):
     """The hyperparameters keras-tuner's HParams callback wrote in `folder`."""
     import tensorflow as tf
