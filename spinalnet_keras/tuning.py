@@ -222,8 +222,10 @@ class SpinalHyperModel(kt.HyperModel):
             and dropout masks of that seed, and a search with the same
             seeds repeats. A trial's further executions
             (`executions_per_trial`) each take a seed drawn from
-            `(seed, execution)`, so that they differ. With None, Keras's
-            global generator goes on from trial to trial.
+            `(seed, execution)`, so that they differ; a trial retried after
+            a failure or an interruption starts again from the first.
+            With None, Keras's global generator goes on from trial to
+            trial.
 
     A trial that continues another from an `initial_epoch` (Hyperband's)
     reads a `tf.data` pipeline that holds all the trial's epochs back to
@@ -391,15 +393,26 @@ class SpinalHyperModel(kt.HyperModel):
                 args = (continued, *args[1:])
             else:
                 kwargs["x"] = continued
-        self._fits[_values_key(hp)] += 1
+        key = _values_key(hp)
+        self._fits[key] += 1
         if hasattr(data, "element_spec"):  # a tf.data pipeline
             build_training_state(model, data)
             # Keras ignores `shuffle` for a tf.data pipeline (the pipeline
             # shuffles, or not); fit's default True would only warn so.
             kwargs.setdefault("shuffle", False)
-        # A NaN loss fails the trial (recorded), instead of scoring it.
-        with new_models_in_turn():
-            return model.fit(*args, callbacks=[*(callbacks or []), _FailOnNaN()], **kwargs)
+        try:
+            # A NaN loss fails the trial (recorded), instead of scoring it.
+            with new_models_in_turn():
+                return model.fit(*args, callbacks=[*(callbacks or []), _FailOnNaN()],
+                                 **kwargs)
+        except BaseException:
+            # The trial's attempt ends here (a failure, Ctrl-C). keras-tuner
+            # retries such a trial (a resumed search, `max_retries_per_trial`)
+            # from its first execution, whose seed must be the first one
+            # again, also where the same hypermodel goes on (a notebook), as
+            # it is in a new process.
+            self._fits[key] = 0
+            raise
 
 
 def _continued(data, initial_epoch, epochs, steps_per_epoch):

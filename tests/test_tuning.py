@@ -570,6 +570,48 @@ def test_interrupted_search_resumes_without_redoing_trials(tmp_path):
     assert _Count.calls == 2  # only the interrupted and the last trial ran
 
 
+class _StopAtFit(keras.callbacks.Callback):
+    """Ctrl-C at the end of the process's `at`-th fit (keras-tuner copies
+    the callbacks for every execution, so the count is the class's)."""
+    fits = 0
+    at = None
+
+    def on_train_begin(self, logs=None):
+        type(self).fits += 1
+
+    def on_epoch_end(self, epoch, logs=None):
+        if type(self).fits == type(self).at:
+            raise KeyboardInterrupt("Ctrl-C during a trial")
+
+
+@pytest.mark.parametrize("resumed_with", ["the same hypermodel", "a new hypermodel"])
+def test_a_seeded_search_resumed_after_ctrl_c_repeats_the_uninterrupted_one(
+        resumed_with, tmp_path):
+    # keras-tuner retries the interrupted trial from its first execution,
+    # which must take the first execution's seed again; in a notebook the
+    # same hypermodel object goes on, with the interrupted fits counted.
+    space = SearchSpace(widths=(4, 8), depths=(2,), splits=(1, 2))
+    task = _task(epochs=1)  # every fit reads the same epoch
+
+    def search(hm, directory, callbacks=()):
+        tuner = make_tuner(hm, "random", objective="val_loss", max_trials=2,
+                           executions_per_trial=2, directory=directory, seed=1)
+        tuner.search(task.train, validation_data=task.test, epochs=1, verbose=0,
+                     steps_per_epoch=task.steps_per_epoch, callbacks=list(callbacks))
+        return _search_record(tuner, hm)
+
+    expected = search(_hypermodel(space, seed=3), tmp_path / "whole")
+    hm = _hypermodel(space, seed=3)
+    _StopAtFit.fits, _StopAtFit.at = 0, 2  # the first trial's second execution
+    with pytest.raises(KeyboardInterrupt):
+        search(hm, tmp_path / "resumed", [_StopAtFit()])
+    assert _StopAtFit.fits == 2
+    if resumed_with == "a new hypermodel":  # as in a new process
+        hm = _hypermodel(space, seed=3)
+    assert search(hm, tmp_path / "resumed") == expected
+    assert len(expected) == 2 and all(math.isfinite(r[3]) for r in expected)
+
+
 class _Flaky(SpinalHyperModel):
     def fit(self, hp, model, *args, **kwargs):
         if hp.values["width"] == 4:
