@@ -434,6 +434,25 @@ def _over_epochs(one_epoch, seed, epoch_range):
     return epochs[0]
 
 
+def from_epoch(data, initial_epoch, epochs, steps_per_epoch):
+    """The part of `data` that a fit from `initial_epoch` reads: a resumed
+    run's, or a continued trial's (Hyperband's).
+
+    Keras's fit reads a pipeline from its start whatever the initial epoch,
+    so the later epochs would train on the first epochs' batches again. A
+    pipeline that holds all `epochs` back to back (`load_task(epochs=...)`'s)
+    or repeats without end is read from `initial_epoch`'s first batch
+    instead, the batches an uninterrupted fit would have trained on; one
+    that holds fewer (one epoch, read again each epoch) is left as it is.
+    """
+    if not (initial_epoch and steps_per_epoch and isinstance(data, tf.data.Dataset)):
+        return data
+    batches = int(data.cardinality())
+    if batches == int(tf.data.INFINITE_CARDINALITY) or batches >= epochs * steps_per_epoch:
+        return data.skip(initial_epoch * steps_per_epoch)
+    return data
+
+
 # The pipeline's functions are straight-line TensorFlow (their only
 # branches test Python values), so tf.data need not run them through
 # AutoGraph, which costs about 0.25 s of every process

@@ -39,6 +39,7 @@ from spinalnet_keras.backbones import available_backbones
 from spinalnet_keras.backbones import backbone_model
 from spinalnet_keras.costs import cost_report
 from spinalnet_keras.data import Task
+from spinalnet_keras.data import from_epoch
 from spinalnet_keras.data import load_task
 from spinalnet_keras.heads import Head
 from spinalnet_keras.paper_models import PAPER_MODELS
@@ -652,19 +653,25 @@ def _check_task(config, task):
         return
     # train would run on that data and record config's: the run folder,
     # config.json and result.json would describe data it never saw.
-    wanted = {**_data_options(config), "rotation_degrees": None, "epochs": None,
-              "initial_epoch": 0}
-    differ = {k: (task.options.get(k), v) for k, v in wanted.items()
+    wanted = {**_data_options(config), "rotation_degrees": None, "initial_epoch": 0}
+    differ = {k: f"{task.options.get(k)!r} there, {v!r} here" for k, v in wanted.items()
               if task.options.get(k) != v}
+    # One epoch that tf.data reshuffles, or all the run's epochs in order.
+    if task.options.get("epochs") not in (None, config.epochs):
+        differ["epochs"] = (f"{task.options.get('epochs')!r} there, None or "
+                            f"{config.epochs!r} here")
     if differ:
         raise ValueError(
             "`task` was loaded with other data options than `config` gives ("
-            + ", ".join(f"{k}: {there!r} there, {here!r} here"
-                        for k, (there, here) in differ.items())
+            + ", ".join(f"{k}: {both}" for k, both in differ.items())
             + "); load it with load_task(config.dataset, ...) as config says, or "
-            "leave `task` out and train loads it. A task of several `epochs` is "
-            "train's own, for resuming."
+            "leave `task` out and train loads it."
         )
+
+
+def _holds_the_run(config, task):
+    """Whether a checked `task` holds all of `config`'s epochs in order."""
+    return task.options is not None and task.options.get("epochs") == config.epochs
 
 
 def train(config, strategy=None, task=None, callbacks=None):
@@ -678,10 +685,12 @@ def train(config, strategy=None, task=None, callbacks=None):
         task: optional pre-loaded `Task` of `config.dataset`, loaded as
             `config` says (batch size, seed, examples, image options; a task
             of `load_task` with other options is refused, since the run's
-            files would describe data it did not see). It is one epoch
-            that tf.data reshuffles, so an interrupted run resumes on other
-            batches than an uninterrupted one would have seen (a task
-            `train` loads itself holds the epochs left, in order).
+            files would describe data it did not see). Loaded with
+            `epochs=config.epochs`, it holds the run's epochs in order and
+            an interrupted run resumes on the batches an uninterrupted one
+            would have trained on, as with a task `train` loads itself;
+            loaded without `epochs`, it is one epoch that tf.data reshuffles,
+            and a resumed run trains on other batches.
         callbacks: extra Keras callbacks, run after the package's own
             (among them `TerminateOnNaN`: a loss that is not finite ends the
             run, and the result's `diverged_at_epoch` says where). Under a
@@ -740,12 +749,18 @@ def train(config, strategy=None, task=None, callbacks=None):
         return _train_multi_worker(config, strategy, out, task, callbacks)
     backup_dir = os.path.join(out, "backup")
     initial_epoch = min(_backed_up_epoch(backup_dir), config.epochs - 1)
-    # A task built here holds all remaining epochs in resumable order; a
-    # task handed in by the caller is one epoch that tf.data reshuffles.
+    # A task built here holds the epochs left in an uninterrupted run's
+    # order; one handed in holds all the run's epochs, or one epoch that
+    # tf.data reshuffles (and fit reads from its start every epoch).
     steps_per_epoch = None
     if task is None:
         task = load_config_task(config, initial_epoch=initial_epoch)
+        train_data, steps_per_epoch = task.train, task.steps_per_epoch
+    elif _holds_the_run(config, task):
         steps_per_epoch = task.steps_per_epoch
+        train_data = from_epoch(task.train, initial_epoch, config.epochs, steps_per_epoch)
+    else:
+        train_data = task.train
     per_execution = steps_per_execution_for(
         _steps_per_execution(config.steps_per_execution, strategy), steps_per_epoch)
     scope = strategy.scope() if strategy is not None else contextlib.nullcontext()
@@ -785,7 +800,7 @@ def train(config, strategy=None, task=None, callbacks=None):
     start = time.perf_counter()
     with new_models_in_turn():  # each run's model is new: compare's, or a caller's loop
         model.fit(
-            task.train,
+            train_data,
             validation_data=task.test,
             epochs=config.epochs,
             steps_per_epoch=steps_per_epoch,
@@ -864,13 +879,21 @@ def _train_multi_worker(config, strategy, out, task=None, callbacks=()):
 
     checkpoints = os.path.join(out, "checkpoints")
     # A task built here holds the epochs from the one the loop resumes
-    # (it reads the same checkpoint) in an uninterrupted run's order; a
-    # task handed in by the caller is one epoch that tf.data reshuffles.
+    # (it reads the same checkpoint) in an uninterrupted run's order; one
+    # handed in holds all the run's epochs, which the loop reads from the
+    # epoch it resumes, or one epoch that tf.data reshuffles.
     steps_per_epoch = None
     if task is None:
         done = _checkpointed_epoch(tf.train.latest_checkpoint(checkpoints))
         task = load_config_task(config, initial_epoch=min(done, config.epochs - 1))
+        train_data, steps_per_epoch = task.train, task.steps_per_epoch
+    elif _holds_the_run(config, task):
         steps_per_epoch = task.steps_per_epoch
+
+        def train_data(epoch):
+            return from_epoch(task.train, epoch, config.epochs, steps_per_epoch)
+    else:
+        train_data = task.train
 
     _, index, is_chief, workers = worker_info()
     history_path = os.path.join(out, "history.csv")
@@ -909,7 +932,7 @@ def _train_multi_worker(config, strategy, out, task=None, callbacks=()):
            keras.callbacks.LambdaCallback(on_epoch_end=record)] if is_chief else []
     start = time.perf_counter()
     model, history = multi_worker_fit(
-        build, task.train, config.epochs, config.batch_size, checkpoints,
+        build, train_data, config.epochs, config.batch_size, checkpoints,
         strategy=strategy, steps_per_epoch=steps_per_epoch, verbose=config.verbose,
         validation_data=task.test, callbacks=[*own, *callbacks],
     )

@@ -33,6 +33,7 @@ from spinalnet_keras import _dependencies
 from spinalnet_keras import _validation
 from spinalnet_keras.backbones import backbone_model
 from spinalnet_keras.costs import cost_report
+from spinalnet_keras.data import from_epoch
 from spinalnet_keras.distribute import check_strategy
 from spinalnet_keras.distribute import supported_steps_per_execution
 from spinalnet_keras.paper_models import PAPER_MODELS
@@ -387,7 +388,7 @@ class SpinalHyperModel(kt.HyperModel):
             )
         data = args[0] if args else kwargs.get("x")
         _check_batch_split(model, data, kwargs.get("batch_size"))
-        continued = _continued(data, initial_epoch, epochs, kwargs.get("steps_per_epoch"))
+        continued = from_epoch(data, initial_epoch, epochs, kwargs.get("steps_per_epoch"))
         if continued is not data:
             if args:
                 args = (continued, *args[1:])
@@ -413,25 +414,6 @@ class SpinalHyperModel(kt.HyperModel):
             # it is in a new process.
             self._fits[key] = 0
             raise
-
-
-def _continued(data, initial_epoch, epochs, steps_per_epoch):
-    """The data a trial continued from `initial_epoch` (Hyperband's) reads.
-
-    Keras's fit reads a pipeline from its start whatever the initial epoch,
-    so a continued trial would train its later epochs on the first epochs'
-    batches again. A pipeline that holds all the trial's epochs back to back
-    (`load_task(epochs=...)`'s, the `tune` command's) or repeats without end
-    is read from the continued epoch's first batch instead, the batches an
-    uninterrupted trial would have trained on; one that holds fewer (one
-    epoch, read again each epoch) is left as it is.
-    """
-    if not (initial_epoch and steps_per_epoch and isinstance(data, tf.data.Dataset)):
-        return data
-    batches = int(data.cardinality())
-    if batches == int(tf.data.INFINITE_CARDINALITY) or batches >= epochs * steps_per_epoch:
-        return data.skip(initial_epoch * steps_per_epoch)
-    return data
 
 
 def _values_key(hp):

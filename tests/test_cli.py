@@ -102,6 +102,29 @@ def test_a_resumed_run_draws_the_uninterrupted_runs_dropout_masks(tmp_path):
         np.testing.assert_array_equal(a, b)
 
 
+def test_a_resumed_run_on_a_task_of_all_its_epochs_reads_the_uninterrupted_runs_batches(
+        tmp_path):
+    # Keras's fit reads the handed-in pipeline from its start, whatever the
+    # epoch it resumes: it trained epoch 2 on epoch 0's batches.
+    from spinalnet_keras.data import load_task
+
+    config = TrainConfig(model="regression", dataset="table1/prod", epochs=3, optimizer="adam",
+                         learning_rate=0.01, train_examples=256, verbose=0)
+    train(dataclasses.replace(config, output_dir=str(tmp_path / "whole")))
+    keras.utils.set_random_seed(config.seed)  # as train does before it loads
+    task = load_task("table1/prod", batch_size=64, train_examples=256, epochs=3)
+    resumed = dataclasses.replace(config, output_dir=str(tmp_path / "resumed"))
+    with pytest.raises(KeyboardInterrupt):
+        train(resumed, task=task, callbacks=[_Crash()])
+    counter = _CountEpochs()
+    train(resumed, task=task, callbacks=[counter])
+    assert counter.epochs == [2]
+    whole, resumed = (keras.saving.load_model(tmp_path / run / "final.keras").get_weights()
+                      for run in ("whole", "resumed"))
+    for a, b in zip(whole, resumed):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_a_folder_holds_one_configuration(tmp_path):
     from spinalnet_keras.data import load_task
 
@@ -146,9 +169,14 @@ def test_train_on_a_task_loaded_as_its_config_says(tmp_path):
     for kwargs, shown in [
         (dict(seed=1), "seed: 1 there, 0 here"),
         (dict(train_examples=96, test_examples=50), "test_examples: 50 there, None here"),
-        (dict(train_examples=96, epochs=2), "epochs: 2 there, None here"),
+        (dict(train_examples=96, epochs=2), "epochs: 2 there, None or 1 here"),
+        (dict(train_examples=96, epochs=1, initial_epoch=0), None),
+        (dict(train_examples=96, epochs=3, initial_epoch=1),
+         "initial_epoch: 1 there, 0 here, epochs: 3 there, None or 1 here"),
     ]:
         other = load_task("table1/sum", batch_size=32, **{"train_examples": 96, **kwargs})
+        if shown is None:  # all the run's epochs, in order: taken
+            continue
         with pytest.raises(ValueError, match="`task` was loaded with other data options than "
                            rf"`config` gives \({shown}\)"):
             train(dataclasses.replace(config, output_dir=out), task=other)

@@ -1017,13 +1017,18 @@ def test_train_multi_worker_runs_callbacks_and_takes_the_given_task(tmp_path):
 def test_train_multi_worker_resumes_as_the_uninterrupted_run(tmp_path):
     # A task loaded by train holds the epochs from the checkpointed one, in
     # an uninterrupted run's order, and dropout draws by epoch: resumed at
-    # epoch 3, the run read epoch 1's batches and drew from its first masks.
+    # epoch 3, the run would read epoch 1's batches and draw from its first
+    # masks.
     cluster = {"cluster": {"worker": [f"127.0.0.1:{_free_ports(1)[0]}"]},
                "task": {"type": "worker", "index": 0}}
     result = _job("train_one_worker_resumed", tmp_path / "resumed.json",
                   env={**ENV, "TF_CONFIG": json.dumps(cluster)})
     assert result["resumed_loss"] == result["whole_loss"][2:]
     assert result["equal"] == [True] * 6  # bit for bit
+    # so does a task handed in that holds all the run's epochs: the loop
+    # reads it from the epoch it resumes
+    assert result["task_resumed_loss"] == result["whole_loss"][2:]
+    assert result["task_equal"] == [True] * 6
 
 
 def test_cli_compare_multi_worker(tmp_path):

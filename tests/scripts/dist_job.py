@@ -204,24 +204,34 @@ elif mode == "train_one_worker_resumed":
     # train's own loop resumed at epoch 3 of 3 ends as the uninterrupted run.
     import dataclasses
 
-    from spinalnet_keras import TrainConfig, train
+    from spinalnet_keras import TrainConfig, load_task, train
 
     config = TrainConfig(model="regression", dataset="table1/prod", epochs=3, optimizer="adam",
                          learning_rate=0.01, dropout=0.5, train_examples=256, verbose=0)
     whole = train(dataclasses.replace(config, output_dir=out + "_whole"), strategy=worker_strategy)
-    resumed = dataclasses.replace(config, output_dir=out + "_resumed")
-    train(resumed, strategy=worker_strategy)
-    # What a chief killed after checkpointing epoch 2 leaves behind: the
-    # checkpoints up to epoch 2, none of the files written at the end.
-    checkpoints = os.path.join(resumed.output_dir, "checkpoints")
-    with open(os.path.join(checkpoints, "checkpoint"), "w") as f:
-        f.write('model_checkpoint_path: "ckpt-2"\n')
-    for name in ("result.json", "history.csv", "final.keras"):
-        os.remove(os.path.join(resumed.output_dir, name))
-    rerun = train(resumed, strategy=worker_strategy)
-    weights = [keras.saving.load_model(os.path.join(folder, "final.keras")).get_weights()
-               for folder in (out + "_whole", resumed.output_dir)]
+
+    def resumed_at_epoch_3(folder, task=None):
+        resumed = dataclasses.replace(config, output_dir=folder)
+        train(resumed, strategy=worker_strategy, task=task)
+        # What a chief killed after checkpointing epoch 2 leaves behind: the
+        # checkpoints up to epoch 2, none of the files written at the end.
+        checkpoints = os.path.join(folder, "checkpoints")
+        with open(os.path.join(checkpoints, "checkpoint"), "w") as f:
+            f.write('model_checkpoint_path: "ckpt-2"\n')
+        for name in ("result.json", "history.csv", "final.keras"):
+            os.remove(os.path.join(folder, name))
+        return train(resumed, strategy=worker_strategy, task=task)
+
+    rerun = resumed_at_epoch_3(out + "_resumed")
+    # a task handed in that holds all the run's epochs, loaded as train loads
+    keras.utils.set_random_seed(config.seed)
+    task = load_task("table1/prod", batch_size=64, train_examples=256, epochs=3)
+    rerun_task = resumed_at_epoch_3(out + "_task", task)
+    weights = [keras.saving.load_model(os.path.join(out + run, "final.keras")).get_weights()
+               for run in ("_whole", "_resumed", "_task")]
     result = {"whole_loss": whole["history"]["loss"], "resumed_loss": rerun["history"]["loss"],
-              "equal": [np.array_equal(a, b) for a, b in zip(*weights)]}
+              "equal": [np.array_equal(a, b) for a, b in zip(weights[0], weights[1])],
+              "task_resumed_loss": rerun_task["history"]["loss"],
+              "task_equal": [np.array_equal(a, b) for a, b in zip(weights[0], weights[2])]}
 with open(out, "w") as f:
     json.dump(result, f)
