@@ -669,9 +669,16 @@ def _check_task(config, task):
         )
 
 
-def _holds_the_run(config, task):
-    """Whether a checked `task` holds all of `config`'s epochs in order."""
-    return task.options is not None and task.options.get("epochs") == config.epochs
+def _handed_in_data(config, task):
+    """For a checked `task` handed to train: a function of the epoch the
+    run starts from that gives the training data it reads, and the steps
+    per epoch to train with (None for a task of one epoch, which tf.data
+    reshuffles and which is read whole every epoch)."""
+    if task.options is not None and task.options.get("epochs") == config.epochs:
+        # all the run's epochs in order: read from the one the run resumes
+        steps = task.steps_per_epoch
+        return (lambda epoch: from_epoch(task.train, epoch, config.epochs, steps)), steps
+    return (lambda epoch: task.train), None
 
 
 def train(config, strategy=None, task=None, callbacks=None):
@@ -752,15 +759,12 @@ def train(config, strategy=None, task=None, callbacks=None):
     # A task built here holds the epochs left in an uninterrupted run's
     # order; one handed in holds all the run's epochs, or one epoch that
     # tf.data reshuffles (and fit reads from its start every epoch).
-    steps_per_epoch = None
     if task is None:
         task = load_config_task(config, initial_epoch=initial_epoch)
         train_data, steps_per_epoch = task.train, task.steps_per_epoch
-    elif _holds_the_run(config, task):
-        steps_per_epoch = task.steps_per_epoch
-        train_data = from_epoch(task.train, initial_epoch, config.epochs, steps_per_epoch)
     else:
-        train_data = task.train
+        data_from, steps_per_epoch = _handed_in_data(config, task)
+        train_data = data_from(initial_epoch)
     per_execution = steps_per_execution_for(
         _steps_per_execution(config.steps_per_execution, strategy), steps_per_epoch)
     scope = strategy.scope() if strategy is not None else contextlib.nullcontext()
@@ -882,18 +886,12 @@ def _train_multi_worker(config, strategy, out, task=None, callbacks=()):
     # (it reads the same checkpoint) in an uninterrupted run's order; one
     # handed in holds all the run's epochs, which the loop reads from the
     # epoch it resumes, or one epoch that tf.data reshuffles.
-    steps_per_epoch = None
     if task is None:
         done = _checkpointed_epoch(tf.train.latest_checkpoint(checkpoints))
         task = load_config_task(config, initial_epoch=min(done, config.epochs - 1))
         train_data, steps_per_epoch = task.train, task.steps_per_epoch
-    elif _holds_the_run(config, task):
-        steps_per_epoch = task.steps_per_epoch
-
-        def train_data(epoch):
-            return from_epoch(task.train, epoch, config.epochs, steps_per_epoch)
-    else:
-        train_data = task.train
+    else:  # the loop calls it with the epoch it resumes
+        train_data, steps_per_epoch = _handed_in_data(config, task)
 
     _, index, is_chief, workers = worker_info()
     history_path = os.path.join(out, "history.csv")
