@@ -727,6 +727,12 @@ def train(config, strategy=None, task=None, callbacks=None):
     ('spinal 6 x 50', 2, 'mse')
     >>> train(config) == result  # a finished run is found, not trained again
     True
+    >>> # a task loaded beforehand with all the run's epochs: as train's own (resumable)
+    >>> keras.utils.set_random_seed(config.seed)  # as train does before it loads
+    >>> task = load_task("table1/sum", batch_size=64, epochs=2)
+    >>> again = train(dataclasses.replace(config, output_dir="runs/sum_task"), task=task)
+    >>> again["final"] == result["final"]  # the same data, in the same order
+    True
     """
     _check_config(config)
     _check_strategy(strategy)
