@@ -16,6 +16,12 @@ with an int8 kernel cast to float32, its columns then scaled. Reported:
   previous output), interleaved and in a rotating order, as the median
   int8 / float32 ratio over repeats with its interquartile range.
 
+Beside them, a Keras `Dense` of the same output width (`depth * width`,
+as in `layer_bench.py`) and its copy quantized by Keras's own
+`Dense.quantize("int8")`, timed in the same rotation: that layer rounds
+each batch of inputs to int8 too and multiplies in integers, the way
+SpinalDense's int8 form does not take. Its error is measured as above.
+
 With `--lora RANK`, both heads get LoRA at that rank (the int8 one after
 quantizing, as QLoRA fine-tunes), and the times are those of training
 steps instead: forward and backward passes, with an SGD update of what
@@ -77,7 +83,13 @@ def models(features, depth, width, units, lora=None):
     int8.set_weights(float32.get_weights())
     int8.layers[0].quantize("int8")
     if not lora:
-        return {"float32": float32, "int8": int8}
+        dense, dense_int8 = (keras.Sequential([keras.Input((features,)),
+                                               keras.layers.Dense(depth * width)])
+                             for _ in range(2))
+        dense_int8.set_weights(dense.get_weights())
+        dense_int8.layers[0].quantize("int8")
+        return {"float32": float32, "int8": int8,
+                "dense_float32": dense, "dense_int8": dense_int8}
     full, merged = head(), head(KernelPlusUpdate)
     for model in (full, merged):
         model.set_weights(float32.get_weights())
@@ -118,20 +130,26 @@ def main():
              else "forward passes")
     print(f"TensorFlow {tf.__version__}, Keras {keras.__version__}, {os.cpu_count()} CPU "
           f"cores; SpinalDense({args.units}, ...) heads, {timed} in a graph loop")
-    lora_columns = (" | float32 LoRA / full training (IQR) "
-                    "| kernel-plus-update LoRA / float32 LoRA (IQR)") if args.lora else ""
+    more_columns = (" | float32 LoRA / full training (IQR) "
+                    "| kernel-plus-update LoRA / float32 LoRA (IQR)") if args.lora else (
+                    " | Keras Dense(depth x width): int8/float32 time (IQR) "
+                    "| Keras Dense: max error / max output")
     print("| features -> depth x width | batch | float32 ms | int8 ms | int8/float32 time (IQR) "
           "| float32 file bytes | int8 file bytes | int8/float32 bytes "
-          f"| max error / max output{lora_columns} |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:" + "|---:" * (2 if args.lora else 0) + "|")
+          f"| max error / max output{more_columns} |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:" + "|---:" * 2 + "|")
     for features, depth, width in args.sizes or SIZES:
         heads = models(features, depth, width, args.units, args.lora)
         with tempfile.TemporaryDirectory() as folder:
             sizes = {name: file_bytes(heads[name], folder, name) for name in ("float32", "int8")}
         sample = np.random.default_rng(0).normal(size=(256, features)).astype("float32")
-        outputs = {name: heads[name].predict(sample, verbose=0) for name in ("float32", "int8")}
-        error = np.abs(outputs["int8"] - outputs["float32"]).max() / np.abs(
-            outputs["float32"]).max()
+        outputs = {name: head.predict(sample, verbose=0) for name, head in heads.items()}
+
+        def error(prefix=""):
+            reference = outputs[prefix + "float32"]
+            return (np.abs(outputs[prefix + "int8"] - reference).max()
+                    / np.abs(reference).max())
+
         for batch in args.batches:
             x = tf.random.normal((batch, features), seed=0)
             loops = {name: make_step(m, jit=False, optimizer="sgd") if args.lora
@@ -147,14 +165,16 @@ def main():
                 for name in names[shift:] + names[:shift]:
                     seconds[name].append(time_steps(loops[name], x, passes, per_call=False))
             ms = {name: 1e3 * statistics.median(s) for name, s in seconds.items()}
-            lora_cells = (
+            more_cells = (
                 f" | {paired_ratio(seconds['float32'], seconds['full'])} "
                 f"| {paired_ratio(seconds['kernel_plus_update'], seconds['float32'])}"
-            ) if args.lora else ""
+            ) if args.lora else (
+                f" | {paired_ratio(seconds['dense_int8'], seconds['dense_float32'])} "
+                f"| {error('dense_'):.4f}")
             print(f"| {features} -> {depth} x {width} | {batch} | {ms['float32']:.3f} "
                   f"| {ms['int8']:.3f} | {paired_ratio(seconds['int8'], seconds['float32'])} "
                   f"| {sizes['float32']:,} | {sizes['int8']:,} "
-                  f"| {sizes['int8'] / sizes['float32']:.2f} | {error:.4f}{lora_cells} |",
+                  f"| {sizes['int8'] / sizes['float32']:.2f} | {error():.4f}{more_cells} |",
                   flush=True)
 
 

@@ -112,7 +112,7 @@ def test_int8_bench_compares_sizes_and_outputs():
         assert f"SpinalDense(10, ...) heads, {timed} in a graph loop" in out
         header, *rows = _rows(out)
         assert header[:2] == ["features -> depth x width", "batch"]
-        assert len(header) == (11 if lora else 9)
+        assert len(header) == 11
         (row,) = rows
         assert row[:2] == ["512 -> 4 x 64", "8"]
         cells = dict(zip(header, row))
@@ -120,6 +120,9 @@ def test_int8_bench_compares_sizes_and_outputs():
         if lora:  # two more heads, timed against the float32 LoRA one
             assert RATIO.match(cells["float32 LoRA / full training (IQR)"])
             assert RATIO.match(cells["kernel-plus-update LoRA / float32 LoRA (IQR)"])
+        else:  # Keras's own int8 Dense of the same width, against its float32 one
+            assert RATIO.match(cells["Keras Dense(depth x width): int8/float32 time (IQR)"])
+            assert 0 < float(cells["Keras Dense: max error / max output"]) < 0.05
         float_bytes, int8_bytes = (int(cells[f"{k} file bytes"].replace(",", ""))
                                    for k in ("float32", "int8"))
         # 2 x 256 x 128 (the splits' kernels) + 3 x 64 x 64 + 256 x 10 kernel
