@@ -32,7 +32,10 @@ from spinalnet_keras import train
 parser = argparse.ArgumentParser()
 parser.add_argument("--strategy", default="mirrored",
                     help="auto, mirrored, multi_worker, tpu, one_device or default")
-parser.add_argument("--virtual-cpus", type=int, default=2)
+parser.add_argument("--virtual-cpus", type=int, default=None,
+                    help="logical devices the CPU is split into, one replica each "
+                         "(default 2; not with GPUs, nor with --strategy multi_worker, "
+                         "where each worker process is one replica)")
 parser.add_argument("--epochs", type=int, default=20)
 parser.add_argument("--batch-size", type=int, default=64, help="global batch size")
 parser.add_argument("--patience", type=int, default=None,
@@ -42,9 +45,20 @@ parser.add_argument("--output-dir", default="runs/distributed_example")
 args = parser.parse_args()
 if args.patience is not None and args.patience < 0:
     parser.error(f"--patience must be at least 0. Received: {args.patience}")
+if args.virtual_cpus is not None and args.virtual_cpus < 1:
+    parser.error(f"--virtual-cpus must be at least 1. Received: {args.virtual_cpus}")
+if args.virtual_cpus is not None and args.strategy == "multi_worker":
+    parser.error("--virtual-cpus splits one process's CPU; with --strategy multi_worker "
+                 "each worker process is one replica. Received: --virtual-cpus "
+                 f"{args.virtual_cpus}")
+gpus = tf.config.list_physical_devices("GPU")
+if args.virtual_cpus is not None and gpus:
+    parser.error(f"--virtual-cpus is for a machine without GPUs; this one has {len(gpus)}, "
+                 f"one replica each. Received: --virtual-cpus {args.virtual_cpus}")
 
-if not tf.config.list_physical_devices("GPU") and args.strategy != "multi_worker":
-    set_virtual_cpus(args.virtual_cpus)  # before TensorFlow sets up its devices
+if not gpus and args.strategy != "multi_worker":
+    # before TensorFlow sets up its devices
+    set_virtual_cpus(2 if args.virtual_cpus is None else args.virtual_cpus)
 strategy = get_strategy(args.strategy)
 replicas = strategy.num_replicas_in_sync
 print(f"{type(strategy).__name__}: {replicas} replica(s), global batch {args.batch_size}, "

@@ -144,6 +144,11 @@ BAD_ARGUMENTS = [
     ("train_and_compare.py", ["--seeds", "1", "1"], "--seeds must be distinct. Received: 1 1"),
     ("distributed_training.py", ["--patience", "-1"],
      "--patience must be at least 0. Received: -1"),
+    ("distributed_training.py", ["--virtual-cpus", "0"],
+     "--virtual-cpus must be at least 1. Received: 0"),
+    ("distributed_training.py", ["--virtual-cpus", "3", "--strategy", "multi_worker"],
+     "--virtual-cpus splits one process's CPU; with --strategy multi_worker each worker "
+     "process is one replica. Received: --virtual-cpus 3"),
     ("lora_fine_tuning.py", ["--rank", "0"], "--rank must be at least 1. Received: 0"),
     ("import_weights.py", ["--width", "0"], "--width must be at least 1. Received: 0"),
     ("import_weights.py", ["--splits", "9", "--depth", "4"],  # the layer's own message
@@ -167,3 +172,24 @@ def test_example_refuses_a_bad_argument(script, args, message, tmp_path, monkeyp
     assert stopped.value.code == 2, printed.out[-2000:] + printed.err[-2000:]
     assert f"{script}: error: {message}" in printed.err
     assert os.listdir(tmp_path) == []  # nothing written
+
+
+def test_distributed_example_refuses_virtual_cpus_beside_gpus(tmp_path, monkeypatch, capsys):
+    # Where GPUs are found the example gives each one a replica, and a
+    # --virtual-cpus would go unused: refused (no GPU here, so the device
+    # list is stood in for).
+    import tensorflow as tf
+
+    path = os.path.join(REPO, "examples", "distributed_training.py")
+    gpus = [tf.config.PhysicalDevice(f"/physical_device:GPU:{i}", "GPU") for i in range(2)]
+    monkeypatch.setattr(tf.config, "list_physical_devices",
+                        lambda kind=None: gpus if kind == "GPU" else [])
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", [path, "--virtual-cpus", "4"])
+    with pytest.raises(SystemExit) as stopped:
+        runpy.run_path(path, run_name="__main__")
+    assert stopped.value.code == 2
+    assert ("distributed_training.py: error: --virtual-cpus is for a machine without GPUs; "
+            "this one has 2, one replica each. Received: --virtual-cpus 4"
+            in capsys.readouterr().err)
+    assert os.listdir(tmp_path) == []
