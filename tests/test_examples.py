@@ -160,6 +160,10 @@ BAD_ARGUMENTS = [
                          ids=[f"{s}{a[0]}" for s, a, _ in BAD_ARGUMENTS])
 def test_example_refuses_a_bad_argument(script, args, message, tmp_path, monkeypatch,
                                         capsys):
+    _assert_refused(script, args, message, tmp_path, monkeypatch, capsys)
+
+
+def _assert_refused(script, args, message, tmp_path, monkeypatch, capsys):
     # In this process, as `python examples/SCRIPT ...` runs it: a process of
     # its own would spend seconds importing TensorFlow to refuse (the
     # examples run as scripts in test_example_runs).
@@ -180,16 +184,9 @@ def test_distributed_example_refuses_virtual_cpus_beside_gpus(tmp_path, monkeypa
     # list is stood in for).
     import tensorflow as tf
 
-    path = os.path.join(REPO, "examples", "distributed_training.py")
     gpus = [tf.config.PhysicalDevice(f"/physical_device:GPU:{i}", "GPU") for i in range(2)]
     monkeypatch.setattr(tf.config, "list_physical_devices",
                         lambda kind=None: gpus if kind == "GPU" else [])
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(sys, "argv", [path, "--virtual-cpus", "4"])
-    with pytest.raises(SystemExit) as stopped:
-        runpy.run_path(path, run_name="__main__")
-    assert stopped.value.code == 2
-    assert ("distributed_training.py: error: --virtual-cpus is for a machine without GPUs; "
-            "this one has 2, one replica each. Received: --virtual-cpus 4"
-            in capsys.readouterr().err)
-    assert os.listdir(tmp_path) == []
+    _assert_refused("distributed_training.py", ["--virtual-cpus", "4"],
+                    "--virtual-cpus is for a machine without GPUs; this one has 2, one "
+                    "replica each. Received: --virtual-cpus 4", tmp_path, monkeypatch, capsys)
