@@ -9,7 +9,8 @@ package's `train`. The batch size is global: each replica gets its share.
 
 With no GPU, `--virtual-cpus N` splits the CPU into N logical devices, so
 that `mirrored` has N replicas to synchronise (a way to try the strategy,
-not a speed-up). Several machines: run the same command with
+not a speed-up; default 2). Beside GPUs, or with `--strategy multi_worker`
+(one replica per worker process), the option would go unused and is refused. Several machines: run the same command with
 `--strategy multi_worker` on each, with `TF_CONFIG` naming the cluster and the
 machine's place in it, and the same `--output-dir` on shared storage (README,
 Distributed training).
